@@ -1,0 +1,63 @@
+"""Checks a component section (`{name: ..., <arguments>}`) against the registry entry it names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill.config.schema import DatasetSpec, LossTermSpec, ModelSpec
+from distill.config.validate import Checker
+from distill.errors import DistillError, RecipeError
+
+# Arguments set by distill from the dataset, not by the recipe.
+INJECTED_MODEL_ARGS = ("num_classes", "in_chans")
+
+
+def check_component(checker: Checker, kind: type, value: dict, path: str) -> dict[str, Any]:
+    if kind is LossTermSpec:
+        return _loss_term(checker, value, path)
+    name = value.get("name")
+    if not isinstance(name, str):
+        raise checker.fail(f"{path}.name", "is required: the registered name of the component")
+    args = {k: v for k, v in value.items() if k != "name"}
+    if kind is ModelSpec:
+        from distill.models import LIBRARY_PREFIXES, MODELS
+
+        if name.startswith(LIBRARY_PREFIXES):
+            return {"name": name, **args}  # the library checks its own arguments when the model is built
+        target = _lookup(checker, MODELS, name, f"{path}.name")
+        for injected in INJECTED_MODEL_ARGS:
+            if injected in args:
+                raise checker.fail(f"{path}.{injected}", "is set from the dataset; remove it from the recipe")
+        return {"name": name, **checker.arguments(target, args, path, skip=INJECTED_MODEL_ARGS)}
+    if kind is DatasetSpec:
+        from distill.data import DATASETS
+
+        target = _lookup(checker, DATASETS, name, f"{path}.name")
+        return {"name": name, **checker.arguments(target, args, path)}
+    raise TypeError(f"no component checker for {kind}")
+
+
+def _loss_term(checker: Checker, value: dict, path: str) -> dict[str, Any]:
+    from distill.losses_registry import LOSSES
+
+    key = path.rsplit(".", 1)[-1]
+    loss_name = value.get("loss", key)
+    if not isinstance(loss_name, str):
+        raise checker.fail(f"{path}.loss", f"must be a string, got {loss_name!r}")
+    if "weight" not in value:
+        raise checker.fail(f"{path}.weight", "is required: every loss term has an explicit weight")
+    weight = checker.value(float, value["weight"], f"{path}.weight")
+    target = _lookup(checker, LOSSES, loss_name, f"{path}.loss" if "loss" in value else path)
+    args = checker.arguments(target, {k: v for k, v in value.items() if k not in ("loss", "weight")}, path)
+    try:
+        target(**args)  # the loss validates its own values (e.g. temperature > 0)
+    except ValueError as exc:
+        raise checker.fail(path, f"is invalid: {exc}") from None
+    return {"loss": loss_name, "weight": weight, **args}
+
+
+def _lookup(checker: Checker, registry: Any, name: str, path: str) -> Any:
+    try:
+        return registry.get(name)
+    except DistillError as exc:
+        raise RecipeError(f"{checker.source}: '{path}': {exc}") from None

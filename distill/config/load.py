@@ -1,0 +1,163 @@
+"""Find, read, override, check and save recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from distill.config.components import check_component
+from distill.config.schema import REQUIRED, RESERVED_TRAINER_KEYS, TRAINER_DEFAULTS, Recipe
+from distill.config.validate import Checker
+from distill.errors import DistillError, RecipeError, did_you_mean
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe  # typed settings
+    resolved: dict[str, Any]  # the same, as plain data with every default filled in (what is printed and saved)
+    path: Path | None  # the file it came from
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path else "recipe"
+
+
+def bundled_dir() -> Path:
+    return Path(str(importlib.resources.files("recipes")))
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Bundled recipe names -> files, discovered from the recipes folder."""
+    return {p.stem: p for p in sorted(bundled_dir().glob("*.yaml"))}
+
+
+def locate(name_or_path: str) -> Path:
+    """A recipe file: an existing path, else a bundled recipe by bare name (with or without .yaml)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent == Path(".") and stem in bundled:
+        return bundled[stem]
+    raise DistillError(f"recipe '{name_or_path}' is neither a file nor a bundled recipe{did_you_mean(stem, bundled)}")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DistillError(f"cannot read recipe {path}: {exc.strerror}") from None
+    try:
+        config = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
+    if not OmegaConf.is_dict(config):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got a {type(config).__name__}")
+    return config
+
+
+def parse_overrides(overrides: list[str]) -> Any:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise RecipeError(f"command line: override '{item}' is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise RecipeError(f"command line: bad override: {str(exc).splitlines()[0]}") from None
+
+
+def to_plain(config: Any, source: str) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{source}: {str(exc).splitlines()[0]}") from None
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> LoadedRecipe:
+    """Read a recipe, apply `key=value` overrides, and check every key."""
+    path = locate(name_or_path)
+    file_config = read_yaml(path)
+    file_checker = Checker(str(path), component=check_component)
+    check_recipe(to_plain(file_config, str(path)), file_checker, require=False)
+    if not overrides:
+        return from_dict(to_plain(file_config, str(path)), str(path), path)
+    return from_dict(apply_overrides(file_config, overrides), f"{path} with command-line overrides", path)
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> dict[str, Any]:
+    """A plain dict of `config` (dict or OmegaConf) with the `key=value` overrides merged in."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(config), parse_overrides(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"command line: {str(exc).splitlines()[0]}") from None
+    return to_plain(merged, "command line")
+
+
+def from_dict(raw: dict[str, Any], source: str, path: Path | None = None) -> LoadedRecipe:
+    """Check a plain recipe dict and build the typed settings."""
+    checker = Checker(source, component=check_component)
+    recipe = check_recipe(raw, checker, require=True)
+    return LoadedRecipe(recipe=recipe, resolved=plain(dataclasses.asdict(recipe)), path=path)
+
+
+def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe:
+    recipe: Recipe = checker.dataclass(Recipe, raw, "", require=REQUIRED if require else ())
+    recipe.trainer = check_trainer(checker, recipe.trainer, "trainer")
+    if recipe.teacher is not None and recipe.teacher.train is not None:
+        recipe.teacher.train.trainer = check_trainer(checker, recipe.teacher.train.trainer, "teacher.train.trainer")
+    if require:
+        check_teacher(checker, recipe)
+    return recipe
+
+
+def check_trainer(checker: Checker, given: dict[str, Any], path: str) -> dict[str, Any]:
+    """Trainer keys are checked against lightning.Trainer's own signature, then passed to it unchanged."""
+    from lightning import Trainer
+
+    for key, why in RESERVED_TRAINER_KEYS.items():
+        if key in given:
+            raise checker.fail(f"{path}.{key}", f"cannot be set in a recipe: {why}")
+    checker.arguments(Trainer, given, path)
+    return {**TRAINER_DEFAULTS, **given}
+
+
+def check_teacher(checker: Checker, recipe: Recipe) -> None:
+    teacher = recipe.teacher
+    if teacher is None:
+        if recipe.loss.terms:
+            raise checker.fail("teacher", "is missing: loss.terms distill from a teacher; add a teacher section")
+        return
+    if teacher.model is None:
+        raise checker.fail("teacher.model", "is required: the teacher's architecture, e.g. {name: convnet}")
+    if teacher.checkpoint is None and teacher.train is None:
+        raise checker.fail(
+            "teacher",
+            "has neither 'checkpoint' (a path to its weights) nor 'train' (settings to train it first): add one",
+        )
+
+
+def plain(value: Any) -> Any:
+    """Built-in types only (dict subclasses and tuples flattened), ready for YAML."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def to_yaml(resolved: dict[str, Any]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(resolved), sort_keys=False)
+
+
+def save_recipe(resolved: dict[str, Any], path: Path) -> None:
+    path.write_text(to_yaml(resolved))

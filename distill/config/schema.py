@@ -1,0 +1,119 @@
+"""The typed settings a recipe maps onto. Every field is documented: `help` becomes the CLI's reference.
+
+Components (a dataset, a model, a loss term) are written `{name: ..., <its own arguments>}` and are
+checked against the named constructor's signature (see `distill.config.components`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help line."""
+    if getattr(type(default), "__hash__", None) is None:  # mutable (list, dict, dataclass): copy per instance
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class ModelSpec(dict):
+    """A model: `{name: <registry name | timm:<name> | torchvision:<name>>, <model arguments>}`."""
+
+
+class DatasetSpec(dict):
+    """A dataset: `{name: <registry name>, <datamodule arguments>}`."""
+
+
+class LossTermSpec(dict):
+    """A loss term: `{weight: float, loss: <registry name, default the term's key>, <loss arguments>}`."""
+
+
+@dataclass
+class RunSettings:
+    root: str = setting("runs", "folder that holds the run folders")
+    name: str | None = setting(None, "run folder name under root (default: the recipe's file name)")
+
+
+@dataclass
+class OptimizerSettings:
+    name: Literal["sgd", "adamw"] = setting("sgd", "optimizer")
+    lr: float = setting(0.05, "peak learning rate")
+    weight_decay: float = setting(5e-4, "weight decay (decoupled for adamw)")
+    momentum: float = setting(0.9, "sgd momentum")
+    nesterov: bool = setting(False, "sgd Nesterov momentum")
+    betas: list[float] = setting([0.9, 0.999], "adamw betas")
+    eps: float = setting(1e-8, "adamw epsilon")
+
+
+@dataclass
+class SchedulerSettings:
+    name: Literal["multistep", "cosine", "constant"] = setting("multistep", "learning-rate schedule, stepped per batch")
+    milestones: list[int] = setting([150, 180, 210], "multistep: epochs at which the lr is multiplied by gamma")
+    gamma: float = setting(0.1, "multistep: decay factor")
+    warmup_epochs: float = setting(0.0, "linear warm-up from 0 over this many epochs (fractions allowed)")
+    min_lr: float = setting(0.0, "cosine: final learning rate")
+
+
+@dataclass
+class LossSettings:
+    ce_weight: float = setting(1.0, "weight of cross-entropy on the labels (0 disables it)")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    terms: dict[str, LossTermSpec] = setting({}, "distillation terms by name, each with an explicit weight")
+
+
+@dataclass
+class TeacherTraining:
+    seed: int = setting(0, "seed of the teacher's training run")
+    ce_weight: float = setting(1.0, "weight of cross-entropy (the teacher trains on labels only)")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
+    optimizer: OptimizerSettings = setting(OptimizerSettings(), "the teacher's optimizer")
+    scheduler: SchedulerSettings = setting(SchedulerSettings(), "the teacher's schedule")
+    trainer: dict[str, Any] = setting({}, "lightning.Trainer arguments for the teacher run (as `trainer:`)")
+
+
+@dataclass
+class TeacherSettings:
+    model: ModelSpec | None = setting(None, "the teacher's architecture")
+    checkpoint: str | None = setting(
+        None, "teacher weights: a distill checkpoint, {'model': state_dict} or a state_dict"
+    )
+    train: TeacherTraining | None = setting(None, "without a checkpoint: train the teacher first with these settings")
+    store: str = setting("runs/teachers", "where trained teachers are kept, keyed by their settings, for reuse")
+
+
+@dataclass
+class Recipe:
+    description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
+    seed: int = setting(0, "global seed: same seed, same metrics on CPU")
+    run: RunSettings = setting(RunSettings(), "where the run folder goes")
+    data: DatasetSpec | None = setting(None, "the dataset")
+    student: ModelSpec | None = setting(None, "the student's architecture")
+    teacher: TeacherSettings | None = setting(None, "the frozen teacher (none: train the student alone)")
+    loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
+    optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
+    scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")
+    trainer: dict[str, Any] = setting({}, "passed unchanged to lightning.Trainer (max_epochs, devices, precision...)")
+
+
+REQUIRED = ("data", "student")
+
+# Trainer arguments distill owns: it builds them from the run settings.
+RESERVED_TRAINER_KEYS = {
+    "callbacks": "distill adds its own callbacks",
+    "logger": "distill logs CSV (and TensorBoard when installed) to the run folder",
+    "default_root_dir": "use run.root and run.name",
+    "enable_checkpointing": "distill always writes last and best checkpoints",
+    "plugins": "plugins are objects, which a recipe cannot build",
+}
+
+# Shown when printed, so a recipe has no hidden Trainer defaults.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 10,
+    "accelerator": "auto",
+    "devices": 1,
+    "precision": "32-true",
+    "strategy": "auto",
+    "log_every_n_steps": 10,
+}

@@ -1,0 +1,13 @@
+"""Loss terms a recipe can name under `loss.terms`. The loss modules themselves live in the standalone `losses`
+package, which does not know about distill; they are registered here."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from distill.registry import Registry
+from losses import KDLoss
+
+LOSSES: Registry[type[nn.Module]] = Registry("loss")
+
+LOSSES.register("kd")(KDLoss)

@@ -1,0 +1,56 @@
+"""The model registry and `create_model`, which also reaches any timm or torchvision model."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from distill.errors import DistillError
+from distill.registry import Registry
+
+MODELS: Registry[type[nn.Module]] = Registry("model")
+
+LIBRARY_PREFIXES = ("timm:", "torchvision:")
+
+
+def create_model(name: str, num_classes: int, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model by registry name, `timm:<name>` or `torchvision:<name>`.
+
+    `num_classes` (and `in_chans` where the model takes it) come from the dataset; the remaining
+    keyword arguments are the model's own.
+    """
+    if name.startswith("timm:"):
+        return _create_timm(name.removeprefix("timm:"), num_classes, in_chans, kwargs)
+    if name.startswith("torchvision:"):
+        return _create_torchvision(name.removeprefix("torchvision:"), num_classes, kwargs)
+    builder = MODELS.get(name)
+    params = inspect.signature(builder).parameters
+    if in_chans is not None and "in_chans" in params:
+        kwargs.setdefault("in_chans", in_chans)
+    return builder(num_classes=num_classes, **kwargs)
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not timm.list_models(name) and name not in timm.list_models(pretrained=True):
+        raise DistillError(f"unknown timm model '{name}' (see timm.list_models())")
+    if in_chans is not None:
+        kwargs.setdefault("in_chans", in_chans)
+    try:
+        return timm.create_model(name, num_classes=num_classes, **kwargs)
+    except (RuntimeError, OSError) as exc:  # e.g. pretrained weights unreachable offline
+        raise DistillError(f"timm model '{name}': {str(exc).splitlines()[0]}") from None
+
+
+def _create_torchvision(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise DistillError(f"unknown torchvision model '{name}' (see torchvision.models.list_models())")
+    try:
+        return torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise DistillError(f"torchvision model '{name}': {str(exc).splitlines()[0]}") from None

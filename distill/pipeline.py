@@ -1,0 +1,89 @@
+"""Runs: `fit` (train, keep checkpoints, report on the test split) and `evaluate` (validate/test a checkpoint).
+
+These are what the CLI calls; notebooks and scripts can call them too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from distill.build import build_datamodule, build_module
+from distill.checkpoints import read_checkpoint
+from distill.config.load import LoadedRecipe, from_dict, save_recipe
+from distill.data import ClassificationDataModule
+from distill.errors import DistillError
+from distill.quiet import quiet_expected_messages
+from distill.runs import RECIPE_FILE, last_checkpoint, make_trainer, new_run_dir
+from distill.teachers import resolve_teacher
+
+RESULTS_FILE = "results.json"
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_checkpoint: Path
+    metrics: dict[str, float]  # on the test split, with the best checkpoint
+    resolved: dict[str, Any]
+
+
+def prepare_data(loaded: LoadedRecipe) -> ClassificationDataModule:
+    data = build_datamodule(loaded.recipe.data)
+    data.prepare_data()
+    data.setup("fit")  # surfaces missing or broken data before anything is written
+    return data
+
+
+def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callback] = ()) -> FitResult:
+    """Train the student of `loaded` (training its teacher first if needed) in a new run folder, or resume one."""
+    quiet_expected_messages()
+    recipe = loaded.recipe
+    checkpoint = last_checkpoint(resume) if resume is not None else None
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    data = prepare_data(loaded)
+    teacher, teacher_source = resolve_teacher(loaded, data)
+    L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the teacher
+    module = build_module(recipe, loaded.resolved, data, teacher, teacher_source)
+    run_dir = resume if resume is not None else new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
+    if resume is None:
+        save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
+    trainer = make_trainer(recipe.trainer, run_dir, recipe.seed, callbacks=list(callbacks))
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
+    best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+    (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    (run_dir / RESULTS_FILE).write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
+    return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
+
+
+def recipe_of_checkpoint(path: Path) -> dict[str, Any]:
+    meta = read_checkpoint(path).get("distill")
+    if not isinstance(meta, dict) or not isinstance(meta.get("recipe"), dict):
+        raise DistillError(f"--checkpoint: {path} was not written by distill fit; pass --recipe to say how to build it")
+    return meta["recipe"]
+
+
+def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", "test"]) -> dict[str, float]:
+    """Validate or test the student in `checkpoint` with the data and teacher of `loaded` (no training)."""
+    quiet_expected_messages()
+    recipe = loaded.recipe
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    data = prepare_data(loaded)
+    meta = read_checkpoint(checkpoint, "--checkpoint").get("distill") or {}
+    teacher, source = None, meta.get("teacher")
+    if loaded.resolved["teacher"] and source and Path(source["weights"]).is_file():
+        # the exact teacher weights the student was distilled from, never a retrained one
+        pinned = {**loaded.resolved["teacher"], "checkpoint": source["weights"]}
+        teacher, source = resolve_teacher(from_dict({**loaded.resolved, "teacher": pinned}, "checkpoint"), data)
+    module = build_module(recipe, loaded.resolved, data, teacher, source)
+    device_args = {k: v for k, v in recipe.trainer.items() if k in ("accelerator", "devices", "precision", "strategy")}
+    trainer = L.Trainer(**device_args, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    run = trainer.validate if stage == "validate" else trainer.test
+    (metrics,) = run(module, datamodule=data, ckpt_path=str(checkpoint), weights_only=True, verbose=False)
+    return {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,16 @@
+"""Silence Lightning messages that are expected in distillation runs and would only confuse users."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+def quiet_expected_messages() -> None:
+    # The frozen teacher is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )

@@ -1,0 +1,175 @@
+"""Distillation for image classification: a trainable student, a frozen teacher, weighted loss terms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from distill.tasks.teacher import drop_teacher_keys, freeze
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
+SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+class DistillationModule(L.LightningModule):
+    """Trains `student` on `ce_weight * CE + sum_i weight_i * term_i(student_logits, teacher_logits, target)`.
+
+    The teacher is frozen, pinned in eval mode, run under no_grad, kept out of the optimizer and out of
+    checkpoints (which record `teacher_source` instead). Without a teacher the student trains on CE alone.
+
+    Args:
+        student: the model being trained.
+        teacher: the frozen teacher, or None.
+        num_classes: number of classes, for the accuracy metrics.
+        terms: loss terms by name, each `(weight, module)`; a module's own parameters are trained too.
+        ce_weight: weight of cross-entropy on the labels.
+        label_smoothing: label smoothing of that cross-entropy.
+        optimizer: builds the optimizer from the trainable parameters.
+        scheduler: builds a per-step schedule, or None for a constant learning rate.
+        teacher_source: where the teacher came from, stored in checkpoints in place of its weights.
+        recipe: the resolved recipe, stored in checkpoints so `distill validate/test` can rebuild the run.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        num_classes: int,
+        terms: dict[str, tuple[float, nn.Module]] | None = None,
+        ce_weight: float = 1.0,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        teacher_source: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        terms = terms or {}
+        if terms and teacher is None:
+            raise ValueError(f"loss terms {sorted(terms)} need a teacher")
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
+        self.weights = {name: weight for name, (weight, _) in terms.items()}
+        self.ce_weight = ce_weight
+        self.label_smoothing = label_smoothing
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.01))
+        self.scheduler_factory = scheduler
+        self.teacher_source = teacher_source
+        self.recipe = recipe
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{what}": MulticlassAccuracy(num_classes, average="micro")
+                for stage in ("train", "val", "test")
+                for what in ("acc", "agreement", "teacher_acc")
+            }
+        )
+        # Teacher predictions on the (unshuffled) validation set, by batch index: computed in the first
+        # validation epoch, which also logs the teacher's accuracy once; reused for agreement afterwards.
+        self._teacher_val_preds: dict[int, torch.Tensor] = {}
+
+    # -- teacher hygiene --------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # pinned: Lightning calls .train() on the whole module every epoch
+        return self
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters()) + list(self.terms.parameters())
+        return [p for p in params if p.requires_grad]
+
+    # -- steps ------------------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def loss_parts(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Each unweighted loss term by name."""
+        parts = {}
+        if self.ce_weight:
+            parts["ce"] = F.cross_entropy(student_logits.float(), target, label_smoothing=self.label_smoothing)
+        for name, term in self.terms.items():
+            parts[name] = term(student_logits, teacher_logits, target)
+        return parts
+
+    def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = {"ce": self.ce_weight, **self.weights}
+        return sum(weights[name] * value for name, value in parts.items())
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch  # (B, C, H, W), (B,)
+        student_logits = self.student(x)  # (B, K)
+        teacher_logits = self.teacher_logits(x) if len(self.terms) else None
+        parts = self.loss_parts(student_logits, teacher_logits, y)
+        loss = self.total_loss(parts)
+        self.log("train/loss", loss, prog_bar=True)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value)
+        self.metrics["train_acc"](student_logits, y)
+        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:
+        x, y = batch
+        student_logits = self.student(x)
+        self.log(f"{stage}/loss", F.cross_entropy(student_logits.float(), y), sync_dist=True)
+        self.metrics[f"{stage}_acc"](student_logits, y)
+        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=True)
+        if self.teacher is None:
+            return
+        teacher_preds = self._teacher_preds(x, y, batch_idx, stage)
+        self.metrics[f"{stage}_agreement"](student_logits, teacher_preds)
+        self.log(f"{stage}/agreement", self.metrics[f"{stage}_agreement"])
+
+    def _teacher_preds(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int, stage: str) -> torch.Tensor:
+        cached = stage == "val" and not self.trainer.sanity_checking
+        if cached and batch_idx in self._teacher_val_preds:
+            return self._teacher_val_preds[batch_idx]
+        teacher_logits = self.teacher_logits(x)
+        self.metrics[f"{stage}_teacher_acc"](teacher_logits, y)
+        self.log(f"{stage}/teacher_acc", self.metrics[f"{stage}_teacher_acc"])
+        preds = teacher_logits.argmax(dim=-1)
+        if cached:
+            self._teacher_val_preds[batch_idx] = preds
+        return preds
+
+    # -- optimization -----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, -(-total_steps // max_epochs))
+        scheduler = self.scheduler_factory(optimizer, steps_per_epoch, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: student only ----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = drop_teacher_keys(checkpoint["state_dict"])
+        checkpoint["distill"] = {"teacher": self.teacher_source, "recipe": self.recipe}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The teacher is not in the file: give strict loading the teacher we already hold.
+        if self.teacher is not None:
+            teacher_state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **teacher_state}

@@ -1,0 +1,78 @@
+"""Where the teacher comes from: a checkpoint, or a teacher trained first and kept in a store for reuse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distill.build import build_model
+from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
+from distill.config.load import LoadedRecipe, from_dict
+from distill.data import ClassificationDataModule
+
+TEACHER_FILE = "teacher.pt"
+# Data settings that change how fast data loads, not what the teacher learns.
+DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
+
+
+def resolve_teacher(loaded: LoadedRecipe, data: ClassificationDataModule) -> tuple[nn.Module | None, dict | None]:
+    """The frozen teacher's model with its weights loaded, and a reference to its source for checkpoints."""
+    teacher = loaded.recipe.teacher
+    if teacher is None:
+        return None, None
+    model = build_model(teacher.model, data, "teacher.model")
+    if teacher.checkpoint is not None:
+        weights = Path(teacher.checkpoint).expanduser().resolve()
+    else:
+        weights = stored_teacher_path(loaded)
+        if not weights.is_file():
+            train_teacher(loaded, weights)
+    load_weights(model, weights, "teacher.checkpoint")
+    return model, {"model": dict(teacher.model), "weights": str(weights)}
+
+
+def teacher_key(loaded: LoadedRecipe) -> str:
+    """A short hash of everything that determines the trained teacher: model, data and training settings."""
+    resolved = loaded.resolved
+    data = {k: v for k, v in resolved["data"].items() if k not in DATA_KEYS_IGNORED_IN_KEY}
+    settings = {"model": resolved["teacher"]["model"], "data": data, "train": resolved["teacher"]["train"]}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stored_teacher_path(loaded: LoadedRecipe) -> Path:
+    teacher = loaded.recipe.teacher
+    name = teacher.model["name"].replace(":", "_").replace("/", "_")
+    return Path(teacher.store).expanduser().resolve() / f"{name}-{teacher_key(loaded)}" / TEACHER_FILE
+
+
+def teacher_recipe(loaded: LoadedRecipe, run_root: Path) -> LoadedRecipe:
+    """The recipe that trains the teacher: its model as the student, labels only, its own training settings."""
+    resolved = loaded.resolved
+    train = resolved["teacher"]["train"]
+    raw = {
+        "description": f"teacher for {loaded.name}",
+        "seed": train["seed"],
+        "run": {"root": str(run_root), "name": "train"},
+        "data": resolved["data"],
+        "student": resolved["teacher"]["model"],
+        "loss": {"ce_weight": train["ce_weight"], "label_smoothing": train["label_smoothing"], "terms": {}},
+        "optimizer": train["optimizer"],
+        "scheduler": train["scheduler"],
+        "trainer": train["trainer"],
+    }
+    return from_dict(raw, f"{loaded.path or 'recipe'} (teacher.train)", loaded.path)
+
+
+def train_teacher(loaded: LoadedRecipe, weights: Path) -> None:
+    """Train the teacher with the same machinery as any run, then keep its best weights at `weights`."""
+    from distill.pipeline import fit  # the teacher run is an ordinary run
+
+    print(f"No stored teacher for these settings: training it first ({weights.parent})")
+    result = fit(teacher_recipe(loaded, weights.parent))
+    state = extract_state_dict(read_checkpoint(result.best_checkpoint, "teacher run"))
+    meta: dict[str, Any] = {"recipe": result.resolved, "metrics": result.metrics}
+    atomic_save({"model": state, "distill": meta}, weights)
