@@ -23,8 +23,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
     """
     from distill.config import load_recipe, to_yaml
-    from distill.config.load import bundled_recipes  # noqa: F401  (recipes are found even when installed)
-    from distill.runs import RECIPE_FILE, latest_run_dir
+    from distill.runs import RECIPE_FILE, last_checkpoint, latest_run_dir
 
     resume_dir = None
     if args.resume is not None:
@@ -35,6 +34,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
             resume_dir = latest_run_dir(named.recipe.run.root, named.recipe.run.name or named.name)
         else:
             resume_dir = Path(args.resume)
+        last_checkpoint(resume_dir)  # a clear error before anything else when there is nothing to resume
         loaded = load_recipe(str(resume_dir / RECIPE_FILE), args.overrides)
     elif args.recipe is None:
         raise DistillError("fit needs --recipe NAME_OR_PATH (see `distill recipes`)")

@@ -35,6 +35,7 @@ class FitResult:
 
 def prepare_data(loaded: LoadedRecipe) -> ClassificationDataModule:
     data = build_datamodule(loaded.recipe.data)
+    data.seed = loaded.recipe.seed
     data.prepare_data()
     data.setup("fit")  # surfaces missing or broken data before anything is written
     return data
@@ -53,7 +54,7 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     run_dir = resume if resume is not None else new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
     if resume is None:
         save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
-    trainer = make_trainer(recipe.trainer, run_dir, recipe.seed, callbacks=list(callbacks))
+    trainer = make_trainer(recipe.trainer, run_dir, callbacks=list(callbacks))
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
     (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)

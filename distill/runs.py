@@ -1,16 +1,13 @@
-"""Run folders, the Trainer a run uses, and per-epoch seeding for exact resume."""
+"""Run folders and the Trainer a run uses."""
 
 from __future__ import annotations
 
 import importlib.util
-import random
 import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -50,29 +47,20 @@ def last_checkpoint(run_dir: Path) -> Path:
     return path
 
 
-class EpochSeeding(Callback):
-    """Reseed python, numpy and torch at the start of every training epoch from (seed, epoch).
-
-    Shuffling, augmentation and dropout then depend only on the seed and the epoch, so a run resumed from
-    an epoch-end checkpoint continues exactly as the uninterrupted run would have.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch_seed = (self.seed * 1_000_003 + trainer.current_epoch) % 2**32
-        random.seed(epoch_seed)
-        np.random.seed(epoch_seed)
-        torch.manual_seed(epoch_seed)
+def log_version(run_dir: Path) -> str:
+    """`logs` for a run's first session; `logs/resume_K` for the K-th resumed one, so no session's log is lost."""
+    if not (run_dir / "logs").exists():
+        return "logs"
+    return f"logs/resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}"
 
 
 def loggers(run_dir: Path) -> list[Logger]:
-    found: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version="logs")]
+    version = log_version(run_dir)
+    found: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version=version)]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        found.append(TensorBoardLogger(save_dir=run_dir, name="", version="tensorboard"))
+        found.append(TensorBoardLogger(save_dir=run_dir / "tensorboard", name="", version=version))
     return found
 
 
@@ -85,7 +73,7 @@ def progress_bar(enabled: bool) -> list[Callback]:
 
 
 def make_trainer(
-    trainer_args: dict[str, Any], run_dir: Path, seed: int, monitor: str = "val/acc", callbacks: list[Callback] = ()
+    trainer_args: dict[str, Any], run_dir: Path, monitor: str = "val/acc", callbacks: list[Callback] = ()
 ) -> L.Trainer:
     """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder."""
     checkpoint = ModelCheckpoint(
@@ -99,7 +87,7 @@ def make_trainer(
         enable_version_counter=False,
     )
     args = dict(trainer_args)
-    own = [checkpoint, EpochSeeding(seed), *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
+    own = [checkpoint, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
     try:
         return L.Trainer(**args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own)
     except (ValueError, TypeError, RuntimeError) as exc:  # e.g. an unknown strategy or accelerator

@@ -18,8 +18,8 @@ class KDLoss(nn.Module):
     """Temperature-scaled KL divergence between teacher and student class distributions.
 
     `L = T^2 * mean_B sum_C p_t * (log p_t - log p_s)` with `p = softmax(logits / T)`.
-    The T^2 factor keeps the gradient scale independent of T. Computed in fp32 whatever the
-    input dtype; the teacher logits are detached.
+    The T^2 factor keeps the gradient scale independent of T. Computed in fp32 for fp16/bf16/fp32
+    inputs (fp64 inputs stay fp64, so `gradcheck` works); the teacher logits are detached.
 
     Args:
         temperature: softening temperature T (> 0); the CIFAR-100 protocol uses 4.
@@ -39,9 +39,12 @@ class KDLoss(nn.Module):
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher {tuple(teacher_logits.shape)}")
         t = self.temperature
-        log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)  # (B, C)
-        log_p_t = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)  # (B, C)
-        per_sample = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # (B,)
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)  # at least fp32; fp64 stays fp64
+        log_p_s = F.log_softmax(student_logits.to(dtype) / t, dim=-1)  # (B, C)
+        log_p_t = F.log_softmax(teacher_logits.detach().to(dtype) / t, dim=-1)  # (B, C)
+        p_t = log_p_t.exp()
+        # classes the teacher rules out (logit -inf, p_t = 0) contribute 0, not 0 * inf = NaN
+        per_sample = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), 0.0).sum(dim=-1)  # (B,)
         if per_sample.numel() == 0:
-            return student_logits.float().sum() * 0.0
+            return student_logits.to(dtype).sum() * 0.0
         return per_sample.mean() * t * t

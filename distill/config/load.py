@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise RecipeError(f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
+    except OmegaConfBaseException as exc:  # e.g. an unbalanced `${` in a value
+        key = getattr(exc, "full_key", None)
+        raise RecipeError(f"{path}: {f'{key!r}: ' if key else ''}{str(exc).splitlines()[0]}") from None
     if not OmegaConf.is_dict(config):
         raise RecipeError(f"{path}: a recipe must be a mapping of keys, got a {type(config).__name__}")
     return config
@@ -155,8 +159,20 @@ def plain(value: Any) -> Any:
     return value
 
 
+def escape_interpolations(value: Any) -> Any:
+    """Strings with `${` escaped (`\\${`, with any backslashes before it doubled), so resolved values that hold a
+    literal `${` are read back as the same text rather than as an interpolation."""
+    if isinstance(value, str):
+        return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: escape_interpolations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escape_interpolations(v) for v in value]
+    return value
+
+
 def to_yaml(resolved: dict[str, Any]) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(resolved), sort_keys=False)
+    return OmegaConf.to_yaml(OmegaConf.create(escape_interpolations(resolved)), sort_keys=False)
 
 
 def save_recipe(resolved: dict[str, Any], path: Path) -> None:

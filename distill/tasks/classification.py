@@ -158,6 +158,9 @@ class DistillationModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
+        # Counting the steps made Lightning build the train loader and draw its first batch before a resumed run
+        # restores its epoch counter: drop that loader so the run builds it afresh, for the right epoch.
+        self.trainer.fit_loop._combined_loader = None
         max_epochs = max(1, self.trainer.max_epochs or 1)
         steps_per_epoch = max(1, -(-total_steps // max_epochs))
         scheduler = self.scheduler_factory(optimizer, steps_per_epoch, total_steps)

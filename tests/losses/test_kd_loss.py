@@ -1,0 +1,167 @@
+"""KDLoss (methods.md section 1) through the per-loss template of style.md item 4."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from losses.kd import KDLoss, check_positive
+
+
+def reference_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Naive float64 KD written from the formula: T^2 * mean_B sum_C p_t (log p_t - log p_s), p = softmax(z / T)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for s_row, t_row in zip(student.double(), teacher.double(), strict=True):
+        s_exp = torch.exp(s_row / temperature - (s_row / temperature).max())
+        t_exp = torch.exp(t_row / temperature - (t_row / temperature).max())
+        p_s = s_exp / s_exp.sum()
+        p_t = t_exp / t_exp.sum()
+        total = total + sum(p_t[c] * (torch.log(p_t[c]) - torch.log(p_s[c])) for c in range(len(p_t)))
+    return temperature**2 * total / max(len(student), 1)
+
+
+def logits(*shape: int, seed: int, scale: float = 3.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_matches_float64_reference_in_value_and_gradient(temperature: float) -> None:
+    student = logits(5, 7, seed=0, dtype=torch.float64).requires_grad_()
+    teacher = logits(5, 7, seed=1, dtype=torch.float64)
+    ref_student = student.detach().clone().requires_grad_()
+
+    loss = KDLoss(temperature)(student, teacher)
+    expected = reference_kd(ref_student, teacher, temperature)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+
+    upstream = 0.37  # a non-unit upstream gradient, as when the term is weighted
+    (upstream * loss).backward()
+    (upstream * expected).backward()
+    torch.testing.assert_close(student.grad, ref_student.grad, rtol=1e-9, atol=1e-12)
+    # closed form of the same gradient: dL/ds = T * (p_s - p_t) / B
+    p_s = torch.softmax(student.detach() / temperature, dim=-1)
+    p_t = torch.softmax(teacher / temperature, dim=-1)
+    torch.testing.assert_close(student.grad, upstream * temperature * (p_s - p_t) / 5, rtol=1e-9, atol=1e-12)
+
+
+def test_fp32_inputs_match_reference() -> None:
+    student, teacher = logits(8, 10, seed=2), logits(8, 10, seed=3)
+    loss = KDLoss(4.0)(student, teacher)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), reference_kd(student, teacher, 4.0), rtol=1e-5, atol=1e-6)
+
+
+def test_pinned_golden_value() -> None:
+    # T = 2, B = 2, C = 3, ln 4 = 2 ln 2.
+    # Row 1: teacher [0, ln4, 0] / 2 = [0, ln2, 0] -> p_t = [1/4, 1/2, 1/4]; student 0 -> p_s = [1/3, 1/3, 1/3].
+    #   KL = sum p_t log p_t + ln 3 = (-1/2 ln2 - 1/2 ln2 - 1/2 ln2) + ln3 = ln3 - 3/2 ln2.
+    # Row 2: teacher 0 -> p_t uniform; student [0, ln4, 0] -> p_s = [1/4, 1/2, 1/4].
+    #   KL = -ln3 - 1/3 (ln 1/4 + ln 1/2 + ln 1/4) = 5/3 ln2 - ln3.
+    # mean over rows = (1/6 ln2) / 2 = ln2 / 12; times T^2 = 4 -> ln2 / 3 = 0.23104906018664842.
+    ln4 = math.log(4.0)
+    student = torch.tensor([[0.0, 0.0, 0.0], [0.0, ln4, 0.0]])
+    teacher = torch.tensor([[0.0, ln4, 0.0], [0.0, 0.0, 0.0]])
+    loss = KDLoss(temperature=2.0)(student, teacher)
+    assert loss.item() == pytest.approx(0.23104906018664842, rel=1e-6)
+
+
+def test_zero_when_student_equals_teacher_and_positive_otherwise() -> None:
+    teacher = logits(6, 5, seed=4)
+    loss_fn = KDLoss(3.0)
+    assert loss_fn(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss_fn(logits(6, 5, seed=5), teacher).item() > 1e-3
+    # softmax ignores a per-row constant: shifted student logits are the same distribution
+    shift = torch.arange(6.0)[:, None]
+    assert loss_fn(teacher + shift, teacher).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_empty_batch_gives_zero_and_finite_gradients() -> None:
+    student = torch.zeros(0, 5, requires_grad=True)
+    teacher = torch.zeros(0, 5)
+    loss = KDLoss(4.0)(student, teacher)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert student.grad is not None
+    assert student.grad.shape == (0, 5)
+    assert torch.isfinite(student.grad).all()
+
+
+def test_no_gradient_reaches_the_teacher() -> None:
+    teacher_layer = torch.nn.Linear(4, 5)
+    features = torch.randn(3, 4, generator=torch.Generator().manual_seed(6))
+    teacher = teacher_layer(features)  # a teacher output that is part of a graph
+    teacher_leaf = logits(3, 5, seed=7).requires_grad_()
+    student = logits(3, 5, seed=8).requires_grad_()
+
+    (KDLoss(2.0)(student, teacher) + KDLoss(2.0)(student, teacher_leaf)).backward()
+
+    assert teacher_leaf.grad is None
+    assert teacher_layer.weight.grad is None
+    assert teacher_layer.bias.grad is None
+    assert student.grad is not None
+    assert student.grad.abs().sum() > 0
+
+
+def test_bf16_inputs_give_fp32_result_of_the_rounded_values() -> None:
+    student = logits(16, 100, seed=9, scale=5.0, dtype=torch.bfloat16).requires_grad_()
+    teacher = logits(16, 100, seed=10, scale=5.0, dtype=torch.bfloat16)
+    loss = KDLoss(2.0)(student, teacher)
+
+    assert loss.dtype == torch.float32
+    fp32 = KDLoss(2.0)(student.detach().float(), teacher.float())
+    torch.testing.assert_close(loss, fp32, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(loss.double(), reference_kd(student.detach(), teacher, 2.0), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert student.grad.dtype == torch.bfloat16
+    assert torch.isfinite(student.grad.float()).all()
+
+
+def test_gradcheck_float64_wrt_student() -> None:
+    student = logits(3, 6, seed=11, dtype=torch.float64).requires_grad_()
+    teacher = logits(3, 6, seed=12, dtype=torch.float64)
+    loss_fn = KDLoss(1.5)
+    assert torch.autograd.gradcheck(lambda s: loss_fn(s, teacher), (student,))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_equals_t_squared_times_kl_at_temperature(temperature: float) -> None:
+    student, teacher = logits(4, 9, seed=13, dtype=torch.float64), logits(4, 9, seed=14, dtype=torch.float64)
+    kl = F.kl_div(
+        F.log_softmax(student / temperature, dim=-1),
+        F.log_softmax(teacher / temperature, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    torch.testing.assert_close(KDLoss(temperature)(student, teacher), temperature**2 * kl)
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -1.0, float("nan")])
+def test_invalid_temperature_raises_value_error_naming_it(temperature: float) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        KDLoss(temperature)
+
+
+def test_check_positive() -> None:
+    value = check_positive("width", 3)
+    assert value == 3.0
+    assert isinstance(value, float)
+    with pytest.raises(ValueError, match="width must be > 0, got -2"):
+        check_positive("width", -2)
+
+
+@pytest.mark.parametrize("teacher_shape", [(2, 4), (3, 3), (2, 3, 1)])
+def test_shape_mismatch_raises_value_error(teacher_shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="student logits"):
+        KDLoss()(torch.zeros(2, 3), torch.zeros(*teacher_shape))
+
+
+def test_target_argument_is_optional_and_ignored() -> None:
+    student, teacher = logits(4, 5, seed=15), logits(4, 5, seed=16)
+    target = torch.tensor([0, 1, 2, 3])
+    loss_fn = KDLoss(4.0)
+    assert torch.equal(loss_fn(student, teacher), loss_fn(student, teacher, target))
+    assert torch.equal(loss_fn(student, teacher), loss_fn(student, teacher, target=None))

@@ -1,0 +1,51 @@
+"""A run stopped after an epoch and resumed with `--resume` ends exactly where the uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from distill.cli import main
+from distill.config import load_recipe
+from distill.pipeline import fit
+
+
+class StopAfterEpochs(Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(recipe_file, tmp_path):
+    overrides = ["trainer.max_epochs=3", "data.augment=true"]  # augmentation: resume must replay the randomness
+    full = fit(load_recipe(str(recipe_file), [*overrides, "run.name=full"]))
+
+    stopped = fit(load_recipe(str(recipe_file), [*overrides, "run.name=stopped"]), callbacks=[StopAfterEpochs(1)])
+    saved = torch.load(stopped.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    final_full = torch.load(full.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0 and 0 < saved["global_step"] < final_full["global_step"]
+
+    assert main(["fit", "--resume", str(stopped.run_dir)]) == 0
+    resumed = torch.load(stopped.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == final_full["global_step"]
+    for key, value in final_full["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    full_metrics = json.loads((full.run_dir / "results.json").read_text())["test"]
+    resumed_metrics = json.loads((stopped.run_dir / "results.json").read_text())["test"]
+    assert resumed_metrics == full_metrics
+    # the first session's log is kept; the resumed session logs beside it
+    assert "epoch" in (stopped.run_dir / "logs" / "metrics.csv").read_text()
+    assert (stopped.run_dir / "logs" / "resume_1" / "metrics.csv").is_file()
+
+
+def test_resume_latest_run_by_recipe_name(recipe_file, tmp_path, capsys):
+    first = fit(load_recipe(str(recipe_file)), callbacks=[StopAfterEpochs(1)])
+    assert main(["fit", "--recipe", str(recipe_file), "--resume"]) == 0
+    assert torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert main(["fit", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
