@@ -7,8 +7,6 @@ import warnings
 
 
 def quiet_expected_messages() -> None:
-    # The frozen teacher is in eval mode on purpose.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r".*does not have many workers")
     # A resumed run writes into its own checkpoint folder on purpose.

@@ -80,7 +80,11 @@ def parse_overrides(overrides: list[str]) -> Any:
         raise RecipeError(f"command line: bad override: {str(exc).splitlines()[0]}") from None
 
 
-def to_plain(config: Any, source: str) -> dict[str, Any]:
+def to_plain(config: Any, source: str, allow_missing: bool = False) -> dict[str, Any]:
+    """The config as plain data with interpolations resolved; a `???` value left unset is an error."""
+    missing = sorted(OmegaConf.missing_keys(config)) if not allow_missing else []
+    if missing:
+        raise RecipeError(f"{source}: '{missing[0]}' must be set (it is ??? in the recipe): add {missing[0]}=VALUE")
     try:
         return OmegaConf.to_container(config, resolve=True)
     except OmegaConfBaseException as exc:
@@ -91,20 +95,24 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> LoadedRecipe:
     """Read a recipe, apply `key=value` overrides, and check every key."""
     path = locate(name_or_path)
     file_config = read_yaml(path)
-    file_checker = Checker(str(path), component=check_component)
-    check_recipe(to_plain(file_config, str(path)), file_checker, require=False)
+    # the file alone must be valid, so that its mistakes are reported against it; `???` values may wait for overrides
+    check_recipe(to_plain(file_config, str(path), allow_missing=True), Checker(str(path), check_component, True), False)
     if not overrides:
         return from_dict(to_plain(file_config, str(path)), str(path), path)
-    return from_dict(apply_overrides(file_config, overrides), f"{path} with command-line overrides", path)
+    source = f"{path} with command-line overrides"
+    return from_dict(to_plain(merge_overrides(file_config, overrides), source), source, path)
+
+
+def merge_overrides(config: Any, overrides: list[str]) -> Any:
+    try:
+        return OmegaConf.merge(OmegaConf.create(config), parse_overrides(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"command line: {str(exc).splitlines()[0]}") from None
 
 
 def apply_overrides(config: Any, overrides: list[str]) -> dict[str, Any]:
     """A plain dict of `config` (dict or OmegaConf) with the `key=value` overrides merged in."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.create(config), parse_overrides(list(overrides)))
-    except OmegaConfBaseException as exc:
-        raise RecipeError(f"command line: {str(exc).splitlines()[0]}") from None
-    return to_plain(merged, "command line")
+    return to_plain(merge_overrides(config, overrides), "command line")
 
 
 def from_dict(raw: dict[str, Any], source: str, path: Path | None = None) -> LoadedRecipe:

@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 from distill.errors import RecipeError, did_you_mean
 
 NoneType = type(None)
+MISSING = "???"
 
 
 def type_name(annotation: Any) -> str:
@@ -45,16 +46,22 @@ class Checker:
     `component` is called for dict subclasses that stand for a registry component (model, dataset, loss term).
     """
 
-    def __init__(self, source: str, component: Callable[[Checker, type, dict, str], dict] | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        component: Callable[[Checker, type, dict, str], dict] | None = None,
+        allow_missing: bool = False,
+    ) -> None:
         self.source = source
         self.component = component
+        self.allow_missing = allow_missing  # accept OmegaConf's `???` (a value to be given on the command line)
 
     def fail(self, path: str, message: str) -> RecipeError:
         return RecipeError(f"{self.source}: '{path}' {message}")
 
     def value(self, annotation: Any, value: Any, path: str) -> Any:
         origin = typing.get_origin(annotation)
-        if annotation is Any:
+        if annotation is Any or (self.allow_missing and value == MISSING):
             return value
         if origin in (Union, types.UnionType):
             options = typing.get_args(annotation)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -81,6 +82,10 @@ class DistillationModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.eval()  # pinned: Lightning calls .train() on the whole module every epoch
         return self
+
+    def on_fit_start(self) -> None:
+        # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
