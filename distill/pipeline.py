@@ -6,6 +6,7 @@ These are what the CLI calls; notebooks and scripts can call them too.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,13 +49,18 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     checkpoint = last_checkpoint(resume) if resume is not None else None
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     data = prepare_data(loaded)
-    teacher, teacher_source = resolve_teacher(loaded, data)
+    run_dir = resume if resume is not None else new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
+    try:
+        trainer = make_trainer(recipe.trainer, run_dir, callbacks=list(callbacks))  # checks the trainer settings
+        teacher, teacher_source = resolve_teacher(loaded, data)
+    except DistillError:
+        if resume is None:
+            shutil.rmtree(run_dir)  # made for this run a moment ago: bad input leaves nothing behind
+        raise
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the teacher
     module = build_module(recipe, loaded.resolved, data, teacher, teacher_source)
-    run_dir = resume if resume is not None else new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
     if resume is None:
         save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
-    trainer = make_trainer(recipe.trainer, run_dir, callbacks=list(callbacks))
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
     (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)

@@ -26,7 +26,10 @@ def new_run_dir(root: str, name: str) -> Path:
         raise DistillError(f"run.root: cannot create run folder {parent}: {exc.strerror}") from None
     versions = [int(m.group(1)) for p in parent.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
     run_dir = parent / f"version_{max(versions, default=-1) + 1}"
-    run_dir.mkdir()
+    try:
+        run_dir.mkdir()
+    except OSError as exc:
+        raise DistillError(f"run.root: cannot create run folder {run_dir}: {exc.strerror}") from None
     return run_dir
 
 
