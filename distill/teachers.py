@@ -15,8 +15,9 @@ from distill.config.load import LoadedRecipe, from_dict
 from distill.data import ClassificationDataModule
 
 TEACHER_FILE = "teacher.pt"
-# Data settings that change how fast data loads, not what the teacher learns.
+# Settings that change how fast data loads or what is displayed, not what the teacher learns.
 DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
+TRAINER_KEYS_IGNORED_IN_KEY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 
 def resolve_teacher(loaded: LoadedRecipe, data: ClassificationDataModule) -> tuple[nn.Module | None, dict | None]:
@@ -39,7 +40,9 @@ def teacher_key(loaded: LoadedRecipe) -> str:
     """A short hash of everything that determines the trained teacher: model, data and training settings."""
     resolved = loaded.resolved
     data = {k: v for k, v in resolved["data"].items() if k not in DATA_KEYS_IGNORED_IN_KEY}
-    settings = {"model": resolved["teacher"]["model"], "data": data, "train": resolved["teacher"]["train"]}
+    train = dict(resolved["teacher"]["train"])
+    train["trainer"] = {k: v for k, v in train["trainer"].items() if k not in TRAINER_KEYS_IGNORED_IN_KEY}
+    settings = {"model": resolved["teacher"]["model"], "data": data, "train": train}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -24,6 +24,11 @@ def create_model(name: str, num_classes: int, in_chans: int | None = None, **kwa
     if name.startswith("timm:"):
         return _create_timm(name.removeprefix("timm:"), num_classes, in_chans, kwargs)
     if name.startswith("torchvision:"):
+        if in_chans not in (None, 3):
+            raise DistillError(
+                f"torchvision model '{name}' takes 3-channel images but the dataset has {in_chans}: "
+                "use a timm:<name> model (it adapts to in_chans) or a registered one"
+            )
         return _create_torchvision(name.removeprefix("torchvision:"), num_classes, kwargs)
     builder = MODELS.get(name)
     params = inspect.signature(builder).parameters
@@ -41,7 +46,7 @@ def _create_timm(name: str, num_classes: int, in_chans: int | None, kwargs: dict
         kwargs.setdefault("in_chans", in_chans)
     try:
         return timm.create_model(name, num_classes=num_classes, **kwargs)
-    except (RuntimeError, OSError) as exc:  # e.g. pretrained weights unreachable offline
+    except (RuntimeError, OSError, TypeError) as exc:  # e.g. pretrained weights unreachable offline, a typo'd argument
         raise DistillError(f"timm model '{name}': {str(exc).splitlines()[0]}") from None
 
 
@@ -52,5 +57,9 @@ def _create_torchvision(name: str, num_classes: int, kwargs: dict[str, Any]) -> 
         raise DistillError(f"unknown torchvision model '{name}' (see torchvision.models.list_models())")
     try:
         return torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except (RuntimeError, OSError, ValueError, TypeError) as exc:  # TypeError: a typo'd argument
         raise DistillError(f"torchvision model '{name}': {str(exc).splitlines()[0]}") from None
+    except KeyError as exc:  # from the weights enum
+        raise DistillError(
+            f"torchvision model '{name}': unknown weights {exc} (see torchvision.models.get_model_weights('{name}'))"
+        ) from None

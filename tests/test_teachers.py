@@ -1,0 +1,169 @@
+"""Where the teacher comes from: a checkpoint, or a teacher trained once, kept in a store keyed by its settings."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+import distill.teachers as teachers
+from distill.checkpoints import read_checkpoint
+from distill.config import LoadedRecipe, from_dict
+from distill.models import create_model
+from distill.pipeline import prepare_data
+from distill.teachers import resolve_teacher, stored_teacher_path, teacher_key
+from tests.helpers import tiny_recipe
+
+
+def load(raw: dict) -> LoadedRecipe:
+    return from_dict(raw, "test")
+
+
+def changed(raw: dict, dotted: str, value: object) -> dict:
+    """A deep copy of `raw` with the key at `dotted` (e.g. 'teacher.train.seed') set to `value`."""
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    section = raw
+    for key in parents:
+        section = section[key]
+    section[last] = value
+    return raw
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> dict:
+    return tiny_recipe(tmp_path / "runs", tmp_path / "teachers")
+
+
+def same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return set(own) == set(state) and all(torch.equal(own[k], state[k]) for k in own)
+
+
+# teacher_key
+
+
+def test_key_is_stable(raw: dict) -> None:
+    assert teacher_key(load(raw)) == teacher_key(load(copy.deepcopy(raw)))
+
+
+def test_key_does_not_depend_on_how_a_default_is_written(raw: dict) -> None:
+    explicit = changed(raw, "teacher.model.dropout", 0.0)  # ConvNet's default
+    assert teacher_key(load(explicit)) == teacher_key(load(raw))
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("teacher.model.widths", [8, 32]),
+        ("teacher.model", {"name": "mlp"}),
+        ("teacher.train.seed", 1),
+        ("teacher.train.optimizer.lr", 0.02),
+        ("teacher.train.trainer.max_epochs", 4),
+        ("data.split_seed", 1),
+        ("data.batch_size", 16),
+        ("data.augment", True),
+    ],
+)
+def test_key_changes_with_what_the_teacher_learns(raw: dict, dotted: str, value: object) -> None:
+    raw_changed = changed(raw, dotted, value)
+    assert load(raw_changed).resolved != load(raw).resolved  # the change is real
+    assert teacher_key(load(raw_changed)) != teacher_key(load(raw))
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("data.num_workers", 2),
+        ("student", {"name": "mlp", "hidden": [32]}),
+        ("loss", {"ce_weight": 0.5, "terms": {"kd": {"weight": 0.5, "temperature": 2.0}}}),
+        ("optimizer", {"name": "sgd", "lr": 0.1}),
+        ("scheduler", {"name": "constant"}),
+        ("trainer.max_epochs", 7),
+        ("seed", 3),  # the teacher run has its own seed (teacher.train.seed)
+        ("run.name", "other"),
+        ("teacher.store", "elsewhere"),
+    ],
+)
+def test_key_ignores_what_the_teacher_does_not_depend_on(raw: dict, dotted: str, value: object) -> None:
+    raw_changed = changed(raw, dotted, value)
+    assert load(raw_changed).resolved != load(raw).resolved  # the change is real
+    assert teacher_key(load(raw_changed)) == teacher_key(load(raw))
+
+
+def test_stored_teacher_path_is_in_the_store(raw: dict, tmp_path: Path) -> None:
+    loaded = load(raw)
+    path = stored_teacher_path(loaded)
+    store = (tmp_path / "teachers").resolve()
+    assert path.is_absolute() and path.is_relative_to(store)
+    assert path.name == teachers.TEACHER_FILE
+    assert teacher_key(loaded) in path.parent.name
+    other = stored_teacher_path(load(changed(raw, "data.split_seed", 1)))
+    assert other.parent != path.parent and other.is_relative_to(store)
+
+
+def test_library_model_names_make_one_folder(raw: dict) -> None:
+    raw = changed(raw, "teacher.model", {"name": "timm:test_resnet"})
+    path = stored_teacher_path(load(raw))
+    assert path.parent.parent == Path(raw["teacher"]["store"]).resolve()
+    assert ":" not in path.parent.name
+
+
+# resolve_teacher
+
+
+def test_no_teacher(tmp_path: Path) -> None:
+    raw = tiny_recipe(tmp_path / "runs", tmp_path / "teachers", teacher=None, loss={"ce_weight": 1.0})
+    loaded = load(raw)
+    assert resolve_teacher(loaded, prepare_data(loaded)) == (None, None)
+
+
+def test_teacher_from_a_checkpoint(raw: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(7)
+    spec = raw["teacher"]["model"]
+    weights = create_model("convnet", 10, 1, widths=spec["widths"], hidden=spec["hidden"]).state_dict()
+    torch.save({"model": weights, "epoch": 240}, tmp_path / "teacher_w.pt")
+    monkeypatch.chdir(tmp_path)  # a relative path is resolved once, so the source works from anywhere
+    monkeypatch.setattr(teachers, "train_teacher", lambda *a: pytest.fail("a teacher with a checkpoint is trained"))
+    raw["teacher"] = {"model": spec, "checkpoint": "teacher_w.pt"}
+    loaded = load(raw)
+    model, source = resolve_teacher(loaded, prepare_data(loaded))
+    assert same_weights(model, weights)
+    assert source["weights"] == str((tmp_path / "teacher_w.pt").resolve())
+    assert source["model"] == loaded.resolved["teacher"]["model"]
+
+
+def test_teacher_is_trained_once_then_reused(raw: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = changed(raw, "teacher.train.trainer.max_epochs", 1)  # enough to learn something; half the time
+    loaded = load(raw)
+    data = prepare_data(loaded)
+    path = stored_teacher_path(loaded)
+    assert not path.exists()
+
+    model, source = resolve_teacher(loaded, data)
+    assert path.is_file() and source["weights"] == str(path)
+    saved = read_checkpoint(path)
+    assert same_weights(model, saved["model"])
+    meta = saved["distill"]
+    assert meta["recipe"]["student"] == loaded.resolved["teacher"]["model"]  # the teacher run trained the teacher
+    assert meta["recipe"]["data"] == loaded.resolved["data"]
+    assert meta["recipe"]["loss"]["terms"] == {}  # labels only
+    assert meta["metrics"]["test/acc"] > 0.3  # it learned (chance is 0.1)
+
+    def no_training(*args: object) -> None:
+        raise AssertionError("the stored teacher was trained again")
+
+    monkeypatch.setattr(teachers, "train_teacher", no_training)
+    stamp = path.stat().st_mtime_ns
+    again, source_again = resolve_teacher(load(copy.deepcopy(raw)), data)
+    assert source_again == source and path.stat().st_mtime_ns == stamp
+    assert same_weights(again, saved["model"])
+
+
+def test_teacher_key_ignores_display_settings_of_the_teacher_run(tmp_path):
+    base = tiny_recipe(tmp_path / "runs", tmp_path / "teachers")
+    quiet = tiny_recipe(tmp_path / "runs", tmp_path / "teachers")
+    quiet["teacher"]["train"]["trainer"].update(enable_progress_bar=True, log_every_n_steps=1)
+    assert teacher_key(from_dict(base, "test")) == teacher_key(from_dict(quiet, "test"))
