@@ -47,7 +47,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from distill.report import print_summary
 
     result = fit(loaded, resume=resume_dir)
-    print_summary(loaded.name, result.metrics, caption=f"run folder: {result.run_dir}")
+    print_summary(loaded.name, result.metrics, str(result.run_dir))
 
 
 def _evaluate(args: argparse.Namespace, stage: str) -> None:

@@ -8,11 +8,13 @@ from rich.table import Table
 ROWS = (("teacher accuracy", "test/teacher_acc"), ("student accuracy", "test/acc"), ("agreement", "test/agreement"))
 
 
-def print_summary(title: str, metrics: dict[str, float], caption: str = "") -> None:
-    table = Table(title=title, caption=caption)
+def print_summary(title: str, metrics: dict[str, float], run_dir: str) -> None:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("test split", justify="right")
     for label, key in ROWS:
         if key in metrics:
             table.add_row(label, f"{100 * metrics[key]:.2f}%")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"run folder: {run_dir}", soft_wrap=True)
