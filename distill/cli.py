@@ -75,6 +75,19 @@ def cmd_test(args: argparse.Namespace) -> None:
     _evaluate(args, "test")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Run every variant of a comparison recipe over several seeds and print one table of student accuracy and
+    agreement with the teacher (mean ± standard deviation over seeds).
+
+    Overrides apply to the comparison's base recipe, e.g. `trainer.max_epochs=5`.
+    """
+    from distill.compare import load_comparison, print_comparison, run_comparison
+
+    comparison, variants, path = load_comparison(args.recipe, args.overrides)
+    folder, results = run_comparison(comparison, variants, path, seeds=args.seeds)
+    print_comparison(f"{path.stem}: {comparison.description}", results, folder)
+
+
 def cmd_recipes(args: argparse.Namespace) -> None:
     """List the bundled recipes with their one-line descriptions."""
     from distill.config.load import bundled_recipes, read_yaml
@@ -93,6 +106,13 @@ def cmd_losses(args: argparse.Namespace) -> None:
             f"{p.name}={p.default!r}" for p in inspect.signature(cls).parameters.values() if p.default is not p.empty
         ]
         print(f"{name:12s} {cls.__module__}.{cls.__name__}({', '.join(params)})\n{'':12s} {summary}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got '{text}'") from None
 
 
 def _add(sub: argparse._SubParsersAction, name: str, func: Callable) -> argparse.ArgumentParser:
@@ -122,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate = _add(sub, name, func)
         evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by distill fit")
         evaluate.add_argument("--recipe", help="build the run from this recipe instead of the checkpoint's")
-    for command in (fit, sub.choices["validate"], sub.choices["test"]):
+    compare = _add(sub, "compare", cmd_compare)
+    compare.add_argument("--recipe", required=True, help="a comparison recipe (base recipe plus variants)")
+    compare.add_argument(
+        "--seeds", type=parse_seeds, help="comma-separated seeds to run, e.g. 0,1,2 (default: the recipe's)"
+    )
+    for command in (fit, compare, sub.choices["validate"], sub.choices["test"]):
         command.add_argument(
             "--allow-module",
             action="append",

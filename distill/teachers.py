@@ -37,10 +37,11 @@ def resolve_teacher(loaded: LoadedRecipe, data: ClassificationDataModule) -> tup
 
 
 def teacher_key(loaded: LoadedRecipe) -> str:
-    """A short hash of everything that determines the trained teacher: model, data and training settings."""
+    """A short hash of everything that determines the trained teacher: model, its data and training settings."""
     resolved = loaded.resolved
-    data = {k: v for k, v in resolved["data"].items() if k not in DATA_KEYS_IGNORED_IN_KEY}
     train = dict(resolved["teacher"]["train"])
+    teacher_data = {**resolved["data"], **train.pop("data")}
+    data = {k: v for k, v in teacher_data.items() if k not in DATA_KEYS_IGNORED_IN_KEY}
     train["trainer"] = {k: v for k, v in train["trainer"].items() if k not in TRAINER_KEYS_IGNORED_IN_KEY}
     settings = {"model": resolved["teacher"]["model"], "data": data, "train": train}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -60,7 +61,7 @@ def teacher_recipe(loaded: LoadedRecipe, run_root: Path) -> LoadedRecipe:
         "description": f"teacher for {loaded.name}",
         "seed": train["seed"],
         "run": {"root": str(run_root), "name": "train"},
-        "data": resolved["data"],
+        "data": {**resolved["data"], **train["data"]},
         "student": resolved["teacher"]["model"],
         "loss": {"ce_weight": train["ce_weight"], "label_smoothing": train["label_smoothing"], "terms": {}},
         "optimizer": train["optimizer"],

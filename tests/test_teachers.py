@@ -167,3 +167,18 @@ def test_teacher_key_ignores_display_settings_of_the_teacher_run(tmp_path):
     quiet = tiny_recipe(tmp_path / "runs", tmp_path / "teachers")
     quiet["teacher"]["train"]["trainer"].update(enable_progress_bar=True, log_every_n_steps=1)
     assert teacher_key(from_dict(base, "test")) == teacher_key(from_dict(quiet, "test"))
+
+
+def test_teacher_can_train_on_other_data_settings_than_the_student(tmp_path):
+    """`teacher.train.data` (e.g. every label) is what the teacher sees; the student's subset does not matter."""
+    full = tiny_recipe(tmp_path / "runs", tmp_path / "teachers")
+    subset = copy.deepcopy(full)
+    subset["data"]["train_samples"] = 50
+    subset["teacher"]["train"]["data"] = {"train_samples": None}
+    assert teacher_key(from_dict(full, "test")) == teacher_key(from_dict(subset, "test"))
+    teacher_run = teachers.teacher_recipe(from_dict(subset, "test"), tmp_path)
+    assert teacher_run.recipe.data["train_samples"] is None
+    bad = copy.deepcopy(subset)
+    bad["teacher"]["train"]["data"] = {"train_sample": None}
+    with pytest.raises(Exception, match="unknown key 'teacher.train.data.train_sample'"):
+        from_dict(bad, "test")

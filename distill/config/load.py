@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill.config.components import check_component
-from distill.config.schema import REQUIRED, RESERVED_TRAINER_KEYS, TRAINER_DEFAULTS, Recipe
+from distill.config.schema import REQUIRED, RESERVED_TRAINER_KEYS, TRAINER_DEFAULTS, DatasetSpec, Recipe
 from distill.config.validate import Checker
 from distill.errors import DistillError, RecipeError, did_you_mean
 
@@ -95,6 +95,8 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> LoadedRecipe:
     """Read a recipe, apply `key=value` overrides, and check every key."""
     path = locate(name_or_path)
     file_config = read_yaml(path)
+    if "variants" in file_config and "base" in file_config:
+        raise RecipeError(f"{path} is a comparison of variants: run it with `distill compare --recipe {path.stem}`")
     # the file alone must be valid, so that its mistakes are reported against it; `???` values may wait for overrides
     check_recipe(to_plain(file_config, str(path), allow_missing=True), Checker(str(path), check_component, True), False)
     if not overrides:
@@ -126,7 +128,10 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe
     recipe: Recipe = checker.dataclass(Recipe, raw, "", require=REQUIRED if require else ())
     recipe.trainer = check_trainer(checker, recipe.trainer, "trainer")
     if recipe.teacher is not None and recipe.teacher.train is not None:
-        recipe.teacher.train.trainer = check_trainer(checker, recipe.teacher.train.trainer, "teacher.train.trainer")
+        train = recipe.teacher.train
+        train.trainer = check_trainer(checker, train.trainer, "teacher.train.trainer")
+        if train.data and recipe.data is not None:
+            checker.value(DatasetSpec, {**recipe.data, **train.data}, "teacher.train.data")
     if require:
         check_teacher(checker, recipe)
     return recipe

@@ -66,6 +66,7 @@ class LossSettings:
 @dataclass
 class TeacherTraining:
     seed: int = setting(0, "seed of the teacher's training run")
+    data: dict[str, Any] = setting({}, "data settings that differ for the teacher run, merged over `data`")
     ce_weight: float = setting(1.0, "weight of cross-entropy (the teacher trains on labels only)")
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the teacher's optimizer")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -59,6 +60,8 @@ class DistillationModule(L.LightningModule):
         self.teacher = freeze(teacher) if teacher is not None else None
         self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
         self.weights = {name: weight for name, (weight, _) in terms.items()}
+        # Terms whose value depends on training progress (DKD's warm-up) take the 1-based epoch.
+        self.epoch_terms = {n for n, (_, m) in terms.items() if "epoch" in inspect.signature(m.forward).parameters}
         self.ce_weight = ce_weight
         self.label_smoothing = label_smoothing
         self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.01))
@@ -100,14 +103,19 @@ class DistillationModule(L.LightningModule):
         return self.student(x)
 
     def loss_parts(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, target: torch.Tensor
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        target: torch.Tensor,
+        epoch: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Each unweighted loss term by name."""
+        """Each unweighted loss term by name; `epoch` (1-based) reaches the terms that take it."""
         parts = {}
         if self.ce_weight:
             parts["ce"] = F.cross_entropy(student_logits.float(), target, label_smoothing=self.label_smoothing)
         for name, term in self.terms.items():
-            parts[name] = term(student_logits, teacher_logits, target)
+            progress = {"epoch": epoch} if name in self.epoch_terms and epoch is not None else {}
+            parts[name] = term(student_logits, teacher_logits, target, **progress)
         return parts
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,7 +126,7 @@ class DistillationModule(L.LightningModule):
         x, y = batch  # (B, C, H, W), (B,)
         student_logits = self.student(x)  # (B, K)
         teacher_logits = self.teacher_logits(x) if len(self.terms) else None
-        parts = self.loss_parts(student_logits, teacher_logits, y)
+        parts = self.loss_parts(student_logits, teacher_logits, y, epoch=self.current_epoch + 1)
         loss = self.total_loss(parts)
         self.log("train/loss", loss, prog_bar=True)
         for name, value in parts.items():

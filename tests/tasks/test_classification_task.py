@@ -172,3 +172,22 @@ def test_loss_goes_down_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+class EpochAwareTerm(nn.Module):
+    """Records the epoch it is given (like DKD's warm-up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, student_logits, teacher_logits, target, epoch=None):
+        self.seen.append(epoch)
+        return student_logits.sum() * 0.0
+
+
+def test_terms_that_take_the_epoch_receive_it_one_based(tmp_path):
+    term = EpochAwareTerm()
+    module = make_module(make_teacher(), terms={"kd": (1.0, KDLoss()), "aware": (1.0, term)})
+    fit(module, tmp_path, max_epochs=2)
+    assert sorted(set(term.seen)) == [1, 2]
