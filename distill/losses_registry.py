@@ -6,8 +6,11 @@ from __future__ import annotations
 from torch import nn
 
 from distill.registry import Registry
-from losses import KDLoss
+from losses import DKDLoss, KDLoss, PlackettLuceLoss, ZScoreKDLoss
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
 LOSSES.register("kd")(KDLoss)
+LOSSES.register("zscore_kd")(ZScoreKDLoss)
+LOSSES.register("pld")(PlackettLuceLoss)
+LOSSES.register("dkd")(DKDLoss)

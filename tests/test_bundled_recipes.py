@@ -9,6 +9,7 @@ import pytest
 
 from distill.build import build_datamodule, build_model, build_terms
 from distill.cli import main
+from distill.compare import is_comparison, load_comparison
 from distill.config import bundled_recipes, load_recipe
 
 # Values a template recipe leaves as ??? for the user to give.
@@ -24,11 +25,21 @@ def test_recipes_are_discovered_from_the_folder():
 def test_bundled_recipe_is_valid_and_documented(name, monkeypatch):
     path = bundled_recipes()[name]
     first_line = path.read_text().splitlines()[0]
+    if is_comparison(path):
+        assert first_line.startswith(f"# distill compare --recipe {name}"), "first line: the command that runs it"
+        comparison, variants, _ = load_comparison(name)
+        assert comparison.description and len(comparison.seeds) >= 2
+        for loaded in variants.values():
+            check_builds(loaded.recipe, monkeypatch)
+        return
     assert first_line.startswith(f"# distill fit --recipe {name}"), "first line: the command that runs it"
     loaded = load_recipe(name, REQUIRED_BY_TEMPLATES.get(name, []))
-    recipe = loaded.recipe
-    assert recipe.description, "a one-line description for `distill recipes`"
-    # build what can be built without data files or weights: the models, with the dataset's class count
+    assert loaded.recipe.description, "a one-line description for `distill recipes`"
+    check_builds(loaded.recipe, monkeypatch)
+
+
+def check_builds(recipe, monkeypatch) -> None:
+    """Build what can be built without data files or weights: the models (with the dataset's class count)."""
     if recipe.data["name"] == "imagefolder":
         monkeypatch.setattr("distill.data.imagefolder.ImageFolderDataModule.__init__", fake_imagefolder_init)
     data = build_datamodule(recipe.data)

@@ -74,6 +74,9 @@ def test_recipes_and_losses_are_listed(capsys):
     assert main(["losses"]) == 0
     out = capsys.readouterr().out
     assert "kd" in out and "temperature=4.0" in out and "losses.kd.KDLoss" in out
+    for name, cls in (("zscore_kd", "ZScoreKDLoss"), ("pld", "PlackettLuceLoss"), ("dkd", "DKDLoss")):
+        assert f"\n{name} " in out and cls in out
+    assert "warmup_epochs=20" in out and "ignore_index=-100" in out
 
 
 def test_help_comes_from_docstrings(capsys):

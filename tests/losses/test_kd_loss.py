@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from losses import zscore
 from losses.kd import KDLoss, check_positive
 
 
@@ -165,3 +167,26 @@ def test_target_argument_is_optional_and_ignored() -> None:
     loss_fn = KDLoss(4.0)
     assert torch.equal(loss_fn(student, teacher), loss_fn(student, teacher, target))
     assert torch.equal(loss_fn(student, teacher), loss_fn(student, teacher, target=None))
+
+
+def test_standardize_z_scores_both_logit_vectors_before_the_temperature() -> None:
+    student, teacher = logits(6, 8, seed=17, dtype=torch.float64), logits(6, 8, seed=18, dtype=torch.float64)
+    standardized = KDLoss(3.0, standardize=True)(student, teacher)
+    torch.testing.assert_close(standardized, KDLoss(3.0)(zscore(student), zscore(teacher)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(standardized, reference_kd(zscore(student), zscore(teacher), 3.0), rtol=1e-10, atol=0)
+    assert KDLoss().standardize is False
+    assert not torch.allclose(standardized, KDLoss(3.0)(student, teacher))
+
+
+@pytest.mark.parametrize("standardize", ["true", 1, None])
+def test_invalid_standardize_raises_value_error_naming_it(standardize: object) -> None:
+    with pytest.raises(ValueError, match="standardize"):
+        KDLoss(standardize=standardize)
+
+
+def test_constructor_arguments_are_annotated_defaulted_and_documented() -> None:
+    params = list(inspect.signature(KDLoss).parameters.values())
+    assert [p.name for p in params] == ["temperature", "standardize"]
+    for p in params:
+        assert p.default is not p.empty and p.annotation is not p.empty
+        assert f"{p.name}:" in KDLoss.__doc__.split("Args:")[1]

@@ -1,0 +1,107 @@
+"""Pieces shared by the logit losses, written once (style.md item 3): argument checks, the fp32 compute dtype with a
+detached teacher, logit standardization, the per-row KL divergence and the (masked) batch mean."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return `value` as a float, or raise a ValueError naming the argument."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def check_non_negative(name: str, value: float) -> float:
+    """Return `value` as a float if it is finite and >= 0, or raise a ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_int(name: str, value: int, minimum: int | None = None) -> int:
+    """Return `value` if it is an int (not a bool) no smaller than `minimum`, or raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}")
+    return value
+
+
+def check_flag(name: str, value: bool) -> bool:
+    """Return `value` if it is a bool, or raise a ValueError naming the argument."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a loss computes in: fp32 for fp16/bf16/fp32 input; fp64 stays fp64 (so `gradcheck` works)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def prepare_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the shapes match; return both in the student's compute dtype, the teacher detached (no gradient)."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} != teacher {tuple(teacher_logits.shape)}")
+    dtype = compute_dtype(student_logits)
+    return student_logits.to(dtype), teacher_logits.detach().to(dtype)
+
+
+def check_target(logits: torch.Tensor, target: torch.Tensor | None, loss: str) -> torch.Tensor:
+    """Require (B, C) logits and a (B,) integer target; return the target."""
+    if target is None:
+        raise ValueError(f"{loss} needs the target labels: call it as (student_logits, teacher_logits, target)")
+    if logits.dim() != 2:
+        raise ValueError(f"{loss} expects (B, C) logits, got shape {tuple(logits.shape)}")
+    if target.shape != logits.shape[:1]:
+        raise ValueError(f"target {tuple(target.shape)} does not match the batch of logits {tuple(logits.shape)}")
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices, got {target.dtype}")
+    return target
+
+
+def zscore(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Standardize logits per sample over the last (class) dim: `(l - mean) / (std + eps)` (methods.md section 2).
+
+    The std is the unbiased one (divide by C - 1, `torch.std`'s default), as the authors' code uses; `eps` is added
+    to the std, not the variance. `torch.std` has a zero (not NaN) backward for a constant row, which then maps to
+    zeros. Computed in fp32 for fp16/bf16/fp32 input (fp64 stays fp64).
+
+    Args:
+        logits: (..., C) with C >= 2.
+        eps: added to the std to keep constant rows finite.
+
+    Returns:
+        (..., C), the standardized logits in the compute dtype.
+    """
+    if logits.shape[-1] < 2:
+        raise ValueError(f"zscore needs at least 2 classes (the unbiased std divides by C - 1), got {logits.shape}")
+    x = logits.to(compute_dtype(logits))
+    if x.numel() == 0:  # an empty batch: nothing to standardize (torch.std would warn about 0 degrees of freedom)
+        return x.clone()
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True)  # unbiased
+    return (x - mean) / (std + eps)
+
+
+def kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """`KL(p || q)` per row over the last dim from log-probabilities: (..., C) -> (...).
+
+    Entries with `p = 0` (log-probability -inf: a class the target distribution rules out) contribute 0, not
+    0 * inf = NaN, and send no gradient to `log_q`.
+    """
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1)
+
+
+def batch_mean(per_sample: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of `per_sample` over the samples (those where `valid`, if given); 0 for an empty or all-masked batch.
+
+    The result stays connected to the graph, so `backward()` on an empty batch gives zero (finite) gradients.
+    Dividing by a tensor count needs no host-device sync.
+    """
+    if valid is None:
+        return per_sample.sum() / max(per_sample.numel(), 1)
+    total = torch.where(valid, per_sample, 0.0).sum()
+    return total / valid.sum().clamp(min=1).to(per_sample.dtype)
