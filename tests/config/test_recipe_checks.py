@@ -14,26 +14,8 @@ import yaml
 import distill.registry as registry
 from distill.config.load import load_recipe
 from distill.config.schema import TRAINER_DEFAULTS, Recipe
-from distill.errors import RecipeError
 from distill.models.small import ConvNet
-
-BASE = "data: {name: digits}\nstudent: {name: convnet}\n"
-TEACHER = "teacher: {model: {name: convnet}, checkpoint: teacher.pt}\n"
-KD = BASE + TEACHER + "loss:\n  ce_weight: 0.1\n  terms:\n    kd: {weight: 0.9, temperature: 4.0}\n"
-
-
-def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def load_error(tmp_path: Path, text: str, overrides: list[str] = ()) -> str:
-    path = write(tmp_path, text)
-    with pytest.raises(RecipeError) as info:
-        load_recipe(str(path), list(overrides))
-    return str(info.value)
-
+from tests.config.recipe_texts import BASE, KD, TEACHER, load_error, write  # noqa: F401
 
 # ---------------------------------------------------------------- a valid recipe, with every default shown
 
@@ -90,13 +72,13 @@ def test_recipe_values_replace_defaults_and_ints_become_floats(tmp_path: Path) -
     assert isinstance(loaded.recipe.optimizer.lr, float)
     assert loaded.resolved["optimizer"]["betas"] == [0.8, 0.9]
     assert loaded.resolved["trainer"] == {**TRAINER_DEFAULTS, "max_epochs": 2, "accelerator": "cpu"}
-    assert loaded.resolved["loss"]["terms"] == {"kd": {"loss": "kd", "weight": 0.9, "temperature": 4.0}}
+    assert loaded.resolved["loss"]["terms"] == {"kd": {"loss": "kd", "weight": 0.9, "temperature": 4.0, "standardize": False}}
 
 
 def test_a_term_may_name_its_loss(tmp_path: Path) -> None:
     text = BASE + TEACHER + "loss: {terms: {soft: {loss: kd, weight: 1}}}\n"
     terms = load_recipe(str(write(tmp_path, text))).resolved["loss"]["terms"]
-    assert terms == {"soft": {"loss": "kd", "weight": 1.0, "temperature": 4.0}}
+    assert terms == {"soft": {"loss": "kd", "weight": 1.0, "temperature": 4.0, "standardize": False}}
 
 
 # ---------------------------------------------------------------- unknown keys

@@ -9,24 +9,7 @@ import pytest
 
 from distill.config.load import bundled_recipes, from_dict, load_recipe, locate, save_recipe
 from distill.errors import DistillError, RecipeError
-
-BASE = "data: {name: digits}\nstudent: {name: convnet}\n"
-TEACHER = "teacher: {model: {name: convnet}, checkpoint: teacher.pt}\n"
-KD = BASE + TEACHER + "loss:\n  ce_weight: 0.1\n  terms:\n    kd: {weight: 0.9, temperature: 4.0}\n"
-
-
-def write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def load_error(tmp_path: Path, text: str, overrides: list[str] = ()) -> str:
-    path = write(tmp_path, text)
-    with pytest.raises(RecipeError) as info:
-        load_recipe(str(path), list(overrides))
-    return str(info.value)
-
+from tests.config.recipe_texts import BASE, KD, TEACHER, load_error, write  # noqa: F401
 
 # ---------------------------------------------------------------- YAML
 
@@ -92,7 +75,7 @@ def test_overrides_are_applied_and_type_checked(tmp_path: Path) -> None:
     path = write(tmp_path, KD)
     loaded = load_recipe(str(path), ["trainer.max_epochs=3", "loss.terms.kd.temperature=2.5", "optimizer.name=adamw"])
     assert loaded.resolved["trainer"]["max_epochs"] == 3
-    assert loaded.resolved["loss"]["terms"]["kd"] == {"loss": "kd", "weight": 0.9, "temperature": 2.5}
+    assert loaded.resolved["loss"]["terms"]["kd"] == {"loss": "kd", "weight": 0.9, "temperature": 2.5, "standardize": False}
     assert loaded.recipe.optimizer.name == "adamw"
     assert loaded.path == path
     assert load_recipe(str(path)).resolved["trainer"]["max_epochs"] == 10  # the file is unchanged
