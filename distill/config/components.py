@@ -9,7 +9,7 @@ from distill.config.validate import Checker
 from distill.errors import DistillError, RecipeError
 
 # Arguments set by distill from the dataset, not by the recipe.
-INJECTED_MODEL_ARGS = ("num_classes", "in_chans")
+INJECTED_MODEL_ARGS = ("num_classes", "in_chans", "vocab_size")
 
 
 def check_component(checker: Checker, kind: type, value: dict, path: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The model registry and `create_model`, which also reaches any timm or torchvision model."""
+"""The model registry and `create_model`, which also reaches any timm, torchvision or Hugging Face model."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from distill.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
 
-LIBRARY_PREFIXES = ("timm:", "torchvision:")
+LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
 
 
-def create_model(name: str, num_classes: int, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
-    """Build a model by registry name, `timm:<name>` or `torchvision:<name>`.
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    vocab_size: int | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model by registry name, `timm:<name>`, `torchvision:<name>` or `hf:<name or path>`.
 
-    `num_classes` (and `in_chans` where the model takes it) come from the dataset; the remaining
-    keyword arguments are the model's own.
+    `num_classes` and `in_chans` (image models) or `vocab_size` (language models) come from the dataset and
+    reach the models that take them; the remaining keyword arguments are the model's own.
     """
     if name.startswith("timm:"):
         return _create_timm(name.removeprefix("timm:"), num_classes, in_chans, kwargs)
@@ -30,11 +36,17 @@ def create_model(name: str, num_classes: int, in_chans: int | None = None, **kwa
                 "use a timm:<name> model (it adapts to in_chans) or a registered one"
             )
         return _create_torchvision(name.removeprefix("torchvision:"), num_classes, kwargs)
+    if name.startswith("hf:"):
+        from distill.models.causal_lm import from_pretrained
+
+        return from_pretrained(name.removeprefix("hf:"), vocab_size, **kwargs)
     builder = MODELS.get(name)
     params = inspect.signature(builder).parameters
-    if in_chans is not None and "in_chans" in params:
-        kwargs.setdefault("in_chans", in_chans)
-    return builder(num_classes=num_classes, **kwargs)
+    injected = {"num_classes": num_classes, "in_chans": in_chans, "vocab_size": vocab_size}
+    for key, value in injected.items():
+        if value is not None and key in params:
+            kwargs.setdefault(key, value)
+    return builder(**kwargs)
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int | None, kwargs: dict[str, Any]) -> nn.Module:

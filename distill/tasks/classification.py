@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
-import warnings
-from collections.abc import Callable, Iterable
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from distill.tasks.teacher import drop_teacher_keys, freeze
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-# (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
-SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
+from distill.tasks.base import DistillationTask, LossTerms, OptimizerFactory, SchedulerFactory
 
 
-class DistillationModule(L.LightningModule):
+class DistillationModule(DistillationTask):
     """Trains `student` on `ce_weight * CE + sum_i weight_i * term_i(student_logits, teacher_logits, target)`.
 
     The teacher is frozen, pinned in eval mode, run under no_grad, kept out of the optimizer and out of
@@ -44,7 +36,7 @@ class DistillationModule(L.LightningModule):
         student: nn.Module,
         teacher: nn.Module | None,
         num_classes: int,
-        terms: dict[str, tuple[float, nn.Module]] | None = None,
+        terms: LossTerms | None = None,
         ce_weight: float = 1.0,
         label_smoothing: float = 0.0,
         optimizer: OptimizerFactory | None = None,
@@ -52,22 +44,8 @@ class DistillationModule(L.LightningModule):
         teacher_source: dict[str, Any] | None = None,
         recipe: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        terms = terms or {}
-        if terms and teacher is None:
-            raise ValueError(f"loss terms {sorted(terms)} need a teacher")
-        self.student = student
-        self.teacher = freeze(teacher) if teacher is not None else None
-        self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
-        self.weights = {name: weight for name, (weight, _) in terms.items()}
-        # Terms whose value depends on training progress (DKD's warm-up) take the 1-based epoch.
-        self.epoch_terms = {n for n, (_, m) in terms.items() if "epoch" in inspect.signature(m.forward).parameters}
-        self.ce_weight = ce_weight
+        super().__init__(student, teacher, terms, ce_weight, optimizer, scheduler, teacher_source, recipe)
         self.label_smoothing = label_smoothing
-        self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.01))
-        self.scheduler_factory = scheduler
-        self.teacher_source = teacher_source
-        self.recipe = recipe
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{what}": MulticlassAccuracy(num_classes, average="micro")
@@ -79,24 +57,9 @@ class DistillationModule(L.LightningModule):
         # validation epoch, which also logs the teacher's accuracy once; reused for agreement afterwards.
         self._teacher_val_preds: dict[int, torch.Tensor] = {}
 
-    # -- teacher hygiene --------------------------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> DistillationModule:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # pinned: Lightning calls .train() on the whole module every epoch
-        return self
-
-    def on_fit_start(self) -> None:
-        # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher(x)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.student.parameters()) + list(self.terms.parameters())
-        return [p for p in params if p.requires_grad]
 
     # -- steps ------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,18 +72,12 @@ class DistillationModule(L.LightningModule):
         target: torch.Tensor,
         epoch: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Each unweighted loss term by name; `epoch` (1-based) reaches the terms that take it."""
+        """Each unweighted loss term by name; `epoch` (1-based) reaches the terms that take it (DKD's warm-up)."""
         parts = {}
         if self.ce_weight:
             parts["ce"] = F.cross_entropy(student_logits.float(), target, label_smoothing=self.label_smoothing)
-        for name, term in self.terms.items():
-            progress = {"epoch": epoch} if name in self.epoch_terms and epoch is not None else {}
-            parts[name] = term(student_logits, teacher_logits, target, **progress)
-        return parts
-
-    def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = {"ce": self.ce_weight, **self.weights}
-        return sum(weights[name] * value for name, value in parts.items())
+        inputs = {"target": target} if epoch is None else {"target": target, "epoch": epoch}
+        return {**parts, **self.term_values(student_logits, teacher_logits, inputs)}
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # (B, C, H, W), (B,)
@@ -164,28 +121,3 @@ class DistillationModule(L.LightningModule):
         if cached:
             self._teacher_val_preds[batch_idx] = preds
         return preds
-
-    # -- optimization -----------------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        # Counting the steps made Lightning build the train loader and draw its first batch before a resumed run
-        # restores its epoch counter: drop that loader so the run builds it afresh, for the right epoch.
-        self.trainer.fit_loop._combined_loader = None
-        max_epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = max(1, -(-total_steps // max_epochs))
-        scheduler = self.scheduler_factory(optimizer, steps_per_epoch, total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # -- checkpoints: student only ----------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = drop_teacher_keys(checkpoint["state_dict"])
-        checkpoint["distill"] = {"teacher": self.teacher_source, "recipe": self.recipe}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The teacher is not in the file: give strict loading the teacher we already hold.
-        if self.teacher is not None:
-            teacher_state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
-            checkpoint["state_dict"] = {**checkpoint["state_dict"], **teacher_state}

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from distill.cli import main
+from distill.config import load_recipe
+from distill.teachers import stored_teacher_path
 from tests.helpers import tiny_recipe, write_recipe
 
 DISTILL = str(Path(sys.executable).parent / "distill")
@@ -33,7 +35,8 @@ def test_fit_writes_a_run_folder_reports_and_reuses_the_teacher(recipe_file, tmp
     assert 0.0 <= test["test/agreement"] <= 1.0
     saved = yaml.safe_load((run / "recipe.yaml").read_text())
     assert saved["optimizer"]["weight_decay"] == 5e-4  # defaults are written out, not hidden
-    (teacher_file,) = teacher_store.glob("*/teacher.pt")
+    teacher_file = stored_teacher_path(load_recipe(str(recipe_file)))  # the store is shared by the session
+    assert teacher_file.is_file()
     stamp = teacher_file.stat().st_mtime_ns
     first_results = (run / "results.json").read_text()
 

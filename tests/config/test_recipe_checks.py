@@ -72,7 +72,8 @@ def test_recipe_values_replace_defaults_and_ints_become_floats(tmp_path: Path) -
     assert isinstance(loaded.recipe.optimizer.lr, float)
     assert loaded.resolved["optimizer"]["betas"] == [0.8, 0.9]
     assert loaded.resolved["trainer"] == {**TRAINER_DEFAULTS, "max_epochs": 2, "accelerator": "cpu"}
-    assert loaded.resolved["loss"]["terms"] == {"kd": {"loss": "kd", "weight": 0.9, "temperature": 4.0, "standardize": False}}
+    expected = {"loss": "kd", "weight": 0.9, "temperature": 4.0, "standardize": False}
+    assert loaded.resolved["loss"]["terms"] == {"kd": expected}
 
 
 def test_a_term_may_name_its_loss(tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ def test_overrides_are_applied_and_type_checked(tmp_path: Path) -> None:
     path = write(tmp_path, KD)
     loaded = load_recipe(str(path), ["trainer.max_epochs=3", "loss.terms.kd.temperature=2.5", "optimizer.name=adamw"])
     assert loaded.resolved["trainer"]["max_epochs"] == 3
-    assert loaded.resolved["loss"]["terms"]["kd"] == {"loss": "kd", "weight": 0.9, "temperature": 2.5, "standardize": False}
+    expected = {"loss": "kd", "weight": 0.9, "temperature": 2.5, "standardize": False}
+    assert loaded.resolved["loss"]["terms"]["kd"] == expected
     assert loaded.recipe.optimizer.name == "adamw"
     assert loaded.path == path
     assert load_recipe(str(path)).resolved["trainer"]["max_epochs"] == 10  # the file is unchanged

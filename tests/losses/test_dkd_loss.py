@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from losses import DKDLoss, KDLoss, zscore
-from tests.losses.test_kd_loss import logits
+from tests.losses import contract
+from tests.losses.contract import labels, logits
 
 
 def reference_parts(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float):
@@ -47,25 +48,15 @@ def authors_formula(student, teacher, target, alpha, beta, temperature) -> torch
     return alpha * tckd + beta * nckd
 
 
-def labels(batch: int, classes: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.parametrize(("alpha", "beta", "temperature"), [(1.0, 8.0, 4.0), (1.0, 1.0, 2.0), (0.5, 2.0, 1.0)])
 def test_matches_float64_reference_in_value_and_gradient(alpha: float, beta: float, temperature: float) -> None:
-    student = logits(5, 7, seed=0, dtype=torch.float64).requires_grad_()
-    teacher = logits(5, 7, seed=1, dtype=torch.float64)
     target = labels(5, 7, seed=2)
-    ref_student = student.detach().clone().requires_grad_()
-
-    loss = DKDLoss(alpha, beta, temperature, warmup_epochs=20)(student, teacher, target, epoch=5)
-    expected = reference_dkd(ref_student, teacher, target, alpha, beta, temperature, warmup=5 / 20)
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
-
-    upstream = 0.37  # a non-unit upstream gradient, as when the term is weighted
-    (upstream * loss).backward()
-    (upstream * expected).backward()
-    torch.testing.assert_close(student.grad, ref_student.grad, rtol=1e-9, atol=1e-12)
+    loss_fn = DKDLoss(alpha, beta, temperature, warmup_epochs=20)
+    contract.assert_matches_reference_in_value_and_gradient(
+        lambda s, t: loss_fn(s, t, target, epoch=5),
+        lambda s, t: reference_dkd(s, t, target, alpha, beta, temperature, warmup=5 / 20),
+        seed=0,
+    )
 
 
 def test_matches_the_authors_formula_where_theirs_is_finite() -> None:
@@ -102,11 +93,9 @@ def test_confident_student_stays_finite_where_the_log_of_summed_probabilities_do
 
 
 def test_gradcheck_float64_wrt_student() -> None:
-    student = logits(3, 6, seed=6, dtype=torch.float64).requires_grad_()
-    teacher = logits(3, 6, seed=7, dtype=torch.float64)
     target = torch.tensor([0, 5, 2])
     for loss_fn in (DKDLoss(1.0, 8.0, 4.0), DKDLoss(2.0, 3.0, 1.5, standardize=True)):
-        assert torch.autograd.gradcheck(lambda s, f=loss_fn: f(s, teacher, target, epoch=3), (student,))
+        contract.assert_gradcheck_wrt_student(lambda s, t, f=loss_fn: f(s, t, target, epoch=3), seed=6)
 
 
 def test_pinned_golden_value() -> None:
@@ -187,47 +176,23 @@ def test_standardize_equals_dkd_on_zscored_inputs() -> None:
 
 
 def test_empty_batch_gives_zero_and_finite_gradients() -> None:
+    target = torch.zeros(0, dtype=torch.long)
     for loss_fn in (DKDLoss(), DKDLoss(standardize=True)):
-        student = torch.zeros(0, 5, requires_grad=True)
-        loss = loss_fn(student, torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), epoch=3)
-        assert loss.item() == 0.0
-        loss.backward()
-        assert student.grad is not None
-        assert student.grad.shape == (0, 5)
-        assert torch.isfinite(student.grad).all()
+        contract.assert_zero_with_finite_gradients(lambda s, t, f=loss_fn: f(s, t, target, epoch=3))
 
 
 def test_no_gradient_reaches_the_teacher() -> None:
-    teacher_layer = torch.nn.Linear(4, 5)
-    teacher = teacher_layer(torch.randn(3, 4, generator=torch.Generator().manual_seed(23)))
-    teacher_leaf = logits(3, 5, seed=24).requires_grad_()
-    student = logits(3, 5, seed=25).requires_grad_()
     target = torch.tensor([1, 0, 4])
-
     loss_fn = DKDLoss(standardize=True)
-    (loss_fn(student, teacher, target) + loss_fn(student, teacher_leaf, target)).backward()
-
-    assert teacher_leaf.grad is None
-    assert teacher_layer.weight.grad is None
-    assert teacher_layer.bias.grad is None
-    assert student.grad is not None
-    assert student.grad.abs().sum() > 0
+    contract.assert_no_gradient_reaches_the_teacher(lambda s, t: loss_fn(s, t, target), seed=23)
 
 
 def test_bf16_inputs_give_fp32_result_of_the_rounded_values() -> None:
-    student = logits(16, 100, seed=26, scale=5.0, dtype=torch.bfloat16).requires_grad_()
-    teacher = logits(16, 100, seed=27, scale=5.0, dtype=torch.bfloat16)
     target = labels(16, 100, seed=28)
-    loss = DKDLoss()(student, teacher, target, epoch=30)
-
-    assert loss.dtype == torch.float32
-    fp32 = DKDLoss()(student.detach().float(), teacher.float(), target, epoch=30)
-    torch.testing.assert_close(loss, fp32, rtol=1e-6, atol=1e-7)
-    expected = reference_dkd(student.detach(), teacher, target, 1.0, 8.0, 4.0)
-    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
-    loss.backward()
-    assert student.grad.dtype == torch.bfloat16
-    assert torch.isfinite(student.grad.float()).all()
+    loss_fn = DKDLoss()
+    contract.assert_bf16_inputs_give_fp32_result(
+        lambda s, t: loss_fn(s, t, target, epoch=30), lambda s, t: reference_dkd(s, t, target, 1.0, 8.0, 4.0), seed=26
+    )
 
 
 def test_target_is_required_and_checked() -> None:
@@ -262,10 +227,8 @@ def test_invalid_hyper_parameters_raise_value_error_naming_them(kwargs: dict, na
 
 
 def test_constructor_arguments_are_annotated_defaulted_and_documented() -> None:
-    params = list(inspect.signature(DKDLoss).parameters.values())
-    assert [p.name for p in params] == ["alpha", "beta", "temperature", "warmup_epochs", "standardize"]
+    params = contract.assert_constructor_annotated_and_documented(
+        DKDLoss, ["alpha", "beta", "temperature", "warmup_epochs", "standardize"]
+    )
     assert [p.default for p in params] == [1.0, 8.0, 4.0, 20, False]  # the CIFAR-100 protocol
-    for p in params:
-        assert p.annotation is not p.empty
-        assert f"{p.name}:" in DKDLoss.__doc__.split("Args:")[1]
     assert "epoch" in inspect.signature(DKDLoss.forward).parameters  # the framework passes the 1-based epoch

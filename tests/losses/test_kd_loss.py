@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from losses import zscore
 from losses.kd import KDLoss, check_positive
+from tests.losses import contract
+from tests.losses.contract import logits
 
 
 def reference_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -25,29 +27,14 @@ def reference_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return temperature**2 * total / max(len(student), 1)
 
 
-def logits(*shape: int, seed: int, scale: float = 3.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)).to(dtype)
-
-
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
 def test_matches_float64_reference_in_value_and_gradient(temperature: float) -> None:
-    student = logits(5, 7, seed=0, dtype=torch.float64).requires_grad_()
-    teacher = logits(5, 7, seed=1, dtype=torch.float64)
-    ref_student = student.detach().clone().requires_grad_()
-
-    loss = KDLoss(temperature)(student, teacher)
-    expected = reference_kd(ref_student, teacher, temperature)
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
-
-    upstream = 0.37  # a non-unit upstream gradient, as when the term is weighted
-    (upstream * loss).backward()
-    (upstream * expected).backward()
-    torch.testing.assert_close(student.grad, ref_student.grad, rtol=1e-9, atol=1e-12)
+    reference = partial(reference_kd, temperature=temperature)
+    student, teacher = contract.assert_matches_reference_in_value_and_gradient(KDLoss(temperature), reference, seed=0)
     # closed form of the same gradient: dL/ds = T * (p_s - p_t) / B
     p_s = torch.softmax(student.detach() / temperature, dim=-1)
     p_t = torch.softmax(teacher / temperature, dim=-1)
-    torch.testing.assert_close(student.grad, upstream * temperature * (p_s - p_t) / 5, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(student.grad, contract.UPSTREAM * temperature * (p_s - p_t) / 5, rtol=1e-9, atol=1e-12)
 
 
 def test_fp32_inputs_match_reference() -> None:
@@ -82,51 +69,19 @@ def test_zero_when_student_equals_teacher_and_positive_otherwise() -> None:
 
 
 def test_empty_batch_gives_zero_and_finite_gradients() -> None:
-    student = torch.zeros(0, 5, requires_grad=True)
-    teacher = torch.zeros(0, 5)
-    loss = KDLoss(4.0)(student, teacher)
-    assert loss.item() == 0.0
-    loss.backward()
-    assert student.grad is not None
-    assert student.grad.shape == (0, 5)
-    assert torch.isfinite(student.grad).all()
+    contract.assert_zero_with_finite_gradients(KDLoss(4.0))
 
 
 def test_no_gradient_reaches_the_teacher() -> None:
-    teacher_layer = torch.nn.Linear(4, 5)
-    features = torch.randn(3, 4, generator=torch.Generator().manual_seed(6))
-    teacher = teacher_layer(features)  # a teacher output that is part of a graph
-    teacher_leaf = logits(3, 5, seed=7).requires_grad_()
-    student = logits(3, 5, seed=8).requires_grad_()
-
-    (KDLoss(2.0)(student, teacher) + KDLoss(2.0)(student, teacher_leaf)).backward()
-
-    assert teacher_leaf.grad is None
-    assert teacher_layer.weight.grad is None
-    assert teacher_layer.bias.grad is None
-    assert student.grad is not None
-    assert student.grad.abs().sum() > 0
+    contract.assert_no_gradient_reaches_the_teacher(KDLoss(2.0), seed=6)
 
 
 def test_bf16_inputs_give_fp32_result_of_the_rounded_values() -> None:
-    student = logits(16, 100, seed=9, scale=5.0, dtype=torch.bfloat16).requires_grad_()
-    teacher = logits(16, 100, seed=10, scale=5.0, dtype=torch.bfloat16)
-    loss = KDLoss(2.0)(student, teacher)
-
-    assert loss.dtype == torch.float32
-    fp32 = KDLoss(2.0)(student.detach().float(), teacher.float())
-    torch.testing.assert_close(loss, fp32, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(loss.double(), reference_kd(student.detach(), teacher, 2.0), rtol=1e-5, atol=1e-6)
-    loss.backward()
-    assert student.grad.dtype == torch.bfloat16
-    assert torch.isfinite(student.grad.float()).all()
+    contract.assert_bf16_inputs_give_fp32_result(KDLoss(2.0), lambda s, t: reference_kd(s, t, 2.0), seed=9)
 
 
 def test_gradcheck_float64_wrt_student() -> None:
-    student = logits(3, 6, seed=11, dtype=torch.float64).requires_grad_()
-    teacher = logits(3, 6, seed=12, dtype=torch.float64)
-    loss_fn = KDLoss(1.5)
-    assert torch.autograd.gradcheck(lambda s: loss_fn(s, teacher), (student,))
+    contract.assert_gradcheck_wrt_student(KDLoss(1.5), seed=11)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
@@ -185,8 +140,4 @@ def test_invalid_standardize_raises_value_error_naming_it(standardize: object) -
 
 
 def test_constructor_arguments_are_annotated_defaulted_and_documented() -> None:
-    params = list(inspect.signature(KDLoss).parameters.values())
-    assert [p.name for p in params] == ["temperature", "standardize"]
-    for p in params:
-        assert p.default is not p.empty and p.annotation is not p.empty
-        assert f"{p.name}:" in KDLoss.__doc__.split("Args:")[1]
+    contract.assert_constructor_annotated_and_documented(KDLoss, ["temperature", "standardize"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -11,7 +10,8 @@ import torch.nn.functional as F
 
 from losses import PlackettLuceLoss
 from losses.plackett_luce import teacher_ranking
-from tests.losses.test_kd_loss import logits
+from tests.losses import contract
+from tests.losses.contract import labels, logits
 
 IGNORE = -100
 
@@ -49,35 +49,21 @@ def reference_pld(
     return total / max(kept, 1)
 
 
-def labels(batch: int, classes: int, seed: int) -> torch.Tensor:
-    return torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.parametrize("tau", [1.0, 4.0])
 def test_matches_float64_reference_in_value_and_gradient(tau: float) -> None:
-    student = logits(6, 7, seed=0, dtype=torch.float64).requires_grad_()
-    teacher = logits(6, 7, seed=1, dtype=torch.float64)
     target = labels(6, 7, seed=2)
     target[2] = IGNORE  # an ignored sample leaves the mean
-    ref_student = student.detach().clone().requires_grad_()
-
-    loss = PlackettLuceLoss(temperature=tau)(student, teacher, target)
-    expected = reference_pld(ref_student, teacher, target, tau)
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
-
-    upstream = 0.37  # a non-unit upstream gradient, as when the term is weighted
-    (upstream * loss).backward()
-    (upstream * expected).backward()
-    torch.testing.assert_close(student.grad, ref_student.grad, rtol=1e-9, atol=1e-12)
+    loss_fn = PlackettLuceLoss(temperature=tau)
+    student, _ = contract.assert_matches_reference_in_value_and_gradient(
+        lambda s, t: loss_fn(s, t, target), lambda s, t: reference_pld(s, t, target, tau), seed=0, batch=6
+    )
     assert torch.equal(student.grad[2], torch.zeros(7, dtype=torch.float64))
 
 
 def test_gradcheck_float64_wrt_student() -> None:
-    student = logits(3, 6, seed=3, dtype=torch.float64).requires_grad_()
-    teacher = logits(3, 6, seed=4, dtype=torch.float64)
     target = torch.tensor([0, 5, IGNORE])
     loss_fn = PlackettLuceLoss(2.0)
-    assert torch.autograd.gradcheck(lambda s: loss_fn(s, teacher, target), (student,))
+    contract.assert_gradcheck_wrt_student(lambda s, t: loss_fn(s, t, target), seed=3)
 
 
 def test_pinned_golden_value() -> None:
@@ -163,12 +149,10 @@ def test_empty_or_all_ignored_batch_gives_zero_and_finite_zero_gradients(batch: 
     student = logits(batch, 5, seed=14).requires_grad_()
     teacher = logits(batch, 5, seed=15)
     target = torch.full((batch,), IGNORE)
-    loss = PlackettLuceLoss()(student, teacher, target)
-    assert loss.item() == 0.0
-    loss.backward()
-    assert student.grad is not None
-    assert student.grad.shape == (batch, 5)
-    assert torch.equal(student.grad, torch.zeros_like(student))
+    loss_fn = PlackettLuceLoss()
+    grad = contract.assert_zero_with_finite_gradients(lambda s, t: loss_fn(s, t, target), student, teacher)
+    assert grad.shape == (batch, 5)
+    assert torch.equal(grad, torch.zeros_like(student))
 
 
 def test_last_rank_term_is_zero() -> None:
@@ -195,36 +179,18 @@ def test_convex_in_the_student_logits() -> None:
 
 
 def test_no_gradient_reaches_the_teacher() -> None:
-    teacher_layer = torch.nn.Linear(4, 5)
-    teacher = teacher_layer(torch.randn(3, 4, generator=torch.Generator().manual_seed(19)))
-    teacher_leaf = logits(3, 5, seed=20).requires_grad_()
-    student = logits(3, 5, seed=21).requires_grad_()
     target = torch.tensor([0, 3, 4])
-
     loss_fn = PlackettLuceLoss()
-    (loss_fn(student, teacher, target) + loss_fn(student, teacher_leaf, target)).backward()
-
-    assert teacher_leaf.grad is None
-    assert teacher_layer.weight.grad is None
-    assert teacher_layer.bias.grad is None
-    assert student.grad is not None
-    assert student.grad.abs().sum() > 0
+    contract.assert_no_gradient_reaches_the_teacher(lambda s, t: loss_fn(s, t, target), seed=19)
 
 
 def test_bf16_inputs_give_fp32_result_of_the_rounded_values() -> None:
-    student = logits(16, 100, seed=22, scale=5.0, dtype=torch.bfloat16).requires_grad_()
-    teacher = logits(16, 100, seed=23, scale=5.0, dtype=torch.bfloat16)
     target = labels(16, 100, seed=24)
-    loss = PlackettLuceLoss(4.0)(student, teacher, target)
-
-    assert loss.dtype == torch.float32
-    fp32 = PlackettLuceLoss(4.0)(student.detach().float(), teacher.float(), target)
-    torch.testing.assert_close(loss, fp32, rtol=1e-6, atol=1e-7)
-    fp64 = PlackettLuceLoss(4.0)(student.detach().double(), teacher.double(), target)
-    torch.testing.assert_close(loss.double(), fp64, rtol=1e-5, atol=1e-6)
-    loss.backward()
-    assert student.grad.dtype == torch.bfloat16
-    assert torch.isfinite(student.grad.float()).all()
+    loss_fn = PlackettLuceLoss(4.0)
+    # the reference is the same loss on the rounded values in float64
+    contract.assert_bf16_inputs_give_fp32_result(
+        lambda s, t: loss_fn(s, t, target), lambda s, t: loss_fn(s.double(), t.double(), target), seed=22
+    )
 
 
 def test_target_is_required_and_checked() -> None:
@@ -255,8 +221,4 @@ def test_invalid_hyper_parameters_raise_value_error_naming_them(kwargs: dict, na
 
 
 def test_constructor_arguments_are_annotated_defaulted_and_documented() -> None:
-    params = list(inspect.signature(PlackettLuceLoss).parameters.values())
-    assert [p.name for p in params] == ["temperature", "ignore_index"]
-    for p in params:
-        assert p.default is not p.empty and p.annotation is not p.empty
-        assert f"{p.name}:" in PlackettLuceLoss.__doc__.split("Args:")[1]
+    contract.assert_constructor_annotated_and_documented(PlackettLuceLoss, ["temperature", "ignore_index"])

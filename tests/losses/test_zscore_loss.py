@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from losses import KDLoss, ZScoreKDLoss, zscore
-from tests.losses.test_kd_loss import logits
+from tests.losses import contract
+from tests.losses.contract import logits
 
 EPS = 1e-7
 
@@ -42,26 +43,13 @@ def reference_zscore_kd(student: torch.Tensor, teacher: torch.Tensor, temperatur
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_matches_float64_reference_in_value_and_gradient(temperature: float) -> None:
-    student = logits(5, 7, seed=0, dtype=torch.float64).requires_grad_()
-    teacher = logits(5, 7, seed=1, dtype=torch.float64)
-    ref_student = student.detach().clone().requires_grad_()
-
-    loss = ZScoreKDLoss(temperature)(student, teacher)
-    expected = reference_zscore_kd(ref_student, teacher, temperature)
-    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
-
-    upstream = 0.37  # a non-unit upstream gradient, as when the term is weighted
-    (upstream * loss).backward()
-    (upstream * expected).backward()
-    torch.testing.assert_close(student.grad, ref_student.grad, rtol=1e-9, atol=1e-12)
+    reference = partial(reference_zscore_kd, temperature=temperature)
+    contract.assert_matches_reference_in_value_and_gradient(ZScoreKDLoss(temperature), reference, seed=0)
 
 
 def test_gradcheck_float64_wrt_student() -> None:
-    student = logits(3, 6, seed=2, dtype=torch.float64).requires_grad_()
-    teacher = logits(3, 6, seed=3, dtype=torch.float64)
-    loss_fn = ZScoreKDLoss(2.0)
-    assert torch.autograd.gradcheck(lambda s: loss_fn(s, teacher), (student,))
-    assert torch.autograd.gradcheck(zscore, (student,))
+    contract.assert_gradcheck_wrt_student(ZScoreKDLoss(2.0), seed=2)
+    assert torch.autograd.gradcheck(zscore, (logits(3, 6, seed=2, dtype=torch.float64).requires_grad_(),))
 
 
 def test_pinned_golden_value() -> None:
@@ -160,44 +148,18 @@ def test_kd_with_standardize_equals_zscore_kd() -> None:
 
 
 def test_empty_batch_gives_zero_and_finite_gradients() -> None:
-    student = torch.zeros(0, 5, requires_grad=True)
-    loss = ZScoreKDLoss(2.0)(student, torch.zeros(0, 5))
-    assert loss.item() == 0.0
-    loss.backward()
-    assert student.grad is not None
-    assert student.grad.shape == (0, 5)
-    assert torch.isfinite(student.grad).all()
+    contract.assert_zero_with_finite_gradients(ZScoreKDLoss(2.0))
 
 
 def test_no_gradient_reaches_the_teacher() -> None:
-    teacher_layer = torch.nn.Linear(4, 5)
-    teacher = teacher_layer(torch.randn(3, 4, generator=torch.Generator().manual_seed(13)))
-    teacher_leaf = logits(3, 5, seed=14).requires_grad_()
-    student = logits(3, 5, seed=15).requires_grad_()
-
-    (ZScoreKDLoss()(student, teacher) + ZScoreKDLoss()(student, teacher_leaf)).backward()
-
-    assert teacher_leaf.grad is None
-    assert teacher_layer.weight.grad is None
-    assert teacher_layer.bias.grad is None
-    assert student.grad is not None
-    assert student.grad.abs().sum() > 0
+    contract.assert_no_gradient_reaches_the_teacher(ZScoreKDLoss(), seed=13)
 
 
 def test_bf16_inputs_give_fp32_result_of_the_rounded_values() -> None:
-    student = logits(16, 100, seed=16, scale=5.0, dtype=torch.bfloat16).requires_grad_()
-    teacher = logits(16, 100, seed=17, scale=5.0, dtype=torch.bfloat16)
-    loss = ZScoreKDLoss(2.0)(student, teacher)
-
-    assert loss.dtype == torch.float32
-    assert zscore(teacher).dtype == torch.float32
-    fp32 = ZScoreKDLoss(2.0)(student.detach().float(), teacher.float())
-    torch.testing.assert_close(loss, fp32, rtol=1e-6, atol=1e-7)
-    expected = reference_zscore_kd(student.detach(), teacher, 2.0)
-    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
-    loss.backward()
-    assert student.grad.dtype == torch.bfloat16
-    assert torch.isfinite(student.grad.float()).all()
+    contract.assert_bf16_inputs_give_fp32_result(
+        ZScoreKDLoss(2.0), lambda s, t: reference_zscore_kd(s, t, 2.0), seed=16
+    )
+    assert zscore(logits(16, 100, seed=17, scale=5.0, dtype=torch.bfloat16)).dtype == torch.float32
 
 
 def test_target_argument_is_accepted_and_ignored() -> None:
@@ -221,8 +183,4 @@ def test_zscore_needs_two_classes_and_loss_checks_shapes() -> None:
 
 
 def test_constructor_arguments_are_annotated_defaulted_and_documented() -> None:
-    params = list(inspect.signature(ZScoreKDLoss).parameters.values())
-    assert [p.name for p in params] == ["temperature"]
-    for p in params:
-        assert p.default is not p.empty and p.annotation is not p.empty
-        assert f"{p.name}:" in ZScoreKDLoss.__doc__.split("Args:")[1]
+    contract.assert_constructor_annotated_and_documented(ZScoreKDLoss, ["temperature"])

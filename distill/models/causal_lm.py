@@ -1,0 +1,73 @@
+"""Causal language models: Hugging Face models by name or path (`hf:<name>`), and tiny Llama-style models built
+from a config for offline runs and tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distill.errors import DistillError
+from distill.models.registry import MODELS
+
+
+@MODELS.register("llama")
+def llama(
+    vocab_size: int = 259,
+    hidden_size: int = 64,
+    intermediate_size: int = 176,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 4,
+    max_position_embeddings: int = 512,
+    tie_word_embeddings: bool = False,
+) -> nn.Module:
+    """A Llama-style causal LM (transformers' LlamaForCausalLM) built from a config, randomly initialized.
+
+    Args:
+        vocab_size: vocabulary size (set from the dataset's tokenizer).
+        hidden_size: width of the residual stream.
+        intermediate_size: width of the MLP.
+        num_hidden_layers: decoder layers.
+        num_attention_heads: attention heads.
+        num_key_value_heads: key/value heads (fewer than attention heads: grouped-query attention).
+        max_position_embeddings: longest sequence.
+        tie_word_embeddings: share the input embedding and the LM head.
+    """
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise DistillError("the llama model needs transformers: pip install 'distill[llm]'") from None
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return LlamaForCausalLM(config)
+
+
+def from_pretrained(name_or_path: str, vocab_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """`AutoModelForCausalLM.from_pretrained`, with a one-line error when the Hub or the path is unreachable."""
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise DistillError("hf: models need transformers: pip install 'distill[llm]'") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistillError(
+            f"hf:{name_or_path}: cannot load it (no local folder of that name and the Hugging Face Hub is "
+            f"unreachable or does not have it): {first}"
+        ) from None
+    if vocab_size is not None and model.get_output_embeddings().weight.shape[0] < vocab_size:
+        raise DistillError(
+            f"hf:{name_or_path}: its vocabulary ({model.get_output_embeddings().weight.shape[0]}) is smaller than "
+            f"the tokenizer's ({vocab_size}): use the model's own tokenizer (data.tokenizer=hf:{name_or_path})"
+        )
+    return model

@@ -1,0 +1,118 @@
+"""What every distillation task shares: a trainable student, a frozen teacher, weighted loss terms, the optimizer
+and schedule from the recipe, and student-only checkpoints."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from distill.tasks.teacher import drop_teacher_keys, freeze
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
+SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
+LossTerms = dict[str, tuple[float, nn.Module]]
+
+
+def terms_items(terms: LossTerms) -> list[tuple[str, nn.Module]]:
+    return [(name, module) for name, (_, module) in terms.items()]
+
+
+class DistillationTask(L.LightningModule):
+    """Base of the task modules. The teacher is frozen, pinned in eval mode, run under no_grad, kept out of the
+    optimizer and out of checkpoints (which record `teacher_source` instead).
+
+    A loss term is called `term(student_logits, teacher_logits, **inputs)` where `inputs` holds, of what the task
+    offers (`target`, `labels`, `student_mask`, `teacher_mask`, `epoch`...), the names its `forward` takes: loss
+    modules stay plain and the task needs no per-method branches.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        terms: LossTerms | None,
+        ce_weight: float,
+        optimizer: OptimizerFactory | None,
+        scheduler: SchedulerFactory | None,
+        teacher_source: dict[str, Any] | None,
+        recipe: dict[str, Any] | None,
+    ) -> None:
+        super().__init__()
+        terms = terms or {}
+        if terms and teacher is None:
+            raise ValueError(f"loss terms {sorted(terms)} need a teacher")
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
+        self.weights = {name: weight for name, (weight, _) in terms.items()}
+        self.term_inputs = {
+            name: set(list(inspect.signature(m.forward).parameters)[2:]) for name, m in self.terms.items()
+        }
+        self.ce_weight = ce_weight
+        self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.01))
+        self.scheduler_factory = scheduler
+        self.teacher_source = teacher_source
+        self.recipe = recipe
+
+    # -- teacher hygiene --------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillationTask:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # pinned: Lightning calls .train() on the whole module every epoch
+        return self
+
+    def on_fit_start(self) -> None:
+        # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters()) + list(self.terms.parameters())
+        return [p for p in params if p.requires_grad]
+
+    # -- loss -------------------------------------------------------------------------------------------------------
+    def term_values(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, inputs: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Each term's unweighted value; a term gets the entries of `inputs` its forward names."""
+        return {
+            name: term(
+                student_logits, teacher_logits, **{k: v for k, v in inputs.items() if k in self.term_inputs[name]}
+            )
+            for name, term in self.terms.items()
+        }
+
+    def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = {"ce": self.ce_weight, **self.weights}
+        return sum(weights[name] * value for name, value in parts.items())
+
+    # -- optimization -----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        # Counting the steps made Lightning build the train loader and draw its first batch before a resumed run
+        # restores its epoch counter: drop that loader so the run builds it afresh, for the right epoch.
+        self.trainer.fit_loop._combined_loader = None
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = max(1, -(-total_steps // max_epochs))
+        scheduler = self.scheduler_factory(optimizer, steps_per_epoch, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: student only ----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = drop_teacher_keys(checkpoint["state_dict"])
+        checkpoint["distill"] = {"teacher": self.teacher_source, "recipe": self.recipe}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The teacher is not in the file: give strict loading the teacher we already hold.
+        if self.teacher is not None:
+            teacher_state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **teacher_state}
