@@ -13,6 +13,7 @@ from distill.errors import DistillError
 from distill.losses_registry import LOSSES
 from distill.models import create_model
 from distill.optim import build_optimizer, build_scheduler
+from distill.tasks.base import DistillationTask
 from distill.tasks.classification import DistillationModule
 
 
@@ -21,10 +22,12 @@ def build_datamodule(spec: dict[str, Any]) -> ClassificationDataModule:
     return create_datamodule(spec["name"], **args)
 
 
-def build_model(spec: dict[str, Any], data: ClassificationDataModule, what: str) -> nn.Module:
+def build_model(spec: dict[str, Any], data: Any, what: str) -> nn.Module:
+    """The model of `spec`, sized by the data (classes and channels, or the teacher's or student's vocabulary)."""
     args = {k: v for k, v in spec.items() if k != "name"}
+    role = "teacher" if what.startswith("teacher") else "student"
     try:
-        return create_model(spec["name"], num_classes=data.num_classes, in_chans=data.in_chans, **args)
+        return create_model(spec["name"], **data.model_args(role), **args)
     except DistillError as exc:
         raise DistillError(f"{what}: {exc}") from None
 
@@ -40,19 +43,27 @@ def build_terms(settings: LossSettings) -> dict[str, tuple[float, nn.Module]]:
 def build_module(
     recipe: Recipe,
     resolved: dict[str, Any],
-    data: ClassificationDataModule,
+    data: Any,
     teacher: nn.Module | None,
     teacher_source: dict[str, Any] | None,
-) -> DistillationModule:
-    return DistillationModule(
+) -> DistillationTask:
+    """The task module of `recipe.task`, wired from the recipe (style item 1: everything injected)."""
+    common = dict(
         student=build_model(recipe.student, data, "student"),
         teacher=teacher,
-        num_classes=data.num_classes,
         terms=build_terms(recipe.loss),
         ce_weight=recipe.loss.ce_weight,
-        label_smoothing=recipe.loss.label_smoothing,
         optimizer=partial(build_optimizer, recipe.optimizer),
         scheduler=partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None,
         teacher_source=teacher_source,
         recipe=resolved,
     )
+    if recipe.task == "causal_lm":
+        from distill.tasks.causal_lm import CausalLMDistillationModule
+
+        return CausalLMDistillationModule(**common)
+    return DistillationModule(**common, num_classes=data.num_classes, label_smoothing=recipe.loss.label_smoothing)
+
+
+# The validation metric that picks the best checkpoint, and whether higher is better, per task.
+MONITOR = {"classification": ("val/acc", "max"), "causal_lm": ("val/loss", "min")}

@@ -75,25 +75,40 @@ def run_comparison(
     return folder, results
 
 
-def mean_spread(values: list[float]) -> str:
+# (metric, column title, shown as a percentage); a column appears when the runs report that metric
+COLUMNS = (
+    ("test/acc", "student acc % (mean ± sd)", True),
+    ("test/agreement", "agreement % (mean ± sd)", True),
+    ("test/teacher_acc", "teacher acc %", True),
+    ("test/loss", "student val loss (mean ± sd)", False),
+    ("test/ppl", "perplexity", False),
+    ("test/kl", "KL(teacher || student)", False),
+    ("test/teacher_loss", "teacher val loss", False),
+)
+
+
+def mean_spread(values: list[float], percent: bool) -> str:
+    scale, digits = (100, 2) if percent else (1, 4)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * spread:.{digits}f}"
 
 
 def print_comparison(title: str, results: dict[str, list[dict[str, float]]], folder: Path) -> None:
+    runs = [r for variant in results.values() for r in variant]
+    columns = [c for c in COLUMNS if any(c[0] in r for r in runs)]
+    if any(key == "test/acc" for key, _, _ in columns):
+        columns = [c for c in columns if c[0] != "test/loss"]  # classification: accuracy is the headline
     table = Table(title=title)
-    for column in ("variant", "student acc % (mean ± sd)", "agreement % (mean ± sd)", "teacher acc %", "seeds"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for name, runs in results.items():
-        agreement = [r["test/agreement"] for r in runs if "test/agreement" in r]
-        teacher = [r["test/teacher_acc"] for r in runs if "test/teacher_acc" in r]
-        table.add_row(
-            name,
-            mean_spread([r["test/acc"] for r in runs]),
-            mean_spread(agreement) if agreement else "-",
-            f"{100 * statistics.mean(teacher):.2f}" if teacher else "-",
-            str(len(runs)),
-        )
-    console = Console()
+    table.add_column("variant")
+    for _, header, _ in columns:
+        table.add_column(header, justify="right")
+    table.add_column("seeds", justify="right")
+    for name, variant in results.items():
+        cells = []
+        for key, _, percent in columns:
+            values = [r[key] for r in variant if key in r]
+            cells.append(mean_spread(values, percent) if values else "-")
+        table.add_row(name, *cells, str(len(variant)))
+    console = Console(width=None if Console().is_terminal else 160)  # a log file gets the whole table on one line
     console.print(table)
     console.print(f"runs and summary.json: {folder}", soft_wrap=True)

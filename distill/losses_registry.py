@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from distill.registry import Registry
-from losses import DKDLoss, KDLoss, PlackettLuceLoss, ZScoreKDLoss
+from losses import DKDLoss, GraphOnLogitsLoss, KDLoss, PlackettLuceLoss, TokenDivergenceLoss, ZScoreKDLoss
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
@@ -14,3 +14,5 @@ LOSSES.register("kd")(KDLoss)
 LOSSES.register("zscore_kd")(ZScoreKDLoss)
 LOSSES.register("pld")(PlackettLuceLoss)
 LOSSES.register("dkd")(DKDLoss)
+LOSSES.register("gld")(GraphOnLogitsLoss)
+LOSSES.register("token_kl")(TokenDivergenceLoss)

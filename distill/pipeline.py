@@ -14,10 +14,9 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from distill.build import build_datamodule, build_module
+from distill.build import MONITOR, build_datamodule, build_module
 from distill.checkpoints import read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict, save_recipe
-from distill.data import ClassificationDataModule
 from distill.errors import DistillError
 from distill.quiet import quiet_expected_messages
 from distill.runs import RECIPE_FILE, last_checkpoint, make_trainer, new_run_dir
@@ -34,7 +33,7 @@ class FitResult:
     resolved: dict[str, Any]
 
 
-def prepare_data(loaded: LoadedRecipe) -> ClassificationDataModule:
+def prepare_data(loaded: LoadedRecipe) -> L.LightningDataModule:
     data = build_datamodule(loaded.recipe.data)
     data.seed = loaded.recipe.seed
     data.prepare_data()
@@ -51,7 +50,8 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     data = prepare_data(loaded)
     run_dir = resume if resume is not None else new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
     try:
-        trainer = make_trainer(recipe.trainer, run_dir, callbacks=list(callbacks))  # checks the trainer settings
+        # built first: constructing it checks the trainer settings before any teacher is trained
+        trainer = make_trainer(recipe.trainer, run_dir, MONITOR[recipe.task], callbacks=list(callbacks))
         teacher, teacher_source = resolve_teacher(loaded, data)
     except DistillError:
         if resume is None:
@@ -84,7 +84,9 @@ def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", 
     data = prepare_data(loaded)
     meta = read_checkpoint(checkpoint, "--checkpoint").get("distill") or {}
     teacher, source = None, meta.get("teacher")
-    if loaded.resolved["teacher"] and source and Path(source["weights"]).is_file():
+    if loaded.resolved["teacher"] and source and str(source["weights"]).startswith("hf:"):
+        teacher, source = resolve_teacher(loaded, data)  # a pretrained model: its weights come with it
+    elif loaded.resolved["teacher"] and source and Path(source["weights"]).is_file():
         # the exact teacher weights the student was distilled from, never a retrained one
         pinned = {**loaded.resolved["teacher"], "checkpoint": source["weights"]}
         teacher, source = resolve_teacher(from_dict({**loaded.resolved, "teacher": pinned}, "checkpoint"), data)

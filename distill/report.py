@@ -5,16 +5,28 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-ROWS = (("teacher accuracy", "test/teacher_acc"), ("student accuracy", "test/acc"), ("agreement", "test/agreement"))
+ROWS = (
+    ("teacher accuracy", "test/teacher_acc", "percent"),
+    ("student accuracy", "test/acc", "percent"),
+    ("agreement", "test/agreement", "percent"),
+    ("teacher loss", "test/teacher_loss", "number"),
+    ("teacher perplexity", "test/teacher_ppl", "number"),
+    ("student loss", "test/loss", "number"),
+    ("student perplexity", "test/ppl", "number"),
+    ("KL(teacher || student) per token", "test/kl", "number"),
+)
 
 
 def print_summary(title: str, metrics: dict[str, float], run_dir: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("test split", justify="right")
-    for label, key in ROWS:
-        if key in metrics:
-            table.add_row(label, f"{100 * metrics[key]:.2f}%")
+    classification = "test/acc" in metrics
+    for label, key, kind in ROWS:
+        if key not in metrics or (key == "test/loss" and classification):
+            continue
+        value = f"{100 * metrics[key]:.2f}%" if kind == "percent" else f"{metrics[key]:.4f}"
+        table.add_row(label if key != "test/agreement" or classification else "next-token agreement", value)
     console = Console()
     console.print(table)
     console.print(f"run folder: {run_dir}", soft_wrap=True)

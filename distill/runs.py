@@ -76,14 +76,17 @@ def progress_bar(enabled: bool) -> list[Callback]:
 
 
 def make_trainer(
-    trainer_args: dict[str, Any], run_dir: Path, monitor: str = "val/acc", callbacks: list[Callback] = ()
+    trainer_args: dict[str, Any],
+    run_dir: Path,
+    monitor: tuple[str, str] = ("val/acc", "max"),
+    callbacks: list[Callback] = (),
 ) -> L.Trainer:
     """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder."""
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
         filename="best",
-        monitor=monitor,
-        mode="max",
+        monitor=monitor[0],
+        mode=monitor[1],
         save_last=True,
         save_top_k=1,
         auto_insert_metric_name=False,

@@ -12,7 +12,6 @@ from torch import nn
 from distill.build import build_model
 from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict
-from distill.data import ClassificationDataModule
 
 TEACHER_FILE = "teacher.pt"
 # Settings that change how fast data loads or what is displayed, not what the teacher learns.
@@ -20,12 +19,14 @@ DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
 TRAINER_KEYS_IGNORED_IN_KEY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 
-def resolve_teacher(loaded: LoadedRecipe, data: ClassificationDataModule) -> tuple[nn.Module | None, dict | None]:
+def resolve_teacher(loaded: LoadedRecipe, data: Any) -> tuple[nn.Module | None, dict | None]:
     """The frozen teacher's model with its weights loaded, and a reference to its source for checkpoints."""
     teacher = loaded.recipe.teacher
     if teacher is None:
         return None, None
     model = build_model(teacher.model, data, "teacher.model")
+    if teacher.checkpoint is None and teacher.train is None:  # a pretrained hf: model, weights already loaded
+        return model, {"model": dict(teacher.model), "weights": teacher.model["name"]}
     if teacher.checkpoint is not None:
         weights = Path(teacher.checkpoint).expanduser().resolve()
     else:
@@ -59,6 +60,7 @@ def teacher_recipe(loaded: LoadedRecipe, run_root: Path) -> LoadedRecipe:
     train = resolved["teacher"]["train"]
     raw = {
         "description": f"teacher for {loaded.name}",
+        "task": resolved["task"],
         "seed": train["seed"],
         "run": {"root": str(run_root), "name": "train"},
         "data": {**resolved["data"], **train["data"]},

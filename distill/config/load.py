@@ -156,7 +156,8 @@ def check_teacher(checker: Checker, recipe: Recipe) -> None:
         return
     if teacher.model is None:
         raise checker.fail("teacher.model", "is required: the teacher's architecture, e.g. {name: convnet}")
-    if teacher.checkpoint is None and teacher.train is None:
+    pretrained = teacher.model["name"].startswith("hf:")  # from_pretrained brings its own weights
+    if teacher.checkpoint is None and teacher.train is None and not pretrained:
         raise checker.fail(
             "teacher",
             "has neither 'checkpoint' (a path to its weights) nor 'train' (settings to train it first): add one",

@@ -87,6 +87,7 @@ class TeacherSettings:
 @dataclass
 class Recipe:
     description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
+    task: Literal["classification", "causal_lm"] = setting("classification", "what is distilled")
     seed: int = setting(0, "global seed: same seed, same metrics on CPU")
     run: RunSettings = setting(RunSettings(), "where the run folder goes")
     data: DatasetSpec | None = setting(None, "the dataset")

@@ -8,6 +8,7 @@ from distill.data.base import DATASETS, ClassificationDataModule, TensorImageDat
 from distill.data.cifar import CIFAR100DataModule
 from distill.data.digits import DigitsDataModule
 from distill.data.imagefolder import ImageFolderDataModule
+from distill.data.text import CausalLMDataModule
 
 
 def create_datamodule(name: str, **kwargs: Any) -> ClassificationDataModule:
@@ -18,6 +19,7 @@ def create_datamodule(name: str, **kwargs: Any) -> ClassificationDataModule:
 __all__ = [
     "DATASETS",
     "CIFAR100DataModule",
+    "CausalLMDataModule",
     "ClassificationDataModule",
     "DigitsDataModule",
     "ImageFolderDataModule",

@@ -79,6 +79,10 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = 0  # shuffling and augmentation seed: set from the recipe's `seed` by the framework
         self._splits: Splits | None = None
 
+    def model_args(self, role: str) -> dict[str, int]:
+        """What models are sized by: the class count and input channels (the same for teacher and student)."""
+        return {"num_classes": self.num_classes, "in_chans": self.in_chans}
+
     def build_datasets(self) -> Splits:
         """Build `(train_set, val_set, test_set)`; called once, by the first `setup`."""
         raise NotImplementedError

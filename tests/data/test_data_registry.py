@@ -4,17 +4,18 @@ import inspect
 import re
 import typing
 
+import lightning as L
 import pytest
 import torch
 
-from distill.data import DATASETS, ClassificationDataModule, DigitsDataModule, create_datamodule
+from distill.data import DATASETS, DigitsDataModule, create_datamodule
 from distill.errors import DistillError
 
 ALLOWED_TYPES = {int, float, bool, str, int | None, float | None, str | None, list[float], list[int], list[str]}
 
 
 def test_registered_names():
-    assert list(DATASETS) == ["cifar100", "digits", "imagefolder"]
+    assert list(DATASETS) == ["cifar100", "digits", "imagefolder", "text"]
 
 
 def test_create_datamodule_passes_arguments():
@@ -31,7 +32,7 @@ def test_unknown_name_suggests_the_closest():
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_constructor_is_typed_defaulted_and_documented(name):
     cls = DATASETS.get(name)
-    assert issubclass(cls, ClassificationDataModule)
+    assert issubclass(cls, L.LightningDataModule)
     hints = typing.get_type_hints(cls.__init__)
     parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
     documented = dict(re.findall(r"^    (\w+): (.+)$", inspect.getdoc(cls).split("Args:")[1], flags=re.M))

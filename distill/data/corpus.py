@@ -1,0 +1,176 @@
+"""Where language-model text comes from: a corpus that ships with Python itself, or the user's files.
+
+`python_stdlib_corpus` needs no download: the docstrings of the standard library's pure-Python modules are a few
+megabytes of real, mostly English prose. `read_source` reads a recipe's `data.source` (that corpus, a `.txt` or
+`.jsonl` file, or a folder of them) into plain-text documents or prompt/response pairs.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import gc
+import json
+import os
+import re
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.errors import DistillError
+
+PYTHON_STDLIB = "python_stdlib"
+MIN_DOCSTRING_CHARS = 200
+# Folders of the standard library that hold tests, tools, vendored or generated code rather than library docs.
+SKIPPED_DIRS = frozenset(
+    {"test", "tests", "idle_test", "idlelib", "site-packages", "dist-packages", "turtledemo", "__pycache__"}
+)
+SOURCE_SUFFIXES = (".txt", ".jsonl")
+SOURCE_FORMS = f"'{PYTHON_STDLIB}', a .txt file, a .jsonl file, or a folder of .txt/.jsonl files"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt/response example: only the response is trained on (and distilled)."""
+
+    prompt: str
+    response: str
+
+
+Documents = list[str] | list[Pair]
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_docstrings() -> tuple[str, ...]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        # Prune in place: os.walk then never enters skipped folders (site-packages can be huge).
+        subfolders[:] = [d for d in subfolders if d not in SKIPPED_DIRS and not d.startswith("config-")]
+        files.extend(Path(folder, name) for name in names if name.endswith(".py"))
+    files.sort()
+    documents: list[str] = []
+    collecting = gc.isenabled()
+    gc.disable()  # parsing makes millions of AST nodes; collections mid-way would cost more than the parsing
+    try:
+        for path in files:
+            documents.extend(_docstrings(path))
+    finally:
+        if collecting:
+            gc.enable()
+    if not documents:
+        raise DistillError(f"found no docstrings in the Python standard library at {root} (is it installed as .py?)")
+    return tuple(documents)
+
+
+def _docstrings(path: Path) -> list[str]:
+    """The module, class and function docstrings of one file, in source order, longer than MIN_DOCSTRING_CHARS."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))  # bytes: the file's coding cookie is honoured
+    except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+        return []  # e.g. deliberately broken files; never fatal
+    found: list[str] = []
+    definitions = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.Module, *definitions)):
+            docstring = ast.get_docstring(node, clean=True)  # inspect.cleandoc
+            if docstring is not None and len(docstring.strip()) > MIN_DOCSTRING_CHARS:
+                found.append(docstring.strip())
+        # Definitions sit in statement bodies only (also those of if/try/with/for...): expressions are skipped.
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            for child in getattr(node, field, None) or ():
+                if isinstance(child, ast.stmt | ast.excepthandler | ast.match_case):
+                    visit(child)
+
+    visit(tree)
+    return found
+
+
+def python_stdlib_corpus(max_chars: int | None = None) -> list[str]:
+    """The docstrings of the standard library's pure-Python modules, as documents, in a fixed order.
+
+    Read with `ast` from the source files (nothing is imported), sorted by path, skipping tests and tools; only
+    docstrings longer than 200 characters, cleaned with `inspect.cleandoc`. With `max_chars`, the leading documents
+    whose total length stays within it (at least one). The same Python version always gives the same list.
+    """
+    documents = _stdlib_docstrings()
+    if max_chars is None:
+        return list(documents)
+    chosen, total = [], 0
+    for document in documents:
+        if chosen and total + len(document) > max_chars:
+            break
+        chosen.append(document)
+        total += len(document)
+    return chosen
+
+
+def read_source(source: str) -> Documents:
+    """The documents of a `data.source`: plain texts, or prompt/response pairs (a source holds one kind only)."""
+    if source == PYTHON_STDLIB:
+        return python_stdlib_corpus()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DistillError(f"data.source: no such file or folder '{source}' (use {SOURCE_FORMS})")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+        if not files:
+            raise DistillError(f"data.source: folder '{source}' holds no .txt or .jsonl files")
+    elif path.suffix in SOURCE_SUFFIXES:
+        files = [path]
+    else:
+        raise DistillError(f"data.source: '{source}' is neither a .txt nor a .jsonl file (use {SOURCE_FORMS})")
+    documents: list = []
+    for file in files:
+        for where, item in _read_txt(file) if file.suffix == ".txt" else _read_jsonl(file):
+            if documents and isinstance(item, str) != isinstance(documents[0], str):
+                raise DistillError(
+                    f"{where}: data.source mixes plain text with prompt/response records; use one kind per source"
+                )
+            documents.append(item)
+    if not documents:
+        raise DistillError(f"data.source: '{source}' holds no text")
+    return documents
+
+
+def _read_txt(file: Path) -> list[tuple[str, str]]:
+    """One document per block of lines separated by blank lines."""
+    text = _read_text(file)
+    blocks = (block.strip() for block in re.split(r"\n[ \t\r\f\v]*\n", text))
+    return [(f"{file}", block) for block in blocks if block]
+
+
+def _read_jsonl(file: Path) -> list[tuple[str, str | Pair]]:
+    """`{"text": ...}` or `{"prompt": ..., "response": ...}` per line; blank lines are skipped."""
+    records: list[tuple[str, str | Pair]] = []
+    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{file}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DistillError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            if record["text"].strip():
+                records.append((where, record["text"]))
+        elif (
+            isinstance(record, dict)
+            and isinstance(record.get("prompt"), str)
+            and isinstance(record.get("response"), str)
+        ):
+            records.append((where, Pair(record["prompt"], record["response"])))
+        else:
+            shown = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
+            raise DistillError(f'{where}: expected {{"text": str}} or {{"prompt": str, "response": str}}, got {shown}')
+    return records
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DistillError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise DistillError(f"{file}: cannot read ({exc.strerror})") from None
