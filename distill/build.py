@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from distill.checkpoints import load_weights
 from distill.config.schema import LossSettings, Recipe
 from distill.data import ClassificationDataModule, create_datamodule
 from distill.errors import DistillError
@@ -48,8 +49,25 @@ def build_module(
     teacher_source: dict[str, Any] | None,
 ) -> DistillationTask:
     """The task module of `recipe.task`, wired from the recipe (style item 1: everything injected)."""
+    student = build_model(recipe.student, data, "student")
+    initialize(student, recipe.init, teacher)
+    if recipe.task == "dpo":
+        from distill.tasks.dpo import DPOModule
+
+        objective = build_terms(recipe.loss).get("dpo")
+        if objective is None or len(recipe.loss.terms) != 1:
+            raise DistillError("loss.terms: a dpo recipe takes exactly one term, dpo: {weight: 1.0, beta: 0.1}")
+        return DPOModule(
+            student,
+            teacher,
+            objective[1],
+            optimizer=partial(build_optimizer, recipe.optimizer),
+            scheduler=partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None,
+            teacher_source=teacher_source,
+            recipe=resolved,
+        )
     common = dict(
-        student=build_model(recipe.student, data, "student"),
+        student=student,
         teacher=teacher,
         terms=build_terms(recipe.loss),
         ce_weight=recipe.loss.ce_weight,
@@ -66,4 +84,20 @@ def build_module(
 
 
 # The validation metric that picks the best checkpoint, and whether higher is better, per task.
-MONITOR = {"classification": ("val/acc", "max"), "causal_lm": ("val/loss", "min")}
+MONITOR = {"classification": ("val/acc", "max"), "causal_lm": ("val/loss", "min"), "dpo": ("val/loss", "min")}
+
+
+def initialize(student: nn.Module, init: str | None, teacher: nn.Module | None) -> None:
+    """The student's first weights: fresh (None), a copy of the teacher's ('teacher'), or read from a file."""
+    if init is None:
+        return
+    if init == "teacher":
+        if teacher is None:
+            raise DistillError("init: 'teacher' needs a teacher section")
+        try:
+            student.load_state_dict(teacher.state_dict())
+        except RuntimeError as exc:
+            raise DistillError(f"init: the student cannot start from the teacher: {str(exc).splitlines()[0]}") from None
+        student.requires_grad_(True)
+        return
+    load_weights(student, init, "init")

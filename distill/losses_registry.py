@@ -6,7 +6,16 @@ from __future__ import annotations
 from torch import nn
 
 from distill.registry import Registry
-from losses import DKDLoss, GraphOnLogitsLoss, KDLoss, PlackettLuceLoss, TokenDivergenceLoss, ZScoreKDLoss
+from losses import (
+    AlignDistilLoss,
+    DKDLoss,
+    DPOLoss,
+    GraphOnLogitsLoss,
+    KDLoss,
+    PlackettLuceLoss,
+    TokenDivergenceLoss,
+    ZScoreKDLoss,
+)
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
@@ -16,3 +25,5 @@ LOSSES.register("pld")(PlackettLuceLoss)
 LOSSES.register("dkd")(DKDLoss)
 LOSSES.register("gld")(GraphOnLogitsLoss)
 LOSSES.register("token_kl")(TokenDivergenceLoss)
+LOSSES.register("align_distil")(AlignDistilLoss)
+LOSSES.register("dpo")(DPOLoss)  # the objective of `task: dpo` recipes, not a teacher-student logit term

@@ -14,6 +14,10 @@ ROWS = (
     ("student loss", "test/loss", "number"),
     ("student perplexity", "test/ppl", "number"),
     ("KL(teacher || student) per token", "test/kl", "number"),
+    ("preference accuracy, policy", "test/pref_acc", "percent"),
+    ("preference accuracy, reference", "test/ref_pref_acc", "percent"),
+    ("implicit reward accuracy", "test/reward_acc", "percent"),
+    ("mean implicit reward margin", "test/margin", "number"),
 )
 
 
@@ -26,7 +30,11 @@ def print_summary(title: str, metrics: dict[str, float], run_dir: str) -> None:
         if key not in metrics or (key == "test/loss" and classification):
             continue
         value = f"{100 * metrics[key]:.2f}%" if kind == "percent" else f"{metrics[key]:.4f}"
-        table.add_row(label if key != "test/agreement" or classification else "next-token agreement", value)
+        if key == "test/agreement" and not classification:
+            label = "next-token agreement"
+        if key == "test/loss" and "test/reward_acc" in metrics:
+            label = "DPO loss"
+        table.add_row(label, value)
     console = Console()
     console.print(table)
     console.print(f"run folder: {run_dir}", soft_wrap=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 from distill.build import build_model
 from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
-from distill.config.load import LoadedRecipe, from_dict
+from distill.config.load import LoadedRecipe, from_dict, teacher_data
 
 TEACHER_FILE = "teacher.pt"
 # Settings that change how fast data loads or what is displayed, not what the teacher learns.
@@ -41,8 +41,8 @@ def teacher_key(loaded: LoadedRecipe) -> str:
     """A short hash of everything that determines the trained teacher: model, its data and training settings."""
     resolved = loaded.resolved
     train = dict(resolved["teacher"]["train"])
-    teacher_data = {**resolved["data"], **train.pop("data")}
-    data = {k: v for k, v in teacher_data.items() if k not in DATA_KEYS_IGNORED_IN_KEY}
+    data = teacher_data(resolved["data"], train.pop("data"))
+    data = {k: v for k, v in data.items() if k not in DATA_KEYS_IGNORED_IN_KEY}
     train["trainer"] = {k: v for k, v in train["trainer"].items() if k not in TRAINER_KEYS_IGNORED_IN_KEY}
     settings = {"model": resolved["teacher"]["model"], "data": data, "train": train}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -60,10 +60,10 @@ def teacher_recipe(loaded: LoadedRecipe, run_root: Path) -> LoadedRecipe:
     train = resolved["teacher"]["train"]
     raw = {
         "description": f"teacher for {loaded.name}",
-        "task": resolved["task"],
+        "task": "causal_lm" if resolved["task"] == "dpo" else resolved["task"],  # a reference LM learns text
         "seed": train["seed"],
         "run": {"root": str(run_root), "name": "train"},
-        "data": {**resolved["data"], **train["data"]},
+        "data": teacher_data(resolved["data"], train["data"]),
         "student": resolved["teacher"]["model"],
         "loss": {"ce_weight": train["ce_weight"], "label_smoothing": train["label_smoothing"], "terms": {}},
         "optimizer": train["optimizer"],

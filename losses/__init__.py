@@ -1,7 +1,9 @@
 """Standalone distillation losses. Each is a plain `torch.nn.Module` that imports torch only, computes in fp32
 and never sends gradient to the teacher: lift any of them into your own training code."""
 
+from losses.align_distil import AlignDistilLoss
 from losses.dkd import DKDLoss
+from losses.dpo import DPOLoss, implicit_rewards, sequence_logps
 from losses.graph_on_logits import GraphOnLogitsLoss
 from losses.kd import KDLoss
 from losses.plackett_luce import PlackettLuceLoss
@@ -9,11 +11,15 @@ from losses.token_divergence import TokenDivergenceLoss
 from losses.zscore import ZScoreKDLoss, zscore
 
 __all__ = [
+    "AlignDistilLoss",
     "DKDLoss",
+    "DPOLoss",
     "GraphOnLogitsLoss",
     "KDLoss",
     "PlackettLuceLoss",
     "TokenDivergenceLoss",
     "ZScoreKDLoss",
+    "implicit_rewards",
+    "sequence_logps",
     "zscore",
 ]

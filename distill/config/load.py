@@ -130,11 +130,26 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe
     if recipe.teacher is not None and recipe.teacher.train is not None:
         train = recipe.teacher.train
         train.trainer = check_trainer(checker, train.trainer, "teacher.train.trainer")
-        if train.data and recipe.data is not None:
-            checker.value(DatasetSpec, {**recipe.data, **train.data}, "teacher.train.data")
+        if train.data and recipe.data is not None:  # written out in full: the teacher's data, every default shown
+            train.data = dict(checker.value(DatasetSpec, teacher_data(recipe.data, train.data), "teacher.train.data"))
     if require:
         check_teacher(checker, recipe)
+        check_objective(checker, recipe)
     return recipe
+
+
+def check_objective(checker: Checker, recipe: Recipe) -> None:
+    """`dpo` is the whole objective of a dpo recipe, and only of one."""
+    losses = {spec["loss"] for spec in recipe.loss.terms.values()}
+    if recipe.task == "dpo" and losses != {"dpo"}:
+        raise checker.fail("loss.terms", "of a dpo recipe must be exactly one term: dpo: {weight: 1.0, beta: 0.1}")
+    if recipe.task != "dpo" and "dpo" in losses:
+        raise checker.fail("loss.terms", f"uses dpo, the objective of task: dpo, in a {recipe.task} recipe")
+
+
+def teacher_data(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The teacher run's data: `changes` replace `data` when they name a dataset, else are merged over it."""
+    return dict(changes) if "name" in changes else {**data, **changes}
 
 
 def check_trainer(checker: Checker, given: dict[str, Any], path: str) -> dict[str, Any]:

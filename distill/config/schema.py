@@ -66,7 +66,9 @@ class LossSettings:
 @dataclass
 class TeacherTraining:
     seed: int = setting(0, "seed of the teacher's training run")
-    data: dict[str, Any] = setting({}, "data settings that differ for the teacher run, merged over `data`")
+    data: dict[str, Any] = setting(
+        {}, "data settings of the teacher run: merged over `data`, or replacing it when they name a dataset"
+    )
     ce_weight: float = setting(1.0, "weight of cross-entropy (the teacher trains on labels only)")
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the teacher's optimizer")
@@ -87,11 +89,12 @@ class TeacherSettings:
 @dataclass
 class Recipe:
     description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
-    task: Literal["classification", "causal_lm"] = setting("classification", "what is distilled")
+    task: Literal["classification", "causal_lm", "dpo"] = setting("classification", "what is trained")
     seed: int = setting(0, "global seed: same seed, same metrics on CPU")
     run: RunSettings = setting(RunSettings(), "where the run folder goes")
     data: DatasetSpec | None = setting(None, "the dataset")
     student: ModelSpec | None = setting(None, "the student's architecture")
+    init: str | None = setting(None, "the student's first weights: null (fresh), 'teacher' (a copy) or a path")
     teacher: TeacherSettings | None = setting(None, "the frozen teacher (none: train the student alone)")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")

@@ -8,6 +8,7 @@ from distill.data.base import DATASETS, ClassificationDataModule, TensorImageDat
 from distill.data.cifar import CIFAR100DataModule
 from distill.data.digits import DigitsDataModule
 from distill.data.imagefolder import ImageFolderDataModule
+from distill.data.preference import PreferenceDataModule
 from distill.data.text import CausalLMDataModule
 
 
@@ -23,6 +24,7 @@ __all__ = [
     "ClassificationDataModule",
     "DigitsDataModule",
     "ImageFolderDataModule",
+    "PreferenceDataModule",
     "TensorImageDataset",
     "create_datamodule",
 ]

@@ -1,0 +1,248 @@
+"""Preference data for DPO and AlignDistil: prompts with a chosen and a rejected response.
+
+The reference (SFT) model these methods start from is trained with plain cross-entropy by the `text` data module on
+the same corpus (`data: {name: text, source: python_stdlib}`); this module gives only the pairs. With the same
+`source`, `tokenizer`, `split_seed`, `val_fraction` and `max_documents` = `max_pairs`, both modules split the corpus
+identically, so a `bpe:<V>` tokenizer is trained on the same texts and is the same tokenizer (one cached file).
+
+Pairs made from the Python standard library's docstrings (no download): the prompt is the start of a docstring, the
+chosen response its real continuation, and the rejected response the same continuation with its words shuffled
+(whitespace kept in place). Both responses have the same length and the same characters, so neither length nor
+vocabulary tells them apart: only word order does, which even a tiny byte-level model learns to score (a corpus-
+trained reference already finds the shuffled text unlikely). The shuffle is seeded by `split_seed` and the
+docstring's text, so the pairs are the same in every run.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from distill.data.base import DATASETS, EpochSeededLoader, check_at_least, check_fraction
+from distill.data.corpus import PYTHON_STDLIB, python_stdlib_corpus
+from distill.data.preference_pairs import (
+    PREFERENCE_FORMS,
+    EncodedPair,
+    PreferencePair,
+    corpus_pair,
+    encode_pairs,
+    pair_tensors,
+    prompt_length,
+    read_preference_jsonl,
+    split_train_val,
+)
+from distill.data.text_rows import MIN_SEQ_LEN, TokenRows
+from distill.data.tokenizers import Tokenizer, make_tokenizer
+from distill.errors import DistillError
+
+SPLITS = ("train", "val")
+Records = list[str] | list[PreferencePair]  # python_stdlib docstrings, or pairs read from JSONL
+
+
+@DATASETS.register("preference")
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs (prompt, chosen, rejected) for DPO and AlignDistil, from the standard library or JSONL files.
+
+    Batches are dicts of LongTensors. For each side `s` in (chosen, rejected): `s_input_ids`, `s_attention_mask`
+    and `s_labels` `[B, seq_len]`: `[bos] prompt response [eos]` right-padded; labels are the input ids (not shifted)
+    with -100 on the prompt and the padding. Also `prompt_input_ids` and `prompt_attention_mask` `[B, P]`: the same
+    prompt tokens left-padded (for generation; P is the longest prompt of the data), and `prompt_lengths` `[B]`: the
+    prompt's token count, where the response starts in both sides' rows. Pairs are split into train/val before
+    tokenization; test uses val. The reference model is trained on the same corpus by the `text` data module.
+
+    Args:
+        source: 'python_stdlib' (pairs cut from the standard library's docstrings; the rejected response is the real
+            continuation with its words shuffled), a .jsonl file of {"prompt": str, "chosen": str, "rejected": str}
+            lines (other keys are ignored), or a folder of such files.
+        tokenizer: 'bytes', 'bpe:<vocab_size>' (trained on the training split once, then cached) or
+            'hf:<name_or_path>'; the same as the reference model's.
+        seq_len: Tokens per chosen or rejected row (bos, prompt, response, eos); the response is cut first, and a
+            pair whose prompt leaves no response token on either side is dropped (counted in `dropped_pairs`).
+        prompt_chars: python_stdlib only: characters of each docstring's start used as prompt (cut at a word).
+        response_chars: python_stdlib only: characters of the continuation used as response (cut at a word).
+        swap: Exchange chosen and rejected in every pair (how the reverse-DPO model of AlignDistil is trained).
+        batch_size: Pairs per batch (per device).
+        num_workers: DataLoader worker processes; 0 loads in the main process.
+        val_fraction: Fraction of the pairs held out for validation (and testing).
+        split_seed: Seed of the train/val split and of the python_stdlib word shuffles.
+        max_pairs: Use only the first N records of the source (python_stdlib: its first N docstrings, each giving at
+            most one pair); None: all of them.
+        tokenizer_cache: Folder where trained BPE tokenizers are kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str = PYTHON_STDLIB,
+        tokenizer: str = "bytes",
+        seq_len: int = 128,
+        prompt_chars: int = 64,
+        response_chars: int = 64,
+        swap: bool = False,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        max_pairs: int | None = None,
+        tokenizer_cache: str = "runs/tokenizers",
+    ) -> None:
+        super().__init__()
+        check_at_least("seq_len", seq_len, MIN_SEQ_LEN)
+        check_at_least("prompt_chars", prompt_chars, 1)
+        check_at_least("response_chars", response_chars, 1)
+        check_at_least("batch_size", batch_size, 1)
+        check_at_least("num_workers", num_workers, 0)
+        check_fraction("val_fraction", val_fraction)
+        if max_pairs is not None:
+            check_at_least("max_pairs", max_pairs, 2)
+        if source != PYTHON_STDLIB and not Path(source).expanduser().exists():
+            raise DistillError(f"data.source: no such file or folder '{source}' (use {PREFERENCE_FORMS})")
+        self.source = source
+        self.seq_len = seq_len
+        self.prompt_chars = prompt_chars
+        self.response_chars = response_chars
+        self.swap = swap
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.max_pairs = max_pairs
+        self.seed = 0  # shuffling seed: set from the recipe's `seed` by the framework
+        self._records: tuple[Records, Records] | None = None
+        self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
+        self._splits: tuple[TokenRows, TokenRows] | None = None
+        self.unpaired_documents = 0  # python_stdlib docstrings whose continuation has nothing to shuffle
+        self.dropped_pairs: dict[str, int] = {}  # per split: pairs with no response token left within seq_len
+        self.prompt_width: int | None = None  # P, the longest prompt in tokens: set by `setup`
+
+        self.tokenizer: Tokenizer = make_tokenizer(tokenizer, self._training_texts, tokenizer_cache)
+        self.vocab_size = self.tokenizer.vocab_size
+        self.pad_id = self.tokenizer.pad_id
+
+    def model_args(self, role: str) -> dict[str, int]:
+        """What a model is sized by: the vocabulary (student and teachers share the tokenizer)."""
+        if role in ("student", "teacher"):
+            return {"vocab_size": self.vocab_size}
+        raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
+
+    # Records and pairs ------------------------------------------------------------------------------------------
+
+    @property
+    def records(self) -> tuple[Records, Records]:
+        """`(train, val)` as read and split: docstrings for python_stdlib, else pairs (not swapped)."""
+        if self._records is None:
+            if self.source == PYTHON_STDLIB:
+                records: list = python_stdlib_corpus()
+            else:
+                records = read_preference_jsonl(self.source)
+            records = records[: self.max_pairs]
+            if len(records) < 2:
+                raise DistillError(f"data.source '{self.source}' has {len(records)} record; need >= 2 to split")
+            self._records = split_train_val(records, self.val_fraction, self.split_seed)
+        return self._records
+
+    def _training_texts(self) -> list[str]:
+        """The texts a BPE tokenizer is trained on: the training split (whole docstrings, as the `text` module)."""
+        train = self.records[0]
+        return [text for r in train for text in ((r,) if isinstance(r, str) else (r.prompt, r.chosen, r.rejected))]
+
+    @property
+    def pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        """`(train, val)` preference pairs, swapped when `swap` is set; before tokenization (nothing dropped)."""
+        if self._pairs is None:
+            self._pairs = self._make_pairs()
+        return self._pairs
+
+    def _make_pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        train, val = self.records
+        if self.source == PYTHON_STDLIB:
+            made = [[self._corpus_pair(document) for document in part] for part in (train, val)]
+            self.unpaired_documents = sum(p is None for part in made for p in part)
+            train, val = ([p for p in part if p is not None] for part in made)
+        if self.swap:
+            train, val = ([p.swapped() for p in part] for part in (train, val))
+        return train, val  # type: ignore[return-value]
+
+    def _corpus_pair(self, document: str) -> PreferencePair | None:
+        # Seeded by the text itself (a str seed is hashed with SHA-512): the same pair whatever the split or order.
+        rng = random.Random(f"{self.split_seed}:{document}")
+        return corpus_pair(document, self.prompt_chars, self.response_chars, rng)
+
+    # Rows -------------------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is not None:
+            return
+        encoded = [self._encode(split, pairs) for split, pairs in zip(SPLITS, self.pairs, strict=True)]
+        # The longest prompt of either split: train and val prompts have the same shape.
+        self.prompt_width = max([1, *(prompt_length(chosen) for part in encoded for chosen, _ in part)])
+        train, val = (TokenRows(pair_tensors(part, self.seq_len, self.prompt_width, self.pad_id)) for part in encoded)
+        self._splits = (train, val)
+
+    def _encode(self, split: str, pairs: list[PreferencePair]) -> list[EncodedPair]:
+        encoded = encode_pairs(pairs, self.tokenizer, self.seq_len)
+        self.dropped_pairs[split] = dropped = len(pairs) - len(encoded)
+        if dropped:
+            rank_zero_warn(f"data ({split}): dropped {dropped} pairs with no response token within data.seq_len")
+        if not encoded:
+            raise DistillError(
+                f"data: the {split} split has no pairs ({len(pairs)} before dropping those whose prompt fills "
+                f"data.seq_len={self.seq_len}; increase data.seq_len or data.max_pairs?)"
+            )
+        return encoded
+
+    def _split(self, index: int) -> TokenRows:
+        self.setup()
+        assert self._splits is not None
+        return self._splits[index]
+
+    @property
+    def train_set(self) -> TokenRows:
+        return self._split(0)
+
+    @property
+    def val_set(self) -> TokenRows:
+        return self._split(1)
+
+    @property
+    def test_set(self) -> TokenRows:
+        return self._split(1)
+
+    # Loaders (as the text module's: the order depends only on (seed, epoch); val and test unshuffled) ---------
+
+    def train_dataloader(self) -> DataLoader:
+        return EpochSeededLoader(
+            self.train_set,
+            seed=self.seed,
+            epoch_fn=self._trainer_epoch if self.trainer is not None else None,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _trainer_epoch(self) -> int:
+        # The epoch about to run; Lightning restores it from a checkpoint before it builds the train loader.
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)

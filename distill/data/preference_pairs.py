@@ -1,0 +1,174 @@
+"""Preference pairs `(prompt, chosen, rejected)`: read from JSONL, or made offline from a plain-text corpus, then
+tokenized into right-padded chosen/rejected rows (prompt masked with -100) and left-padded prompts."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from distill.data.corpus import PYTHON_STDLIB, Pair, _read_text
+from distill.data.text_rows import IGNORE, TokenRow, _word_start, encode_row, has_target, row_tensors, text_rows
+from distill.data.tokenizers import Tokenizer
+from distill.errors import DistillError
+
+PAIR_KEYS = ("prompt", "chosen", "rejected")
+PAIR_FORM = '{"prompt": str, "chosen": str, "rejected": str}'
+PREFERENCE_FORMS = f"'{PYTHON_STDLIB}', a .jsonl file of {PAIR_FORM} lines, or a folder of them"
+SIDES = ("chosen", "rejected")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt and two responses to it: `chosen` is preferred to `rejected`."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+    def swapped(self) -> PreferencePair:
+        return PreferencePair(self.prompt, self.rejected, self.chosen)
+
+
+# Sources ------------------------------------------------------------------------------------------------------------
+
+
+def read_preference_jsonl(source: str) -> list[PreferencePair]:
+    """The pairs of a .jsonl file, or of every .jsonl file under a folder (sorted by path); blank lines skipped."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DistillError(f"data.source: no such file or folder '{source}' (use {PREFERENCE_FORMS})")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        if not files:
+            raise DistillError(f"data.source: folder '{source}' holds no .jsonl files (use {PREFERENCE_FORMS})")
+    elif path.suffix == ".jsonl":
+        files = [path]
+    else:
+        raise DistillError(f"data.source: '{source}' is not a .jsonl file (use {PREFERENCE_FORMS})")
+    pairs = [pair for file in files for pair in _read_pairs(file)]
+    if not pairs:
+        raise DistillError(f"data.source: '{source}' holds no preference pairs")
+    return pairs
+
+
+def _read_pairs(file: Path) -> list[PreferencePair]:
+    pairs: list[PreferencePair] = []
+    for number, line in enumerate(_read_text(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DistillError(f"{file}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise DistillError(f"{file}:{number}: expected {PAIR_FORM}, got {type(record).__name__}")
+        problems = _problems(record)
+        if problems:
+            raise DistillError(f"{file}:{number}: expected {PAIR_FORM}; {'; '.join(problems)}")
+        pairs.append(PreferencePair(*(record[key] for key in PAIR_KEYS)))
+    return pairs
+
+
+def _problems(record: dict) -> list[str]:
+    """What keeps a JSON object from being a pair: missing keys, values that are not strings."""
+    missing = [key for key in PAIR_KEYS if key not in record]
+    wrong = [f"{key} ({type(record[key]).__name__})" for key in PAIR_KEYS if not isinstance(record.get(key, ""), str)]
+    return [f"missing {', '.join(missing)}"] * bool(missing) + [f"not a string: {', '.join(wrong)}"] * bool(wrong)
+
+
+def corpus_pair(document: str, prompt_chars: int, response_chars: int, rng: random.Random) -> PreferencePair | None:
+    """A pair cut from a document: its start, its real continuation (chosen), and that continuation with its words
+    shuffled (rejected). None when the continuation has fewer than two different words (nothing to shuffle).
+
+    The prompt ends before the whitespace at or before `prompt_chars`; the continuation keeps its leading whitespace
+    and ends at the word boundary at or before `response_chars` further characters.
+    """
+    prompt = document[: _word_end(document, prompt_chars)].rstrip()
+    end = len(prompt) + _word_end(document[len(prompt) :], response_chars)
+    chosen = document[len(prompt) : end].rstrip()
+    rejected = shuffle_words(chosen, rng)
+    return None if not prompt or rejected is None else PreferencePair(prompt, chosen, rejected)
+
+
+def _word_end(text: str, chars: int) -> int:
+    """The end of `text[:chars]` cut before a whitespace (the whole text when it is no longer)."""
+    return len(text) if len(text) <= chars else _word_start(text, chars)
+
+
+def shuffle_words(text: str, rng: random.Random) -> str | None:
+    """`text` with its words (runs of non-whitespace) in another order and its whitespace where it was.
+
+    Length, characters and line layout are unchanged: only the word order differs. None when the text has fewer than
+    two different words.
+    """
+    parts = re.split(r"(\s+)", text)  # words at even indices ('' where the text starts or ends with whitespace)
+    slots = [i for i in range(0, len(parts), 2) if parts[i]]
+    words = [parts[i] for i in slots]
+    if len(set(words)) < 2:
+        return None
+    order = words[:]
+    rng.shuffle(order)
+    if order == words:  # rotating a sequence of >= 2 different words always changes it
+        order = words[1:] + words[:1]
+    for slot, word in zip(slots, order, strict=True):
+        parts[slot] = word
+    return "".join(parts)
+
+
+def split_train_val(items: Sequence[T], val_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """`(train, val)`: `val_fraction` of the items (at least one, at most all but one) drawn by `seed`; each part
+    keeps the items' order. The same split as the `text` data module's, so a BPE trained on the same training split
+    is the same tokenizer."""
+    val_count = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    val = set(order[:val_count])
+    return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
+
+
+# Rows ---------------------------------------------------------------------------------------------------------------
+
+EncodedPair = tuple[TokenRow, TokenRow]  # (chosen, rejected), both starting with the same prompt tokens
+
+
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: Tokenizer, seq_len: int) -> list[EncodedPair]:
+    """Each pair as two rows `[bos] prompt response [eos]` cut to `seq_len` (the response first); the pairs where
+    either side keeps no response token are left out."""
+    encoded = []
+    for pair in pairs:
+        rows = text_rows([Pair(pair.prompt, pair.chosen), Pair(pair.prompt, pair.rejected)])
+        chosen, rejected = (encode_row(row, tokenizer, seq_len) for row in rows)
+        if has_target(chosen) and has_target(rejected):
+            encoded.append((chosen, rejected))
+    return encoded
+
+
+def prompt_length(row: TokenRow) -> int:
+    """The number of prompt tokens (bos included) at the start of a row: its first trained position."""
+    return next(i for i, label in enumerate(row.labels) if label != IGNORE)
+
+
+def pair_tensors(pairs: Sequence[EncodedPair], seq_len: int, prompt_width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """`chosen_*` and `rejected_*` rows (`input_ids`, `attention_mask`, `labels`) right-padded to `seq_len`,
+    `prompt_input_ids` and `prompt_attention_mask` left-padded to `prompt_width`, and `prompt_lengths`."""
+    tensors: dict[str, torch.Tensor] = {}
+    for index, side in enumerate(SIDES):
+        rows = row_tensors([pair[index] for pair in pairs], seq_len, pad_id)
+        tensors.update({f"{side}_{key}": value for key, value in rows.items()})
+    lengths = [prompt_length(chosen) for chosen, _ in pairs]
+    ids = torch.full((len(pairs), prompt_width), pad_id, dtype=torch.int32)  # (N, P)
+    mask = torch.zeros((len(pairs), prompt_width), dtype=torch.bool)
+    for i, ((chosen, _), n) in enumerate(zip(pairs, lengths, strict=True)):
+        ids[i, prompt_width - n :] = torch.tensor(chosen.ids[:n], dtype=torch.int32)
+        mask[i, prompt_width - n :] = True
+    tensors.update(prompt_input_ids=ids, prompt_attention_mask=mask, prompt_lengths=torch.tensor(lengths))
+    return tensors

@@ -1,0 +1,103 @@
+"""Direct preference optimization: the student is the policy, the frozen teacher is the reference model.
+
+Trains the DPO and reverse-DPO models that AlignDistil distills from (methods.md section 7); the reverse model
+is the same recipe with `data.swap=true`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from losses import DPOLoss, implicit_rewards, sequence_logps
+
+Batch = dict[str, torch.Tensor]
+
+
+def pair_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs `[B]` of the chosen and the rejected sequences, in one forward pass."""
+    width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+
+    def padded(name: str, value: int) -> torch.Tensor:
+        both = [batch[f"{side}_{name}"] for side in ("chosen", "rejected")]
+        return torch.cat([nn.functional.pad(x, (0, width - x.shape[1]), value=value) for x in both])
+
+    ids, mask, labels = padded("input_ids", 0), padded("attention_mask", 0), padded("labels", -100)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]  # (2B, T-1, V)
+    logps = sequence_logps(logits, labels[:, 1:])  # (2B,)
+    return logps.chunk(2)
+
+
+class DPOModule(DistillationTask):
+    """Trains the policy (student, initialised from the reference) with `DPOLoss` against the frozen reference.
+
+    Validation and test report, on held-out pairs: `loss`, `reward_acc` (share of pairs whose implicit reward
+    margin `beta * ((pi_c - ref_c) - (pi_r - ref_r))` is positive), `margin` (its mean), `pref_acc` (share where the
+    policy gives the chosen response a higher log-probability than the rejected one) and `ref_pref_acc` (the same
+    for the reference model).
+
+    Args:
+        student: the policy.
+        teacher: the frozen reference model.
+        objective: the DPO loss.
+        optimizer: builds the optimizer from the trainable parameters.
+        scheduler: builds a per-step schedule, or None.
+        teacher_source: where the reference came from, stored in checkpoints.
+        recipe: the resolved recipe, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        objective: DPOLoss,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        teacher_source: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        if teacher is None:
+            raise ValueError("DPO needs the reference model as its teacher")
+        super().__init__(student, teacher, {}, 1.0, optimizer, scheduler, teacher_source, recipe)
+        self.objective = objective
+        names = ("loss", "reward_acc", "margin", "pref_acc", "ref_pref_acc")
+        self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        policy_c, policy_r = pair_logps(self.student, batch)
+        with torch.no_grad():
+            ref_c, ref_r = pair_logps(self.teacher, batch)
+        margin = implicit_rewards(policy_c, ref_c, self.objective.beta) - implicit_rewards(
+            policy_r, ref_r, self.objective.beta
+        )
+        return {
+            "loss": self.objective(policy_c, policy_r, ref_c, ref_r),
+            "reward_acc": (margin > 0).float(),
+            "margin": margin.detach(),
+            "pref_acc": (policy_c > policy_r).float(),
+            "ref_pref_acc": (ref_c > ref_r).float(),
+        }
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        values = self.step(batch)
+        self.log("train/loss", values["loss"], prog_bar=True)
+        self.log("train/reward_acc", values["reward_acc"].mean())
+        return values["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate(batch, "test")
+
+    def _accumulate(self, batch: Batch, stage: str) -> None:
+        values = self.step(batch)
+        pairs = values["margin"].numel()
+        for name, value in values.items():
+            metric = self.means[f"{stage}_{name}"]
+            metric.update(value.mean(), weight=pairs)
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "reward_acc")
