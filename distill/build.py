@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -47,22 +48,45 @@ def build_module(
     data: Any,
     teacher: nn.Module | None,
     teacher_source: dict[str, Any] | None,
+    second_teacher: nn.Module | None = None,
+    init: str | Path | None = None,
 ) -> DistillationTask:
-    """The task module of `recipe.task`, wired from the recipe (style item 1: everything injected)."""
+    """The task module of `recipe.task`, wired from the recipe (style item 1: everything injected).
+
+    `init` is where the student's first weights come from (default: the recipe's `init`).
+    """
     student = build_model(recipe.student, data, "student")
-    initialize(student, recipe.init, teacher)
+    initialize(student, str(init) if init is not None else recipe.init, teacher)
+    schedule = partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None
+    if recipe.task == "align_distil":
+        from distill.tasks.align_distil import AlignDistilModule
+
+        settings = recipe.align_distil
+        return AlignDistilModule(
+            student,
+            teacher,
+            second_teacher,
+            only_term(recipe, "align_distil"),
+            mode=settings.mode,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            eos_id=data.tokenizer.eos_id,
+            pad_id=data.pad_id,
+            optimizer=partial(build_optimizer, recipe.optimizer),
+            scheduler=schedule,
+            teacher_source=teacher_source,
+            recipe=resolved,
+        )
     if recipe.task == "dpo":
         from distill.tasks.dpo import DPOModule
 
-        objective = build_terms(recipe.loss).get("dpo")
-        if objective is None or len(recipe.loss.terms) != 1:
-            raise DistillError("loss.terms: a dpo recipe takes exactly one term, dpo: {weight: 1.0, beta: 0.1}")
         return DPOModule(
             student,
             teacher,
-            objective[1],
+            only_term(recipe, "dpo"),
             optimizer=partial(build_optimizer, recipe.optimizer),
-            scheduler=partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None,
+            scheduler=schedule,
             teacher_source=teacher_source,
             recipe=resolved,
         )
@@ -72,7 +96,7 @@ def build_module(
         terms=build_terms(recipe.loss),
         ce_weight=recipe.loss.ce_weight,
         optimizer=partial(build_optimizer, recipe.optimizer),
-        scheduler=partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None,
+        scheduler=schedule,
         teacher_source=teacher_source,
         recipe=resolved,
     )
@@ -84,7 +108,18 @@ def build_module(
 
 
 # The validation metric that picks the best checkpoint, and whether higher is better, per task.
-MONITOR = {"classification": ("val/acc", "max"), "causal_lm": ("val/loss", "min"), "dpo": ("val/loss", "min")}
+MONITOR = {
+    "classification": ("val/acc", "max"),
+    "causal_lm": ("val/loss", "min"),
+    "dpo": ("val/loss", "min"),
+    "align_distil": ("val/student_pref_acc", "max"),
+}
+
+
+def only_term(recipe: Recipe, name: str) -> nn.Module:
+    """The objective of a task whose loss is one term (dpo, align_distil); the recipe check guarantees it."""
+    (spec,) = recipe.loss.terms.values()
+    return LOSSES.get(spec["loss"])(**{k: v for k, v in spec.items() if k not in ("loss", "weight")})
 
 
 def initialize(student: nn.Module, init: str | None, teacher: nn.Module | None) -> None:

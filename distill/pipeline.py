@@ -20,7 +20,7 @@ from distill.config.load import LoadedRecipe, from_dict, save_recipe
 from distill.errors import DistillError
 from distill.quiet import quiet_expected_messages
 from distill.runs import RECIPE_FILE, last_checkpoint, make_trainer, new_run_dir
-from distill.teachers import resolve_teacher
+from distill.teachers import reference_path, resolve_teacher
 
 RESULTS_FILE = "results.json"
 
@@ -53,12 +53,14 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
         # built first: constructing it checks the trainer settings before any teacher is trained
         trainer = make_trainer(recipe.trainer, run_dir, MONITOR[recipe.task], callbacks=list(callbacks))
         teacher, teacher_source = resolve_teacher(loaded, data)
+        second_teacher, _ = resolve_teacher(loaded, data, "second_teacher")
+        init = reference_path(loaded) if recipe.init == "reference" else recipe.init
     except DistillError:
         if resume is None:
             shutil.rmtree(run_dir)  # made for this run a moment ago: bad input leaves nothing behind
         raise
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the teacher
-    module = build_module(recipe, loaded.resolved, data, teacher, teacher_source)
+    module = build_module(recipe, loaded.resolved, data, teacher, teacher_source, second_teacher, init)
     if resume is None:
         save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)

@@ -18,6 +18,11 @@ ROWS = (
     ("preference accuracy, reference", "test/ref_pref_acc", "percent"),
     ("implicit reward accuracy", "test/reward_acc", "percent"),
     ("mean implicit reward margin", "test/margin", "number"),
+    ("preference accuracy, student", "test/student_pref_acc", "percent"),
+    ("preference accuracy, DPO model", "test/dpo_pref_acc", "percent"),
+    ("preference accuracy, second model", "test/second_pref_acc", "percent"),
+    ("log-prob margin chosen - rejected, student", "test/student_margin", "number"),
+    ("log-prob margin chosen - rejected, DPO model", "test/dpo_margin", "number"),
 )
 
 

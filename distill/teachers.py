@@ -12,6 +12,7 @@ from torch import nn
 from distill.build import build_model
 from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict, teacher_data
+from distill.errors import DistillError
 
 TEACHER_FILE = "teacher.pt"
 # Settings that change how fast data loads or what is displayed, not what the teacher learns.
@@ -19,22 +20,64 @@ DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
 TRAINER_KEYS_IGNORED_IN_KEY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 
-def resolve_teacher(loaded: LoadedRecipe, data: Any) -> tuple[nn.Module | None, dict | None]:
-    """The frozen teacher's model with its weights loaded, and a reference to its source for checkpoints."""
-    teacher = loaded.recipe.teacher
+def resolve_teacher(loaded: LoadedRecipe, data: Any, which: str = "teacher") -> tuple[nn.Module | None, dict | None]:
+    """A frozen model (`teacher` or `second_teacher`) with its weights loaded, and a reference to its source."""
+    teacher = getattr(loaded.recipe, which)
     if teacher is None:
         return None, None
-    model = build_model(teacher.model, data, "teacher.model")
-    if teacher.checkpoint is None and teacher.train is None:  # a pretrained hf: model, weights already loaded
+    model = build_model(teacher.model, data, f"{which}.model")
+    if teacher.checkpoint is None and teacher.train is None and teacher.recipe is None:  # pretrained hf: model
         return model, {"model": dict(teacher.model), "weights": teacher.model["name"]}
     if teacher.checkpoint is not None:
         weights = Path(teacher.checkpoint).expanduser().resolve()
+    elif teacher.recipe is not None:
+        weights = recipe_teacher_path(teacher)
+        if not weights.is_file():
+            train_from_recipe(teacher, weights)
     else:
         weights = stored_teacher_path(loaded)
         if not weights.is_file():
             train_teacher(loaded, weights)
-    load_weights(model, weights, "teacher.checkpoint")
+    load_weights(model, weights, f"{which}.checkpoint")
     return model, {"model": dict(teacher.model), "weights": str(weights)}
+
+
+def recipe_teacher_path(teacher: Any) -> Path:
+    """Where the best student of `teacher.recipe` (with its overrides) is kept: keyed by that run's settings."""
+    from distill.config.load import load_recipe
+
+    run = load_recipe(teacher.recipe, teacher.overrides)
+    settings = {k: v for k, v in run.resolved.items() if k not in ("run", "description")}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(teacher.store).expanduser().resolve() / f"{run.name}-{key}" / TEACHER_FILE
+
+
+def train_from_recipe(teacher: Any, weights: Path) -> None:
+    """Run `teacher.recipe` as an ordinary run and keep its best student as the teacher."""
+    from distill.config.load import load_recipe
+    from distill.pipeline import fit
+
+    print(f"No stored teacher for recipe {teacher.recipe} {' '.join(teacher.overrides)}: running it first")
+    run = load_recipe(teacher.recipe, [*teacher.overrides, f"run.root={weights.parent}", "run.name=train"])
+    result = fit(run)
+    state = extract_state_dict(read_checkpoint(result.best_checkpoint, "teacher run"))
+    atomic_save({"model": state, "distill": {"recipe": result.resolved, "metrics": result.metrics}}, weights)
+
+
+def reference_path(loaded: LoadedRecipe) -> Path:
+    """The reference model of a recipe-trained teacher: the teacher of `teacher.recipe` (AlignDistil's init)."""
+    from distill.config.load import load_recipe
+
+    teacher = loaded.recipe.teacher
+    if teacher is None or teacher.recipe is None:
+        raise DistillError("init: 'reference' needs teacher.recipe (a recipe whose own teacher is the reference)")
+    run = load_recipe(teacher.recipe, teacher.overrides)
+    if run.recipe.teacher is None or run.recipe.teacher.train is None:
+        raise DistillError(f"init: 'reference': recipe {teacher.recipe} has no teacher trained by the store")
+    path = stored_teacher_path(run)
+    if not path.is_file():
+        raise DistillError(f"init: 'reference': the reference model is not stored yet ({path})")
+    return path
 
 
 def teacher_key(loaded: LoadedRecipe) -> str:

@@ -139,12 +139,15 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe
 
 
 def check_objective(checker: Checker, recipe: Recipe) -> None:
-    """`dpo` is the whole objective of a dpo recipe, and only of one."""
+    """`dpo` and `align_distil` are the whole objective of their tasks, and only of those."""
     losses = {spec["loss"] for spec in recipe.loss.terms.values()}
-    if recipe.task == "dpo" and losses != {"dpo"}:
-        raise checker.fail("loss.terms", "of a dpo recipe must be exactly one term: dpo: {weight: 1.0, beta: 0.1}")
-    if recipe.task != "dpo" and "dpo" in losses:
-        raise checker.fail("loss.terms", f"uses dpo, the objective of task: dpo, in a {recipe.task} recipe")
+    for objective in ("dpo", "align_distil"):
+        if recipe.task == objective and losses != {objective}:
+            raise checker.fail("loss.terms", f"of a {objective} recipe must be exactly one term: {objective}")
+        if recipe.task != objective and objective in losses:
+            raise checker.fail(
+                "loss.terms", f"uses {objective}, the objective of task: {objective}, in a {recipe.task} recipe"
+            )
 
 
 def teacher_data(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -169,13 +172,23 @@ def check_teacher(checker: Checker, recipe: Recipe) -> None:
         if recipe.loss.terms:
             raise checker.fail("teacher", "is missing: loss.terms distill from a teacher; add a teacher section")
         return
+    for name in ("teacher", "second_teacher"):
+        check_teacher_source(checker, getattr(recipe, name), name)
+    if recipe.task == "align_distil" and recipe.second_teacher is None:
+        raise checker.fail("second_teacher", "is required by align_distil: the reverse-DPO model or the reference")
+
+
+def check_teacher_source(checker: Checker, teacher: Any, path: str) -> None:
+    if teacher is None:
+        return
     if teacher.model is None:
-        raise checker.fail("teacher.model", "is required: the teacher's architecture, e.g. {name: convnet}")
+        raise checker.fail(f"{path}.model", "is required: the teacher's architecture, e.g. {name: convnet}")
     pretrained = teacher.model["name"].startswith("hf:")  # from_pretrained brings its own weights
-    if teacher.checkpoint is None and teacher.train is None and not pretrained:
+    if teacher.checkpoint is None and teacher.train is None and teacher.recipe is None and not pretrained:
         raise checker.fail(
-            "teacher",
-            "has neither 'checkpoint' (a path to its weights) nor 'train' (settings to train it first): add one",
+            path,
+            "has neither 'checkpoint' (a path to its weights) nor 'train' (settings to train it first) "
+            "nor 'recipe' (a recipe whose best student it is): add one",
         )
 
 

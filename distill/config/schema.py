@@ -84,18 +84,40 @@ class TeacherSettings:
     )
     train: TeacherTraining | None = setting(None, "without a checkpoint: train the teacher first with these settings")
     store: str = setting("runs/teachers", "where trained teachers are kept, keyed by their settings, for reuse")
+    recipe: str | None = setting(
+        None, "or train the teacher by running this recipe: its best student becomes the teacher"
+    )
+    overrides: list[str] = setting([], "key=value overrides for that recipe (e.g. data.swap=true)")
+
+
+@dataclass
+class AlignDistilSettings:
+    mode: Literal["off_policy", "on_policy"] = setting(
+        "off_policy", "distill on the dataset's chosen responses or on samples"
+    )
+    temperature: float = setting(1.0, "on-policy sampling temperature")
+    top_p: float = setting(1.0, "on-policy nucleus sampling")
+    max_new_tokens: int = setting(64, "on-policy response length")
 
 
 @dataclass
 class Recipe:
     description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
-    task: Literal["classification", "causal_lm", "dpo"] = setting("classification", "what is trained")
+    task: Literal["classification", "causal_lm", "dpo", "align_distil"] = setting("classification", "what is trained")
     seed: int = setting(0, "global seed: same seed, same metrics on CPU")
     run: RunSettings = setting(RunSettings(), "where the run folder goes")
     data: DatasetSpec | None = setting(None, "the dataset")
     student: ModelSpec | None = setting(None, "the student's architecture")
-    init: str | None = setting(None, "the student's first weights: null (fresh), 'teacher' (a copy) or a path")
+    init: str | None = setting(
+        None,
+        "the student's first weights: null (fresh), 'teacher' (a copy), 'reference' (the teacher recipe's own teacher) "
+        "or a path",
+    )
     teacher: TeacherSettings | None = setting(None, "the frozen teacher (none: train the student alone)")
+    second_teacher: TeacherSettings | None = setting(
+        None, "a second frozen model (AlignDistil: the reverse-DPO model, or the reference)"
+    )
+    align_distil: AlignDistilSettings = setting(AlignDistilSettings(), "AlignDistil's mode and on-policy sampling")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
     scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")

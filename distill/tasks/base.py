@@ -50,6 +50,7 @@ class DistillationTask(L.LightningModule):
             raise ValueError(f"loss terms {sorted(terms)} need a teacher")
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
+        self.frozen_names = ["teacher"]  # frozen models, kept out of checkpoints; subclasses may add more
         self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
         self.weights = {name: weight for name, (weight, _) in terms.items()}
         self.term_inputs = {
@@ -64,9 +65,12 @@ class DistillationTask(L.LightningModule):
     # -- teacher hygiene --------------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationTask:
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()  # pinned: Lightning calls .train() on the whole module every epoch
+        for model in self.frozen_models().values():
+            model.eval()  # pinned: Lightning calls .train() on the whole module every epoch
         return self
+
+    def frozen_models(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in self.frozen_names if getattr(self, name, None) is not None}
 
     def on_fit_start(self) -> None:
         # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
@@ -108,11 +112,12 @@ class DistillationTask(L.LightningModule):
 
     # -- checkpoints: student only ----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = drop_teacher_keys(checkpoint["state_dict"])
+        for name in self.frozen_names:
+            checkpoint["state_dict"] = drop_teacher_keys(checkpoint["state_dict"], prefix=f"{name}.")
         checkpoint["distill"] = {"teacher": self.teacher_source, "recipe": self.recipe}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The teacher is not in the file: give strict loading the teacher we already hold.
-        if self.teacher is not None:
-            teacher_state = {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
-            checkpoint["state_dict"] = {**checkpoint["state_dict"], **teacher_state}
+        # The frozen models are not in the file: give strict loading the ones we already hold.
+        for name, model in self.frozen_models().items():
+            frozen_state = {f"{name}.{k}": v for k, v in model.state_dict().items()}
+            checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen_state}

@@ -1,0 +1,139 @@
+"""AlignDistil (methods.md section 7): distill a token-adaptive teacher built from a DPO model and a second frozen
+model (the reverse-DPO model, or the reference) into the student, off-policy or on-policy."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from distill.tasks.dpo import pair_logps
+from distill.tasks.teacher import freeze
+from losses import AlignDistilLoss
+
+Batch = dict[str, torch.Tensor]
+MODELS = ("student", "teacher", "second_teacher")  # the teacher is the DPO model
+
+
+def distilled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """`[B, T-1]` mask of the shifted positions to distill: response tokens, without each row's first one."""
+    mask = labels[:, 1:] != -100
+    first = mask & (mask.cumsum(dim=1) == 1)
+    return mask & ~first
+
+
+def logits_of(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    # positions from the attention mask, so left-padded (generated) rows get the positions generate() used
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+
+
+class AlignDistilModule(DistillationTask):
+    """The student learns from `objective(student_logits, dpo_logits, second_logits, mask)`.
+
+    Off-policy it reads the dataset's chosen responses; on-policy it samples one response per prompt with
+    `generate` (the student, no gradient) and distills on that. Validation and test report, on held-out pairs,
+    each model's preference accuracy (share of pairs where it gives the chosen response the higher log-probability)
+    and mean log-probability margin: `student_*`, `dpo_*` and `second_*`.
+
+    Args:
+        student: the model being aligned.
+        teacher: the frozen DPO model.
+        second_teacher: the frozen reverse-DPO model (adaptive variant) or reference model (fixed variants).
+        objective: the AlignDistil loss.
+        mode: "off_policy" or "on_policy".
+        temperature: on-policy sampling temperature.
+        top_p: on-policy nucleus sampling.
+        max_new_tokens: on-policy response length.
+        eos_id: ends a sampled response; pad_id fills after it.
+        pad_id: padding id for sampled rows.
+        optimizer: builds the optimizer from the trainable parameters.
+        scheduler: builds a per-step schedule, or None.
+        teacher_source: where the DPO model came from, stored in checkpoints.
+        recipe: the resolved recipe, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        second_teacher: nn.Module,
+        objective: AlignDistilLoss,
+        mode: Literal["off_policy", "on_policy"] = "off_policy",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        eos_id: int = 0,
+        pad_id: int = 0,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        teacher_source: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        if teacher is None or second_teacher is None:
+            raise ValueError("AlignDistil needs the DPO model (teacher) and a second model (second_teacher)")
+        super().__init__(student, teacher, {}, 0.0, optimizer, scheduler, teacher_source, recipe)
+        self.second_teacher = freeze(second_teacher)
+        self.frozen_names.append("second_teacher")
+        self.objective = objective
+        self.mode = mode
+        self.sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        self.eos_id, self.pad_id = eos_id, pad_id
+        names = [f"{m}_{what}" for m in ("student", "dpo", "second") for what in ("pref_acc", "margin")]
+        self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.student(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @torch.no_grad()
+    def sample(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sampled response per (left-padded) prompt: ids, attention mask, labels (-100 off the response)."""
+        prompt, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        was_training = self.student.training
+        self.student.eval()
+        ids = self.student.generate(
+            input_ids=prompt,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            **self.sampling,
+        )
+        self.student.train(was_training)
+        response = ids[:, prompt.shape[1] :]
+        ended = (response == self.eos_id).int().cumsum(dim=1)
+        alive = (ended == 0) | ((ended == 1) & (response == self.eos_id))  # up to and including the first eos
+        attention = torch.cat([prompt_mask, alive.long()], dim=1)
+        labels = torch.cat([torch.full_like(prompt, -100), torch.where(alive, response, -100)], dim=1)
+        return ids, attention, labels
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.mode == "on_policy":
+            ids, attention, labels = self.sample(batch)
+        else:
+            ids, attention, labels = batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"]
+        student_logits = logits_of(self.student, ids, attention)[:, :-1]
+        with torch.no_grad():
+            dpo_logits = logits_of(self.teacher, ids, attention)[:, :-1]
+            second_logits = logits_of(self.second_teacher, ids, attention)[:, :-1]
+        loss = self.objective(student_logits, dpo_logits, second_logits, distilled_positions(labels))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/align_distil", loss)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._accumulate(batch, "test")
+
+    def _accumulate(self, batch: Batch, stage: str) -> None:
+        for short, name in zip(("student", "dpo", "second"), MODELS, strict=True):
+            chosen, rejected = pair_logps(getattr(self, name), batch)
+            for what, value in (("pref_acc", (chosen > rejected).float()), ("margin", chosen - rejected)):
+                metric = self.means[f"{stage}_{short}_{what}"]
+                metric.update(value.mean(), weight=value.numel())
+                self.log(f"{stage}/{short}_{what}", metric, prog_bar=(short, what) == ("student", "pref_acc"))

@@ -1,0 +1,66 @@
+"""The AlignDistil task: which positions are distilled, on-policy samples, frozen models kept out of training."""
+
+from __future__ import annotations
+
+import torch
+
+from distill.models import create_model
+from distill.tasks.align_distil import AlignDistilModule, distilled_positions
+from losses import AlignDistilLoss
+
+
+def tiny_llama(seed: int):
+    torch.manual_seed(seed)
+    return create_model("llama", vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
+
+
+def test_the_first_response_token_is_not_distilled():
+    labels = torch.tensor([[-100, -100, 5, 6, 7, -100], [-100, 4, 4, 4, 4, 4]])
+    # shifted: position t predicts labels[t + 1]; the first response target of each row is left out
+    expected = torch.tensor([[False, False, True, True, False], [False, True, True, True, True]])
+    assert torch.equal(distilled_positions(labels), expected)
+
+
+def make_module(mode: str = "off_policy") -> AlignDistilModule:
+    return AlignDistilModule(
+        tiny_llama(0), tiny_llama(1), tiny_llama(2), AlignDistilLoss(), mode=mode, max_new_tokens=6, eos_id=258
+    )
+
+
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (2, 10), generator=g)
+    labels = ids.clone()
+    labels[:, :4] = -100
+    prompt = torch.randint(0, 256, (2, 4), generator=g)
+    prompt_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])  # left-padded
+    return {
+        "chosen_input_ids": ids,
+        "chosen_attention_mask": torch.ones_like(ids),
+        "chosen_labels": labels,
+        "prompt_input_ids": prompt,
+        "prompt_attention_mask": prompt_mask,
+    }
+
+
+def test_off_policy_step_trains_only_the_student():
+    module = make_module()
+    loss = module.training_step(batch(), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert any(p.grad is not None for p in module.student.parameters())
+    for frozen in (module.teacher, module.second_teacher):
+        assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+
+
+def test_on_policy_samples_a_response_after_each_prompt_and_masks_the_prompt():
+    module = make_module("on_policy")
+    torch.manual_seed(0)
+    ids, attention, labels = module.sample(batch())
+    assert ids.shape[0] == 2 and 4 < ids.shape[1] <= 4 + 6
+    assert torch.equal(ids[:, :4], batch()["prompt_input_ids"])
+    assert (labels[:, :4] == -100).all() and (labels[:, 4:] != -100).any()
+    assert torch.equal(attention[:, :4], batch()["prompt_attention_mask"])
+    assert module.student.training  # sampling leaves the student's mode as it found it
+    loss = module.training_step(batch(), 0)
+    assert torch.isfinite(loss)
