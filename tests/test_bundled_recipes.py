@@ -16,6 +16,8 @@ from distill.config import bundled_recipes, load_recipe
 REQUIRED_BY_TEMPLATES = {
     "kd_imagefolder_timm": ["data.root=/data/my_images", "teacher.checkpoint=/ckpt/teacher.pth"],
     "llm_kd_qwen2.5_1.5b_to_0.5b": ["data.source=/data/pairs.jsonl"],
+    "dpo_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
+    "align_distil_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from distill.config.components import check_component
 from distill.config.schema import REQUIRED, RESERVED_TRAINER_KEYS, TRAINER_DEFAULTS, DatasetSpec, Recipe
@@ -88,6 +88,8 @@ def to_plain(config: Any, source: str, allow_missing: bool = False) -> dict[str,
     try:
         return OmegaConf.to_container(config, resolve=True)
     except OmegaConfBaseException as exc:
+        if allow_missing and isinstance(exc, (InterpolationToMissingValueError, MissingMandatoryValue)):
+            return OmegaConf.to_container(config, resolve=False)  # refers to a `???` value the command line gives
         raise RecipeError(f"{source}: {str(exc).splitlines()[0]}") from None
 
 

@@ -61,7 +61,8 @@ class Checker:
 
     def value(self, annotation: Any, value: Any, path: str) -> Any:
         origin = typing.get_origin(annotation)
-        if annotation is Any or (self.allow_missing and value == MISSING):
+        waiting = self.allow_missing and isinstance(value, str) and (value == MISSING or value.startswith("${"))
+        if annotation is Any or waiting:
             return value
         if origin in (Union, types.UnionType):
             options = typing.get_args(annotation)
