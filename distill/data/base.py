@@ -55,7 +55,46 @@ class TensorImageDataset(Dataset):
         return image, int(self.labels[index])
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class SeededLoaders:
+    """The loaders every datamodule here shares: a shuffled train loader whose order and augmentation depend only
+    on (seed, epoch), and unshuffled val/test loaders. Needs `train_set`, `val_set`, `test_set`, `batch_size`,
+    `num_workers`, `seed` and Lightning's `trainer` attribute."""
+
+    def train_dataloader(self) -> DataLoader:
+        # Workers restart every epoch so that their RNG is reseeded from (seed, epoch) too.
+        return EpochSeededLoader(
+            self.train_set,
+            seed=self.seed,
+            epoch_fn=self._trainer_epoch if self.trainer is not None else None,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _trainer_epoch(self) -> int:
+        # The epoch about to run; Lightning restores it from a checkpoint before it builds the train loader.
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+
+class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
     """Train/val/test splits of an image classification data set.
 
     Subclasses set `num_classes`, `in_chans` and `image_size` in `__init__` (models are built from
@@ -108,39 +147,6 @@ class ClassificationDataModule(L.LightningDataModule):
     @property
     def test_set(self) -> Dataset:
         return self._split(2)
-
-    def train_dataloader(self) -> DataLoader:
-        # Workers restart every epoch so that their RNG is reseeded from (seed, epoch) too.
-        return EpochSeededLoader(
-            self.train_set,
-            seed=self.seed,
-            epoch_fn=self._trainer_epoch if self.trainer is not None else None,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def _trainer_epoch(self) -> int:
-        # The epoch about to run; Lightning restores it from a checkpoint before it builds the train loader.
-        return self.trainer.fit_loop.epoch_progress.current.processed
-
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
 
 
 class EpochSeededLoader(DataLoader):

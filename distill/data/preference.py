@@ -19,11 +19,9 @@ import random
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
 
-from distill.data.base import DATASETS, EpochSeededLoader, check_at_least, check_fraction
+from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
 from distill.data.corpus import PYTHON_STDLIB, python_stdlib_corpus
 from distill.data.preference_pairs import (
     PREFERENCE_FORMS,
@@ -45,7 +43,7 @@ Records = list[str] | list[PreferencePair]  # python_stdlib docstrings, or pairs
 
 
 @DATASETS.register("preference")
-class PreferenceDataModule(L.LightningDataModule):
+class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
     """Preference pairs (prompt, chosen, rejected) for DPO and AlignDistil, from the standard library or JSONL files.
 
     Batches are dicts of LongTensors. For each side `s` in (chosen, rejected): `s_input_ids`, `s_attention_mask`
@@ -214,35 +212,3 @@ class PreferenceDataModule(L.LightningDataModule):
         return self._split(1)
 
     # Loaders (as the text module's: the order depends only on (seed, epoch); val and test unshuffled) ---------
-
-    def train_dataloader(self) -> DataLoader:
-        return EpochSeededLoader(
-            self.train_set,
-            seed=self.seed,
-            epoch_fn=self._trainer_epoch if self.trainer is not None else None,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def _trainer_epoch(self) -> int:
-        # The epoch about to run; Lightning restores it from a checkpoint before it builds the train loader.
-        return self.trainer.fit_loop.epoch_progress.current.processed
-
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)

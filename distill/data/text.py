@@ -11,11 +11,9 @@ import random
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
 
-from distill.data.base import DATASETS, EpochSeededLoader, check_at_least, check_fraction
+from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
 from distill.data.corpus import PYTHON_STDLIB, SOURCE_FORMS, Documents, Pair, read_source
 from distill.data.text_rows import (  # noqa: F401  (IGNORE is part of this module's API)
     IGNORE,
@@ -35,7 +33,7 @@ from distill.errors import DistillError
 
 
 @DATASETS.register("text")
-class CausalLMDataModule(L.LightningDataModule):
+class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     """Text for causal language models: the Python standard library's docstrings, or your .txt / .jsonl files.
 
     Batches are dicts of LongTensors `[B, T]`: `input_ids`, `attention_mask` (1 real, 0 padding) and `labels`
@@ -224,40 +222,6 @@ class CausalLMDataModule(L.LightningDataModule):
     @property
     def test_set(self) -> TokenRows:
         return self._split(1)
-
-    # Loaders ----------------------------------------------------------------------------------------------------
-
-    def train_dataloader(self) -> DataLoader:
-        return EpochSeededLoader(
-            self.train_set,
-            seed=self.seed,
-            epoch_fn=self._trainer_epoch if self.trainer is not None else None,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def _trainer_epoch(self) -> int:
-        # The epoch about to run; Lightning restores it from a checkpoint before it builds the train loader.
-        return self.trainer.fit_loop.epoch_progress.current.processed
-
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_set)
 
 
 def _exists(source: str) -> bool:
