@@ -124,13 +124,7 @@ class AlignDistilModule(DistillationTask):
         self.log("train/align_distil", loss)
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._accumulate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._accumulate(batch, "test")
-
-    def _accumulate(self, batch: Batch, stage: str) -> None:
+    def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         for short, name in zip(("student", "dpo", "second"), MODELS, strict=True):
             chosen, rejected = pair_logps(getattr(self, name), batch)
             for what, value in (("pref_acc", (chosen > rejected).float()), ("margin", chosen - rejected)):

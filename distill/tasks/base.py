@@ -80,6 +80,17 @@ class DistillationTask(L.LightningModule):
         params = list(self.student.parameters()) + list(self.terms.parameters())
         return [p for p in params if p.requires_grad]
 
+    # -- evaluation -------------------------------------------------------------------------------------------------
+    def evaluate_batch(self, batch: Any, batch_idx: int, stage: str) -> None:
+        """Update and log the `stage` ("val" or "test") metrics for one batch."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluate_batch(batch, batch_idx, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self.evaluate_batch(batch, batch_idx, "test")
+
     # -- loss -------------------------------------------------------------------------------------------------------
     def term_values(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, inputs: dict[str, Any]

@@ -89,13 +89,7 @@ class CausalLMDistillationModule(DistillationTask):
             self.log(f"train/{name}", value)
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._accumulate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._accumulate(batch, "test")
-
-    def _accumulate(self, batch: Batch, stage: str) -> None:
+    def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         student_logits = self(batch["input_ids"], batch["attention_mask"])[:, :-1]
         labels = self.shifted_inputs(batch)["labels"]
         nll, tokens = next_token_nll(student_logits, labels)

@@ -92,13 +92,7 @@ class DistillationModule(DistillationTask):
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:
+    def evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:
         x, y = batch
         student_logits = self.student(x)
         self.log(f"{stage}/loss", F.cross_entropy(student_logits.float(), y), sync_dist=True)

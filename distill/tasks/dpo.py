@@ -88,13 +88,7 @@ class DPOModule(DistillationTask):
         self.log("train/reward_acc", values["reward_acc"].mean())
         return values["loss"]
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._accumulate(batch, "val")
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._accumulate(batch, "test")
-
-    def _accumulate(self, batch: Batch, stage: str) -> None:
+    def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         values = self.step(batch)
         pairs = values["margin"].numel()
         for name, value in values.items():
