@@ -29,6 +29,7 @@ from distill.data.preference_pairs import (
     PreferencePair,
     corpus_pair,
     encode_pairs,
+    halve,
     pair_tensors,
     prompt_length,
     read_preference_jsonl,
@@ -38,7 +39,7 @@ from distill.data.text_rows import MIN_SEQ_LEN, TokenRows
 from distill.data.tokenizers import Tokenizer, make_tokenizer
 from distill.errors import DistillError
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
 Records = list[str] | list[PreferencePair]  # python_stdlib docstrings, or pairs read from JSONL
 
 
@@ -50,8 +51,10 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
     and `s_labels` `[B, seq_len]`: `[bos] prompt response [eos]` right-padded; labels are the input ids (not shifted)
     with -100 on the prompt and the padding. Also `prompt_input_ids` and `prompt_attention_mask` `[B, P]`: the same
     prompt tokens left-padded (for generation; P is the longest prompt of the data), and `prompt_lengths` `[B]`: the
-    prompt's token count, where the response starts in both sides' rows. Pairs are split into train/val before
-    tokenization; test uses val. The reference model is trained on the same corpus by the `text` data module.
+    prompt's token count, where the response starts in both sides' rows. Pairs are split into train and held-out
+    before tokenization, as the `text` module splits the corpus the reference model is trained on; the held-out
+    pairs are halved into val (which picks the best checkpoint) and test (which reports it), so the reported number
+    is not the one the checkpoint was chosen on.
 
     Args:
         source: 'python_stdlib' (pairs cut from the standard library's docstrings; the rejected response is the real
@@ -66,7 +69,8 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         swap: Exchange chosen and rejected in every pair (how the reverse-DPO model of AlignDistil is trained).
         batch_size: Pairs per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the main process.
-        val_fraction: Fraction of the pairs held out for validation (and testing).
+        val_fraction: Fraction of the pairs held out: half for validation, half for testing (with a single held-out
+            pair, both use it).
         split_seed: Seed of the train/val split and of the python_stdlib word shuffles.
         max_pairs: Use only the first N records of the source (python_stdlib: its first N docstrings, each giving at
             most one pair); None: all of them.
@@ -112,8 +116,8 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         self.max_pairs = max_pairs
         self.seed = 0  # shuffling seed: set from the recipe's `seed` by the framework
         self._records: tuple[Records, Records] | None = None
-        self._pairs: tuple[list[PreferencePair], list[PreferencePair]] | None = None
-        self._splits: tuple[TokenRows, TokenRows] | None = None
+        self._pairs: tuple[list[PreferencePair], ...] | None = None
+        self._splits: tuple[TokenRows, ...] | None = None
         self.unpaired_documents = 0  # python_stdlib docstrings whose continuation has nothing to shuffle
         self.dropped_pairs: dict[str, int] = {}  # per split: pairs with no response token left within seq_len
         self.prompt_width: int | None = None  # P, the longest prompt in tokens: set by `setup`
@@ -150,21 +154,22 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         return [text for r in train for text in ((r,) if isinstance(r, str) else (r.prompt, r.chosen, r.rejected))]
 
     @property
-    def pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        """`(train, val)` preference pairs, swapped when `swap` is set; before tokenization (nothing dropped)."""
+    def pairs(self) -> tuple[list[PreferencePair], ...]:
+        """`(train, val, test)` pairs, swapped when `swap` is set; before tokenization (nothing dropped)."""
         if self._pairs is None:
             self._pairs = self._make_pairs()
         return self._pairs
 
-    def _make_pairs(self) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        train, val = self.records
+    def _make_pairs(self) -> tuple[list[PreferencePair], ...]:
+        train, held_out = self.records
         if self.source == PYTHON_STDLIB:
-            made = [[self._corpus_pair(document) for document in part] for part in (train, val)]
+            made = [[self._corpus_pair(document) for document in part] for part in (train, held_out)]
             self.unpaired_documents = sum(p is None for part in made for p in part)
-            train, val = ([p for p in part if p is not None] for part in made)
+            train, held_out = ([p for p in part if p is not None] for part in made)
+        parts = (train, *halve(held_out, self.split_seed))
         if self.swap:
-            train, val = ([p.swapped() for p in part] for part in (train, val))
-        return train, val  # type: ignore[return-value]
+            parts = tuple([p.swapped() for p in part] for part in parts)
+        return parts
 
     def _corpus_pair(self, document: str) -> PreferencePair | None:
         # Seeded by the text itself (a str seed is hashed with SHA-512): the same pair whatever the split or order.
@@ -177,10 +182,9 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         if self._splits is not None:
             return
         encoded = [self._encode(split, pairs) for split, pairs in zip(SPLITS, self.pairs, strict=True)]
-        # The longest prompt of either split: train and val prompts have the same shape.
+        # The longest prompt of any split: train, val and test prompts have the same shape.
         self.prompt_width = max([1, *(prompt_length(chosen) for part in encoded for chosen, _ in part)])
-        train, val = (TokenRows(pair_tensors(part, self.seq_len, self.prompt_width, self.pad_id)) for part in encoded)
-        self._splits = (train, val)
+        self._splits = tuple(TokenRows(pair_tensors(p, self.seq_len, self.prompt_width, self.pad_id)) for p in encoded)
 
     def _encode(self, split: str, pairs: list[PreferencePair]) -> list[EncodedPair]:
         encoded = encode_pairs(pairs, self.tokenizer, self.seq_len)
@@ -209,6 +213,6 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
 
     @property
     def test_set(self) -> TokenRows:
-        return self._split(1)
+        return self._split(2)
 
     # Loaders (as the text module's: the order depends only on (seed, epoch); val and test unshuffled) ---------

@@ -135,6 +135,14 @@ def split_train_val(items: Sequence[T], val_fraction: float, seed: int) -> tuple
     return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
 
 
+def halve(items: Sequence[T], seed: int) -> tuple[list[T], list[T]]:
+    """Two disjoint halves of `items` drawn by `seed` (their sizes differ by at most one), each in the items' order;
+    a single item is in both, so neither half is empty."""
+    if len(items) < 2:
+        return list(items), list(items)
+    return split_train_val(items, 0.5, seed)
+
+
 # Rows ---------------------------------------------------------------------------------------------------------------
 
 EncodedPair = tuple[TokenRow, TokenRow]  # (chosen, rejected), both starting with the same prompt tokens

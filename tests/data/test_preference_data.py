@@ -9,7 +9,7 @@ import torch
 
 from distill.data import DATASETS, PreferenceDataModule, create_datamodule
 from distill.data.corpus import python_stdlib_corpus
-from distill.data.preference_pairs import PreferencePair
+from distill.data.preference_pairs import PreferencePair, halve
 from distill.data.text import IGNORE
 from distill.errors import DistillError
 
@@ -34,8 +34,12 @@ def data(**kwargs) -> PreferenceDataModule:
     return datamodule
 
 
+def splits(datamodule: PreferenceDataModule) -> tuple:
+    return datamodule.train_set, datamodule.val_set, datamodule.test_set
+
+
 def all_rows(datamodule: PreferenceDataModule) -> list[dict[str, torch.Tensor]]:
-    return [dataset[i] for dataset in (datamodule.train_set, datamodule.val_set) for i in range(len(dataset))]
+    return [dataset[i] for dataset in splits(datamodule) for i in range(len(dataset))]
 
 
 def tiny(tmp_path: Path, **kwargs) -> PreferenceDataModule:
@@ -64,7 +68,7 @@ def test_registered_and_sized_before_the_corpus_is_read():
 def test_corpus_pairs_are_real_continuations_and_their_words_shuffled_by_split_seed():
     first, again, other = (data(max_pairs=60, split_seed=s) for s in (0, 0, 1))
     assert first.pairs == again.pairs and first.pairs != other.pairs
-    pairs = first.pairs[0] + first.pairs[1]
+    pairs = sum(first.pairs, [])
     documents = python_stdlib_corpus()[:60]
     assert len(pairs) + first.unpaired_documents == 60 and len(pairs) >= 55
     for pair in pairs:
@@ -74,13 +78,13 @@ def test_corpus_pairs_are_real_continuations_and_their_words_shuffled_by_split_s
         assert sorted(pair.chosen.split()) == sorted(pair.rejected.split())  # the same words,
         assert re.sub(r"\S+", "", pair.chosen) == re.sub(r"\S+", "", pair.rejected)  # the same whitespace
     # The same docstring gives the same pair whichever split it falls in.
-    by_prompt = {p.prompt: p for p in other.pairs[0] + other.pairs[1]}
+    by_prompt = {p.prompt: p for p in sum(other.pairs, [])}
     assert any(by_prompt[p.prompt] == p for p in pairs) and any(by_prompt[p.prompt] != p for p in pairs)
 
 
 def test_rows_share_the_prompt_and_left_padded_prompts_end_with_it():
     datamodule = data(max_pairs=40, seq_len=96)
-    tokenizer, pairs = datamodule.tokenizer, datamodule.pairs[0] + datamodule.pairs[1]
+    tokenizer, pairs = datamodule.tokenizer, sum(datamodule.pairs, [])
     rows = all_rows(datamodule)
     assert len(rows) == len(pairs) and sum(datamodule.dropped_pairs.values()) == 0
     width = datamodule.prompt_width
@@ -109,13 +113,23 @@ def test_stdlib_split_and_bpe_are_those_of_the_text_module(tmp_path):
     text = create_datamodule("text", max_documents=40, **common)
     assert preference.records == text.documents
     assert text.tokenizer.path == preference.tokenizer.path and len(list(tmp_path.glob("*.json"))) == 1
-    train, val = preference.pairs
-    assert {p.prompt for p in train}.isdisjoint(p.prompt for p in val) and len(val) == 4
-    val_prompts = [
-        preference.tokenizer.decode(row["prompt_input_ids"][row["prompt_attention_mask"].bool()].tolist())
-        for row in preference.val_set
-    ]
-    assert val_prompts == [p.prompt for p in val] and preference.test_set is preference.val_set
+    train, val, test = (set(p.prompt for p in part) for part in preference.pairs)
+    assert train.isdisjoint(val | test) and val.isdisjoint(test) and len(val) == len(test) == 2
+    for rows, pairs in zip((preference.val_set, preference.test_set), preference.pairs[1:], strict=True):
+        prompts = [
+            preference.tokenizer.decode(row["prompt_input_ids"][row["prompt_attention_mask"].bool()].tolist())
+            for row in rows
+        ]
+        assert prompts == [p.prompt for p in pairs]  # val picks the best checkpoint, test reports it: no overlap
+
+
+def test_halve_splits_held_out_pairs_disjointly_and_keeps_a_single_one_in_both():
+    items = list(range(9))
+    first, second = halve(items, seed=0)
+    assert sorted(first + second) == items and len(first) == 5 and len(second) == 4  # disjoint
+    assert first == sorted(first) and second == sorted(second)  # the items' order kept
+    assert halve(items, seed=0) == (first, second) and halve(items, seed=1) != (first, second)
+    assert halve(["only"], seed=0) == (["only"], ["only"]) and halve([], seed=0) == ([], [])
 
 
 # Rows from JSONL ----------------------------------------------------------------------------------------------------
@@ -123,7 +137,8 @@ def test_stdlib_split_and_bpe_are_those_of_the_text_module(tmp_path):
 
 def test_labels_mask_the_prompt_and_the_padding_exactly(tmp_path):
     datamodule = tiny(tmp_path)
-    assert datamodule.dropped_pairs == {"train": 1, "val": 0} or datamodule.dropped_pairs == {"train": 0, "val": 1}
+    assert datamodule.dropped_pairs == {"train": 1, "val": 0, "test": 0}
+    assert datamodule.pairs[1] == datamodule.pairs[2]  # a single held-out pair is both val and test
     rows = {bytes(row["chosen_input_ids"][1:3].tolist()): row for row in all_rows(datamodule)}
     assert set(rows) == {b"ab", b"ql", b"pq"}
     assert datamodule.prompt_width == 5  # bos + "pqrs"
@@ -151,7 +166,7 @@ def test_labels_mask_the_prompt_and_the_padding_exactly(tmp_path):
 def test_swap_exchanges_chosen_and_rejected_exactly(tmp_path):
     plain, swapped = tiny(tmp_path), tiny(tmp_path, swap=True)
     assert swapped.pairs == tuple([p.swapped() for p in part] for part in plain.pairs)
-    for a, b in ((plain.train_set, swapped.train_set), (plain.val_set, swapped.val_set)):
+    for a, b in zip(splits(plain), splits(swapped), strict=True):
         for key, value in a.tensors.items():
             other = key.replace("chosen", "@").replace("rejected", "chosen").replace("@", "rejected")
             assert torch.equal(value, b.tensors[other]), key
