@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,13 @@ from torch import nn
 
 from distill.build import build_model
 from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
-from distill.config.load import LoadedRecipe, from_dict, teacher_data
+from distill.config.load import LoadedRecipe, from_dict, plain, teacher_data
+from distill.config.schema import Recipe
 from distill.errors import DistillError
 
 TEACHER_FILE = "teacher.pt"
+# A teacher trained first by `teacher.train` learns with the task named here (default: the recipe's own task).
+TEACHER_TASKS = {"dpo": "causal_lm", "draft_distill": "causal_lm"}  # a reference or target LM learns text
 # Settings that change how fast data loads or what is displayed, not what the teacher learns.
 DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
 TRAINER_KEYS_IGNORED_IN_KEY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
@@ -47,7 +51,12 @@ def recipe_teacher_path(teacher: Any) -> Path:
     from distill.config.load import load_recipe
 
     run = load_recipe(teacher.recipe, teacher.overrides)
-    settings = {k: v for k, v in run.resolved.items() if k not in ("run", "description")}
+    # Sections left at their defaults are not part of the key: a section added to the schema later (with a default)
+    # does not orphan the teachers already stored.
+    defaults = asdict(Recipe())
+    settings = {
+        k: v for k, v in run.resolved.items() if k not in ("run", "description") and v != plain(defaults.get(k, {}))
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(teacher.store).expanduser().resolve() / f"{run.name}-{key}" / TEACHER_FILE
 
@@ -103,7 +112,7 @@ def teacher_recipe(loaded: LoadedRecipe, run_root: Path) -> LoadedRecipe:
     train = resolved["teacher"]["train"]
     raw = {
         "description": f"teacher for {loaded.name}",
-        "task": "causal_lm" if resolved["task"] == "dpo" else resolved["task"],  # a reference LM learns text
+        "task": TEACHER_TASKS.get(resolved["task"], resolved["task"]),
         "seed": train["seed"],
         "run": {"root": str(run_root), "name": "train"},
         "data": teacher_data(resolved["data"], train["data"]),

@@ -11,6 +11,7 @@ import torch
 import distill.teachers as teachers
 from distill.checkpoints import read_checkpoint
 from distill.config import LoadedRecipe, from_dict
+from distill.config.schema import TeacherSettings
 from distill.models import create_model
 from distill.pipeline import prepare_data
 from distill.teachers import resolve_teacher, stored_teacher_path, teacher_key
@@ -182,3 +183,18 @@ def test_teacher_can_train_on_other_data_settings_than_the_student(tmp_path):
     bad["teacher"]["train"]["data"] = {"train_sample": None}
     with pytest.raises(Exception, match="unknown key 'teacher.train.data.train_sample'"):
         from_dict(bad, "test")
+
+
+def test_recipe_teachers_are_keyed_by_their_settings_not_by_sections_left_at_defaults():
+    """A teacher run by its own recipe (`teacher.recipe`) is stored under a key of that run's settings; sections at
+    their schema defaults are left out, so a section added to the schema later keeps stored teachers reusable."""
+    from distill.teachers import recipe_teacher_path
+
+    def key(overrides: list[str]) -> str:
+        return recipe_teacher_path(TeacherSettings(recipe="dpo_tiny", overrides=overrides)).parent.name
+
+    plain_key = key([])
+    assert plain_key.startswith("dpo_tiny-") and key([]) == plain_key
+    assert key(["data.swap=true"]) != plain_key and key(["optimizer.lr=0.001"]) != plain_key
+    assert key(["speculative.depth=4", "align_distil.top_p=1.0"]) == plain_key  # written out at their defaults
+    assert key(["speculative.depth=5"]) != plain_key and key(["run.name=elsewhere"]) == plain_key
