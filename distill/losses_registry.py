@@ -10,6 +10,7 @@ from losses import (
     AlignDistilLoss,
     DKDLoss,
     DPOLoss,
+    DraftDistillLoss,
     GraphOnLogitsLoss,
     KDLoss,
     PlackettLuceLoss,
@@ -27,3 +28,4 @@ LOSSES.register("gld")(GraphOnLogitsLoss)
 LOSSES.register("token_kl")(TokenDivergenceLoss)
 LOSSES.register("align_distil")(AlignDistilLoss)
 LOSSES.register("dpo")(DPOLoss)  # the objective of `task: dpo` recipes, not a teacher-student logit term
+LOSSES.register("draft_distill")(DraftDistillLoss)  # the objective of `task: draft_distill` recipes (SpecVLM)

@@ -4,6 +4,7 @@ and never sends gradient to the teacher: lift any of them into your own training
 from losses.align_distil import AlignDistilLoss
 from losses.dkd import DKDLoss
 from losses.dpo import DPOLoss, implicit_rewards, sequence_logps
+from losses.draft_distill import DraftDistillLoss
 from losses.graph_on_logits import GraphOnLogitsLoss
 from losses.kd import KDLoss
 from losses.plackett_luce import PlackettLuceLoss
@@ -14,6 +15,7 @@ __all__ = [
     "AlignDistilLoss",
     "DKDLoss",
     "DPOLoss",
+    "DraftDistillLoss",
     "GraphOnLogitsLoss",
     "KDLoss",
     "PlackettLuceLoss",
