@@ -55,9 +55,11 @@ def build_module(
 
     `init` is where the student's first weights come from (default: the recipe's `init`).
     """
+    if recipe.task == "draft_distill":
+        return build_draft_module(recipe, resolved, data, teacher, teacher_source)
     student = build_model(recipe.student, data, "student")
     initialize(student, str(init) if init is not None else recipe.init, teacher)
-    schedule = partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None
+    schedule = scheduler_factory(recipe)
     if recipe.task == "align_distil":
         from distill.tasks.align_distil import AlignDistilModule
 
@@ -113,11 +115,43 @@ MONITOR = {
     "causal_lm": ("val/loss", "min"),
     "dpo": ("val/loss", "min"),
     "align_distil": ("val/student_pref_acc", "max"),
+    "draft_distill": ("val/agreement", "max"),
 }
 
 
+def scheduler_factory(recipe: Recipe) -> Any:
+    return partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None
+
+
+def build_draft_module(
+    recipe: Recipe, resolved: dict[str, Any], data: Any, teacher: nn.Module | None, source: dict[str, Any] | None
+) -> DistillationTask:
+    """A draft for the target (the teacher): sized from it; its embeddings and head stay the target's."""
+    from distill.tasks.draft_distill import DraftDistillModule
+
+    if teacher is None:
+        raise DistillError("teacher: draft_distill needs the target model as its teacher")
+    args = {k: v for k, v in recipe.student.items() if k != "name"}
+    try:
+        draft = create_model(recipe.student["name"], target=teacher, **args)
+    except DistillError as exc:
+        raise DistillError(f"student: {exc}") from None
+    eos_id = getattr(getattr(data, "tokenizer", None), "eos_id", None)
+    return DraftDistillModule(
+        draft,
+        teacher,
+        only_term(recipe, "draft_distill"),
+        **vars(recipe.speculative),
+        eos_id=eos_id,
+        optimizer=partial(build_optimizer, recipe.optimizer),
+        scheduler=scheduler_factory(recipe),
+        teacher_source=source,
+        recipe=resolved,
+    )
+
+
 def only_term(recipe: Recipe, name: str) -> nn.Module:
-    """The objective of a task whose loss is one term (dpo, align_distil); the recipe check guarantees it."""
+    """The objective of a task whose loss is one term (dpo, align_distil, draft_distill): the recipe check says so."""
     (spec,) = recipe.loss.terms.values()
     return LOSSES.get(spec["loss"])(**{k: v for k, v in spec.items() if k not in ("loss", "weight")})
 

@@ -23,6 +23,9 @@ ROWS = (
     ("preference accuracy, second model", "test/second_pref_acc", "percent"),
     ("log-prob margin chosen - rejected, student", "test/student_margin", "number"),
     ("log-prob margin chosen - rejected, DPO model", "test/dpo_margin", "number"),
+    ("speculative decoding: accepted length (tokens/round)", "test/accepted_length", "number"),
+    ("speculative decoding: speedup over greedy", "test/speedup", "number"),
+    ("speculative decoding: lossless prompts", "test/lossless", "percent"),
 )
 
 

@@ -11,6 +11,7 @@ from distill.build import build_datamodule, build_model, build_terms
 from distill.cli import main
 from distill.compare import is_comparison, load_comparison
 from distill.config import bundled_recipes, load_recipe
+from distill.models import create_model
 
 # Values a template recipe leaves as ??? for the user to give.
 REQUIRED_BY_TEMPLATES = {
@@ -54,9 +55,12 @@ def check_builds(recipe, monkeypatch) -> None:
     if recipe.data["name"] == "imagefolder":
         monkeypatch.setattr("distill.data.imagefolder.ImageFolderDataModule.__init__", fake_imagefolder_init)
     data = build_datamodule(recipe.data)
-    build_model(recipe.student, data, "student")
-    if recipe.teacher is not None:
-        build_model(recipe.teacher.model, data, "teacher")
+    teacher = build_model(recipe.teacher.model, data, "teacher") if recipe.teacher is not None else None
+    if recipe.task == "draft_distill":  # the draft is sized from its target
+        args = {k: v for k, v in recipe.student.items() if k != "name"}
+        create_model(recipe.student["name"], target=teacher, **args)
+    else:
+        build_model(recipe.student, data, "student")
     build_terms(recipe.loss)
 
 

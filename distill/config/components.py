@@ -8,8 +8,8 @@ from distill.config.schema import DatasetSpec, LossTermSpec, ModelSpec
 from distill.config.validate import Checker
 from distill.errors import DistillError, RecipeError
 
-# Arguments set by distill from the dataset, not by the recipe.
-INJECTED_MODEL_ARGS = ("num_classes", "in_chans", "vocab_size")
+# Arguments set by distill from the dataset (or, for a draft, the target model), not by the recipe.
+INJECTED_MODEL_ARGS = ("num_classes", "in_chans", "vocab_size", "image_token_id", "image_size", "patch_size", "target")
 
 
 def check_component(checker: Checker, kind: type, value: dict, path: str) -> dict[str, Any]:

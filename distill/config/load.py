@@ -141,9 +141,9 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe
 
 
 def check_objective(checker: Checker, recipe: Recipe) -> None:
-    """`dpo` and `align_distil` are the whole objective of their tasks, and only of those."""
+    """`dpo`, `align_distil` and `draft_distill` are the whole objective of their tasks, and only of those."""
     losses = {spec["loss"] for spec in recipe.loss.terms.values()}
-    for objective in ("dpo", "align_distil"):
+    for objective in ("dpo", "align_distil", "draft_distill"):
         if recipe.task == objective and losses != {objective}:
             raise checker.fail("loss.terms", f"of a {objective} recipe must be exactly one term: {objective}")
         if recipe.task != objective and objective in losses:

@@ -101,9 +101,19 @@ class AlignDistilSettings:
 
 
 @dataclass
+class SpeculativeSettings:
+    depth: int = setting(4, "draft tokens proposed per speculative-decoding round (a chain)")
+    prompts: int = setting(8, "held-out prompts decoded after each validation (0: none)")
+    prompt_tokens: int = setting(32, "tokens of each prompt: the start of a validation row")
+    max_new_tokens: int = setting(64, "tokens generated per prompt")
+
+
+@dataclass
 class Recipe:
     description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
-    task: Literal["classification", "causal_lm", "dpo", "align_distil"] = setting("classification", "what is trained")
+    task: Literal["classification", "causal_lm", "dpo", "align_distil", "draft_distill"] = setting(
+        "classification", "what is trained"
+    )
     seed: int = setting(0, "global seed: same seed, same metrics on CPU")
     run: RunSettings = setting(RunSettings(), "where the run folder goes")
     data: DatasetSpec | None = setting(None, "the dataset")
@@ -118,6 +128,9 @@ class Recipe:
         None, "a second frozen model (AlignDistil: the reverse-DPO model, or the reference)"
     )
     align_distil: AlignDistilSettings = setting(AlignDistilSettings(), "AlignDistil's mode and on-policy sampling")
+    speculative: SpeculativeSettings = setting(
+        SpeculativeSettings(), "draft_distill: how held-out prompts are decoded to measure the draft"
+    )
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
     scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")

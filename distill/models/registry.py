@@ -13,6 +13,7 @@ from distill.registry import Registry
 MODELS: Registry[type[nn.Module]] = Registry("model")
 
 LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
+VISION_DATA_ARGS = ("image_token_id", "image_size", "patch_size")  # set by VLM datasets
 
 
 def create_model(
@@ -46,6 +47,8 @@ def create_model(
     for key, value in injected.items():
         if value is not None and key in params:
             kwargs.setdefault(key, value)
+    # what a VLM dataset tells a VLM (image token, image and patch size) reaches only the models that take it
+    kwargs = {k: v for k, v in kwargs.items() if k in params or k not in VISION_DATA_ARGS}
     return builder(**kwargs)
 
 

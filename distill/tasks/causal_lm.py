@@ -15,6 +15,12 @@ from losses import TokenDivergenceLoss
 
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
+VISION_INPUTS = ("pixel_values", "image_sizes")  # what a LLaVA-style model reads beside the ids
+
+
+def vision_inputs(batch: Batch) -> Batch:
+    """The image inputs of a VLM's batch (none for text), passed to the models beside the ids."""
+    return {k: batch[k] for k in VISION_INPUTS if k in batch}
 
 
 def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,14 +65,16 @@ class CausalLMDistillationModule(DistillationTask):
         self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=512)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.student(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **vision: torch.Tensor
+    ) -> torch.Tensor:
+        return self.student(input_ids=input_ids, attention_mask=attention_mask, **vision).logits
 
     @torch.no_grad()
     def teacher_logits(self, batch: Batch) -> torch.Tensor:
         ids = batch.get("teacher_input_ids", batch["input_ids"])
         mask = batch.get("teacher_attention_mask", batch["attention_mask"])
-        return self.teacher(input_ids=ids, attention_mask=mask).logits
+        return self.teacher(input_ids=ids, attention_mask=mask, **vision_inputs(batch)).logits
 
     @staticmethod
     def shifted_inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -75,7 +83,7 @@ class CausalLMDistillationModule(DistillationTask):
         return {"labels": labels, "student_mask": labels != -100, "teacher_mask": teacher_labels != -100}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        student_logits = self(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V)
+        student_logits = self(batch["input_ids"], batch["attention_mask"], **vision_inputs(batch))[:, :-1]  # (B,T-1,V)
         teacher_logits = self.teacher_logits(batch)[:, :-1] if len(self.terms) else None
         inputs = {**self.shifted_inputs(batch), "epoch": self.current_epoch + 1}
         parts = {}
@@ -90,7 +98,7 @@ class CausalLMDistillationModule(DistillationTask):
         return loss
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
-        student_logits = self(batch["input_ids"], batch["attention_mask"])[:, :-1]
+        student_logits = self(batch["input_ids"], batch["attention_mask"], **vision_inputs(batch))[:, :-1]
         labels = self.shifted_inputs(batch)["labels"]
         nll, tokens = next_token_nll(student_logits, labels)
         self.sums[f"{stage}_nll"].update(nll)

@@ -1,0 +1,224 @@
+"""An EAGLE-style draft model for speculative decoding (methods.md section 8).
+
+The draft reads the target's last hidden state `f_t` (the LM head's input) and the embedding of the next token
+`x_{t+1}`, and predicts `f_{t+1}`; the target's frozen LM head turns the prediction into next-token logits. It is one
+Llama-style decoder layer (input norm, rotary attention, SwiGLU MLP) behind a linear fusion of the two inputs. The
+target's embeddings and LM head are not part of the draft: the caller passes embeddings in and applies the head, so a
+draft checkpoint holds only the draft's own weights.
+
+The layer is written here rather than taken from transformers so that its key/value cache can be cut back to any
+length after a verification round, whatever the transformers release.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.errors import DistillError
+from distill.models.registry import MODELS
+from distill.models.visual_pool import pool_visual
+
+
+@dataclass(frozen=True)
+class DraftShape:
+    """The sizes of a draft layer, read from the target's (text) config by `DraftShape.of`."""
+
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    @staticmethod
+    def of(target: nn.Module, intermediate_size: int | None = None) -> DraftShape:
+        """The target's sizes (a transformers model; for a VLM, its language model's config)."""
+        config = getattr(target.config, "text_config", None) or target.config
+        heads = config.num_attention_heads
+        rope = getattr(config, "rope_parameters", None) or {}
+        return DraftShape(
+            hidden_size=config.hidden_size,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            intermediate_size=intermediate_size or config.intermediate_size,
+            rms_norm_eps=getattr(config, "rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+        )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class KVCache:
+    """The draft layer's keys and values `[B, kv_heads, L, head_dim]`, cut back with `crop` after verification."""
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions."""
+        if self.keys is not None:
+            self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding (the half-split layout of Llama) of `x` `[B, heads, T, d]` at `positions` `[T]`."""
+    half = x.shape[-1] // 2
+    inverse = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.float()[:, None] * inverse[None, :]  # (T, d/2)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + turned.float() * sin).to(x.dtype)
+
+
+class DraftLayer(nn.Module):
+    """One pre-norm decoder layer: `x + attn(norm(x))`, then `+ mlp(norm(.))`; causal over the cache and `x`."""
+
+    def __init__(self, shape: DraftShape) -> None:
+        super().__init__()
+        self.shape = shape
+        h, d = shape.hidden_size, shape.head_dim
+        self.input_norm = RMSNorm(h, shape.rms_norm_eps)
+        self.q_proj = nn.Linear(h, shape.num_heads * d, bias=False)
+        self.k_proj = nn.Linear(h, shape.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(h, shape.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(shape.num_heads * d, h, bias=False)
+        self.post_attention_norm = RMSNorm(h, shape.rms_norm_eps)
+        self.gate_proj = nn.Linear(h, shape.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(h, shape.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(shape.intermediate_size, h, bias=False)
+
+    def attention(self, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        s = self.shape
+        past = len(cache) if cache is not None else 0
+        positions = torch.arange(past, past + t, device=x.device)
+
+        def heads(proj: nn.Linear, n: int) -> torch.Tensor:
+            return proj(x).view(b, t, n, s.head_dim).transpose(1, 2)  # (B, n, T, d)
+
+        q = rotate(heads(self.q_proj, s.num_heads), positions, s.rope_theta)
+        k = rotate(heads(self.k_proj, s.num_kv_heads), positions, s.rope_theta)
+        v = heads(self.v_proj, s.num_kv_heads)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        group = s.num_heads // s.num_kv_heads
+        if group > 1:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        # query i sits at position past + i and sees keys 0..past + i (a causal mask aligned bottom-right);
+        # a single query sees every key: no mask (the common decoding step, kept cheap)
+        allowed = torch.arange(past + t, device=x.device)[None, :] <= positions[:, None] if t > 1 else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, heads, T, d)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, s.num_heads * s.head_dim))
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attention(self.input_norm(x), cache)
+        h = self.post_attention_norm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class EagleDraft(nn.Module):
+    """`f^_{t+1} = layer(fuse([embed(x_{t+1}), f_t]))`: the predicted next hidden state of the target `[B, T, H]`.
+
+    Args:
+        shape: the layer's sizes (`DraftShape.of(target)` matches the target's).
+        visual_pool: for a VLM target, average consecutive image positions in groups of this many before the draft
+            reads them (`compress`); 1: no pooling.
+        image_token_id: the target's image token (None: a text-only target).
+    """
+
+    def __init__(self, shape: DraftShape, visual_pool: int = 1, image_token_id: int | None = None) -> None:
+        super().__init__()
+        if visual_pool < 1:
+            raise DistillError(f"visual_pool must be >= 1, got {visual_pool}")
+        self.shape = shape
+        self.visual_pool, self.image_token_id = visual_pool, image_token_id
+        self.fuse = nn.Linear(2 * shape.hidden_size, shape.hidden_size)
+        self.layer = DraftLayer(shape)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = 1.0 / math.sqrt(self.shape.hidden_size)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # start as "the next feature is the current one's fusion": the residual layer begins near the identity
+        nn.init.zeros_(self.layer.o_proj.weight)
+        nn.init.zeros_(self.layer.down_proj.weight)
+
+    @staticmethod
+    def for_target(target: nn.Module, intermediate_size: int | None = None, visual_pool: int = 1) -> EagleDraft:
+        config = target.config
+        image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+        return EagleDraft(DraftShape.of(target, intermediate_size), visual_pool, image_token)
+
+    def compress(
+        self, features: torch.Tensor, next_embeddings: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The draft's inputs with image positions pooled (`input_ids` `[B, T]` are the tokens at those positions,
+        the same layout in every row); and the original position of each kept one (None: nothing pooled)."""
+        if self.visual_pool == 1 or self.image_token_id is None:
+            return features, next_embeddings, None
+        image = input_ids == self.image_token_id
+        if not image.any():
+            return features, next_embeddings, None
+        if not (image == image[:1]).all():
+            raise DistillError("visual_pool needs the image tokens at the same positions in every row of a batch")
+        (features, next_embeddings), kept = pool_visual((features, next_embeddings), image[0], self.visual_pool)
+        return features, next_embeddings, kept
+
+    def forward(
+        self, features: torch.Tensor, next_embeddings: torch.Tensor, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """`features` `[B, T, H]` (f_t) and `next_embeddings` `[B, T, H]` (of x_{t+1}) -> predicted f_{t+1} `[B, T, H]`.
+
+        With a `cache`, the T positions continue after those already cached (speculative decoding); without one,
+        they are a whole sequence from position 0 (training)."""
+        fused = self.fuse(torch.cat([next_embeddings.to(features.dtype), features], dim=-1))
+        return self.layer(fused, cache)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in vars(self.shape).items())
+
+
+@MODELS.register("eagle_draft")
+def eagle_draft(
+    target: nn.Module | None = None, intermediate_size: int | None = None, visual_pool: int = 1
+) -> EagleDraft:
+    """An EAGLE-style one-layer draft for `target` (set by distill from the teacher), sized as its layers.
+
+    Args:
+        target: the model the draft serves.
+        intermediate_size: width of the draft's MLP (None: the target's).
+        visual_pool: VLM targets: pool the image positions the draft reads in groups of this many (1: none).
+    """
+    if target is None:
+        raise DistillError("eagle_draft is built for a target model: use it as the student of a draft_distill recipe")
+    return EagleDraft.for_target(target, intermediate_size, visual_pool)

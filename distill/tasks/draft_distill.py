@@ -1,0 +1,135 @@
+"""Online draft distillation for speculative decoding (methods.md section 8): the frozen target runs on every batch
+(nothing is precomputed or stored) and an EAGLE-style draft learns to predict its next hidden state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from distill.models.draft import EagleDraft
+from distill.speculative import evaluate_speculative
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from distill.tasks.causal_lm import VISION_INPUTS, vision_inputs
+from losses import DraftDistillLoss
+
+Batch = dict[str, torch.Tensor]
+
+
+class DraftDistillModule(DistillationTask):
+    """The draft (student) learns `DraftDistillLoss` against the frozen target (teacher), online.
+
+    Position t of the draft reads the target's `f_t` and the embedding of `x_{t+1}` (the language model's input
+    embedding: image features at image tokens) and is aligned with the target's `f_{t+1}` and its logits; the loss
+    covers positions whose token has a label (not prompt, image tokens or padding). Validation and test report the
+    loss, its parts and `agreement` (the draft's top-1 next-token choice equals the target's); after each validation,
+    `accepted_length`, `speedup` and `lossless` from speculative decoding of held-out prompts (the first
+    `prompt_tokens` tokens of the first `prompts` validation rows), and `start/*` the same before training.
+
+    Args:
+        student: the draft.
+        teacher: the frozen target, a transformers causal LM or LLaVA-style VLM.
+        objective: the draft distillation loss.
+        depth: draft tokens per speculative round.
+        prompts: held-out prompts decoded at each validation (0: no speculative decoding).
+        prompt_tokens: tokens of each prompt.
+        max_new_tokens: tokens generated per prompt.
+        eos_id: stops generation; None: always `max_new_tokens`.
+        optimizer: builds the optimizer from the trainable parameters.
+        scheduler: builds a per-step schedule, or None.
+        teacher_source: where the target came from, stored in checkpoints.
+        recipe: the resolved recipe, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        student: EagleDraft,
+        teacher: nn.Module,
+        objective: DraftDistillLoss,
+        depth: int = 4,
+        prompts: int = 8,
+        prompt_tokens: int = 32,
+        max_new_tokens: int = 64,
+        eos_id: int | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        teacher_source: dict[str, Any] | None = None,
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        if teacher is None:
+            raise ValueError("draft distillation needs the target model as its teacher")
+        super().__init__(student, teacher, {}, 0.0, optimizer, scheduler, teacher_source, recipe)
+        self.objective = objective
+        self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}
+        self.prompt_count, self.prompt_tokens = prompts, prompt_tokens
+        names = ("loss", "ce", "feature", "agreement")
+        self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            out = self.teacher(
+                input_ids=ids, attention_mask=attention, output_hidden_states=True, **vision_inputs(batch)
+            )
+        features, embeddings, target_logits = out.hidden_states[-1], out.hidden_states[0], out.logits
+        # draft position t reads f_t and the embedding of x_{t+1}; image positions maybe pooled by the compressor
+        inputs, next_embeddings, kept = self.student.compress(features[:, :-1], embeddings[:, 1:], ids[:, :-1])
+        aligned = (kept if kept is not None else torch.arange(ids.shape[1] - 1, device=ids.device)) + 1
+        predicted = self.student(inputs, next_embeddings)  # (B, T', H): f^_{t+1}
+        draft_logits = self.teacher.get_output_embeddings()(predicted)  # the frozen head, shared
+        mask = batch["labels"][:, aligned] != -100  # f_{t+1} is the state at a labelled token (not image, pad)
+        target_logits, target_features = target_logits[:, aligned], features[:, aligned]
+        ce, feature = self.objective.parts(draft_logits, target_logits, predicted, target_features, mask)
+        agree = (draft_logits.argmax(-1) == target_logits.argmax(-1))[mask].float()
+        loss = self.objective.combine(ce, feature)
+        return {"loss": loss, "ce": ce, "feature": feature, "agreement": agree.mean() if agree.numel() else agree.sum()}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        values = self.step(batch)
+        for name, value in values.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss")
+        return values["loss"]
+
+    def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
+        values = self.step(batch)
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        for name, value in values.items():
+            metric = self.means[f"{stage}_{name}"]
+            metric.update(value.detach(), weight=max(tokens, 1))
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "agreement")
+
+    # -- speculative decoding of held-out prompts --------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        self.log_speculative("start")
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.log_speculative("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_speculative("test")
+
+    def log_speculative(self, stage: str) -> None:
+        prompts = self.held_out_prompts()
+        if not prompts:
+            return
+        report = evaluate_speculative(self.teacher, self.student, prompts, **self.decoding)
+        for name in ("accepted_length", "speedup", "lossless"):
+            self.log(f"{stage}/{name}", getattr(report, name), prog_bar=name == "accepted_length")
+
+    def held_out_prompts(self) -> list[Batch]:
+        """The first `prompt_tokens` tokens of the first `prompts` validation rows long enough to hold them."""
+        rows = self.trainer.datamodule.val_set if self.trainer.datamodule is not None else []
+        prompts = []
+        for i in range(len(rows)):
+            if len(prompts) == self.prompt_count:
+                break
+            row = rows[i]
+            if int(row["attention_mask"][: self.prompt_tokens].sum()) < self.prompt_tokens:
+                continue
+            prompt = {"input_ids": row["input_ids"][None, : self.prompt_tokens]}
+            prompt |= {k: row[k][None] for k in VISION_INPUTS if k in row}
+            prompts.append({k: v.to(self.device) for k, v in prompt.items()})
+        return prompts

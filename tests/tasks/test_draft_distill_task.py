@@ -1,0 +1,114 @@
+"""The online draft-distillation task: the target runs on every batch and stays frozen, the draft learns, and
+speculative decoding of held-out prompts gets longer accepted runs while staying lossless."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+
+from distill.checkpoints import read_checkpoint
+from distill.config import from_dict
+from distill.models import create_model
+from distill.models.draft import EagleDraft
+from distill.pipeline import fit
+from distill.tasks.draft_distill import DraftDistillModule
+from losses import DraftDistillLoss
+from tests.helpers import FAST_TRAINER
+
+TARGET = {"name": "llama", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2}
+DATA = {"name": "text", "seq_len": 64, "batch_size": 16, "max_documents": 400}
+
+
+def draft_recipe(tmp_path, **changes) -> dict:
+    recipe = {
+        "task": "draft_distill",
+        "run": {"root": str(tmp_path / "runs"), "name": "draft"},
+        "data": DATA,
+        "student": {"name": "eagle_draft"},
+        "teacher": {
+            "model": TARGET,
+            "store": str(tmp_path / "teachers"),
+            "train": {
+                "optimizer": {"name": "adamw", "lr": 0.01},
+                "scheduler": {"name": "constant"},
+                "trainer": {**FAST_TRAINER, "max_epochs": 2, "limit_train_batches": 60, "limit_val_batches": 2},
+            },
+        },
+        "speculative": {"depth": 4, "prompts": 3, "prompt_tokens": 16, "max_new_tokens": 24},
+        "loss": {"ce_weight": 0.0, "terms": {"draft_distill": {"weight": 1.0}}},
+        "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0},
+        "scheduler": {"name": "constant"},
+        "trainer": {**FAST_TRAINER, "max_epochs": 2, "limit_train_batches": 40, "limit_val_batches": 2},
+    }
+    recipe.update(changes)
+    return recipe
+
+
+def logged(run_dir) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if value:
+                    values.setdefault(key, []).append(float(value))
+    return values
+
+
+def test_the_draft_learns_online_and_decoding_stays_lossless(tmp_path):
+    result = fit(from_dict(draft_recipe(tmp_path), "test"))
+    metrics = logged(result.run_dir)
+    start, after = metrics["start/accepted_length"][0], metrics["val/accepted_length"][-1]
+    assert start < 1.2 and after > start + 0.3, (start, after)  # an untrained draft is almost never accepted
+    assert metrics["val/lossless"] == [1.0, 1.0] and result.metrics["test/lossless"] == 1.0
+    assert metrics["val/agreement"][-1] > metrics["val/agreement"][0]
+    assert {"train/ce", "train/feature", "train/loss"} <= set(metrics)
+    # the checkpoint holds the draft only, and records where the target came from
+    checkpoint = read_checkpoint(result.best_checkpoint)
+    assert all(key.startswith("student.") for key in checkpoint["state_dict"])
+    assert not any("embed" in key or "lm_head" in key for key in checkpoint["state_dict"])
+    assert checkpoint["distill"]["teacher"]["weights"].endswith("teacher.pt")
+
+
+def tiny_module() -> DraftDistillModule:
+    torch.manual_seed(0)
+    target = create_model("llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=1)
+    return DraftDistillModule(EagleDraft.for_target(target), target, DraftDistillLoss(), prompts=0)
+
+
+def test_every_step_runs_the_frozen_target_and_trains_only_the_draft():
+    module = tiny_module()
+    calls = []
+    module.teacher.register_forward_hook(lambda *args: calls.append(1))
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(module.student.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    for step in range(3):
+        ids = torch.randint(0, 61, (2, 12), generator=g)
+        labels = ids.clone()
+        labels[0, :5] = -100  # a prompt: not distilled
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+        loss = module.training_step(batch, step)
+        loss.backward()
+        assert all(p.grad is None for p in module.teacher.parameters())
+        optimizer.step()
+        optimizer.zero_grad()
+    assert len(calls) == 3  # online: the target ran on every batch, nothing was cached
+    assert all(torch.equal(v, module.teacher.state_dict()[k]) for k, v in before.items())
+    assert not module.teacher.training and module.train().teacher.training is False
+
+
+def test_positions_without_a_label_are_not_distilled():
+    """Changing the target's behaviour only where labels are -100 (prompt, image tokens, padding) must not change
+    the loss: here the draft's prediction at those positions is garbage and the loss does not see it."""
+    module = tiny_module()
+    ids = torch.randint(0, 61, (1, 10), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :6] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    reference = module.step(batch)["loss"]
+    hooked = module.student.register_forward_hook(lambda m, args, out: out.index_fill(1, torch.arange(4), 1e4))
+    assert torch.allclose(module.step(batch)["loss"], reference)  # draft positions 0-3 predict tokens 1-4
+    hooked.remove()
+    labels[0, 6] = -100  # one more unlabelled position: the loss changes
+    assert not torch.allclose(module.step(batch)["loss"], reference)
