@@ -15,7 +15,7 @@ ALLOWED_TYPES = {int, float, bool, str, int | None, float | None, str | None, li
 
 
 def test_registered_names():
-    assert list(DATASETS) == ["cifar100", "digits", "imagefolder", "preference", "text"]
+    assert list(DATASETS) == ["captions", "cifar100", "digits", "image_text", "imagefolder", "preference", "text"]
 
 
 def test_create_datamodule_passes_arguments():
