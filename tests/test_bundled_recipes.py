@@ -19,6 +19,7 @@ REQUIRED_BY_TEMPLATES = {
     "llm_kd_qwen2.5_1.5b_to_0.5b": ["data.source=/data/pairs.jsonl"],
     "dpo_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
     "align_distil_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
+    "specvlm_draft_llava1.5_7b": ["data.source=/data/image_text.jsonl"],
 }
 
 
@@ -50,7 +51,9 @@ def check_builds(recipe, monkeypatch) -> None:
 
     Hugging Face models and tokenizers (`hf:`) need the Hub, so recipes naming them are only parsed.
     """
-    if recipe.student["name"].startswith("hf:") or str(recipe.data.get("tokenizer", "")).startswith("hf:"):
+    models = [recipe.student["name"], recipe.teacher.model["name"] if recipe.teacher else ""]
+    data_files = [str(recipe.data.get(key, "")) for key in ("tokenizer", "processor")]
+    if any(name.startswith("hf:") for name in models + data_files):
         return
     if recipe.data["name"] == "imagefolder":
         monkeypatch.setattr("distill.data.imagefolder.ImageFolderDataModule.__init__", fake_imagefolder_init)

@@ -3,6 +3,7 @@ from a config for offline runs and tests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -52,22 +53,31 @@ def llama(
 
 
 def from_pretrained(name_or_path: str, vocab_size: int | None = None, **kwargs: Any) -> nn.Module:
-    """`AutoModelForCausalLM.from_pretrained`, with a one-line error when the Hub or the path is unreachable."""
+    """The Hugging Face model at `name_or_path`: `AutoModelForImageTextToText` when its config has a
+    `vision_config` (a LLaVA-style VLM), else `AutoModelForCausalLM`; a one-line error when it is unreachable."""
     try:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     except ImportError:
         raise DistillError("hf: models need transformers: pip install 'distill[llm]'") from None
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DistillError(
-            f"hf:{name_or_path}: cannot load it (no local folder of that name and the Hugging Face Hub is "
-            f"unreachable or does not have it): {first}"
-        ) from None
+    config_kwargs = {key: kwargs[key] for key in ("revision", "trust_remote_code") if key in kwargs}
+    config = _reach(name_or_path, AutoConfig.from_pretrained, **config_kwargs)
+    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    model = _reach(name_or_path, auto.from_pretrained, **kwargs)
     if vocab_size is not None and model.get_output_embeddings().weight.shape[0] < vocab_size:
         raise DistillError(
             f"hf:{name_or_path}: its vocabulary ({model.get_output_embeddings().weight.shape[0]}) is smaller than "
             f"the tokenizer's ({vocab_size}): use the model's own tokenizer (data.tokenizer=hf:{name_or_path})"
         )
     return model
+
+
+def _reach(name_or_path: str, load: Callable[..., Any], **kwargs: Any) -> Any:
+    """`load(name_or_path, **kwargs)`, its OSError or ValueError turned into a one-line DistillError."""
+    try:
+        return load(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistillError(
+            f"hf:{name_or_path}: cannot load it (no local folder of that name and the Hugging Face Hub is "
+            f"unreachable or does not have it): {first}"
+        ) from None

@@ -1,0 +1,114 @@
+"""Pieces of the `image_text` data module: reading its JSONL records and images, loading the model's Hugging Face
+processor, and the dataset of token rows whose images are read and processed at each access."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from distill.data.tokenizers import _first_line
+from distill.errors import DistillError
+
+KEYS = ("image", "prompt", "response")
+LLAVA_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversation format
+
+
+@dataclass(frozen=True)
+class ImageTextRecord:
+    image: Path
+    prompt: str
+    response: str
+
+
+def read_records(path: Path) -> list[ImageTextRecord]:
+    """The file's records (blank lines skipped); image paths are relative to the file's folder, or absolute."""
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"data.source '{path}' line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DistillError(f"{where}: not valid JSON ({exc.msg})") from None
+            missing = [key for key in KEYS if not isinstance(record, dict) or not isinstance(record.get(key), str)]
+            if missing:
+                raise DistillError(f"{where}: needs string values for {KEYS}; missing or not a string: {missing}")
+            image = path.parent / Path(record["image"]).expanduser()  # an absolute path replaces the folder
+            if not image.is_file():
+                raise DistillError(f"{where}: no such image file '{image}'")
+            records.append(ImageTextRecord(image, record["prompt"], record["response"]))
+    return records
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as exc:
+        raise DistillError(f"cannot read image '{path}': {_first_line(exc)}") from None
+
+
+def load_processor(spec: str) -> Any:
+    """The Hugging Face processor (image processor and tokenizer) named 'hf:<name_or_path>'."""
+    kind, _, name = spec.partition(":")
+    if kind != "hf" or not name:
+        raise DistillError(f"data.processor must be 'hf:<name_or_path>' (e.g. 'hf:llava-hf/llava-1.5-7b-hf'): '{spec}'")
+    from transformers import AutoProcessor
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        processor = AutoProcessor.from_pretrained(name, local_files_only=offline)
+    except Exception as exc:  # OSError, ValueError, hub errors: all mean "not found from here"
+        raise DistillError(
+            f"data.processor '{spec}': cannot load it (no local folder of that name, and the Hugging Face Hub is "
+            f"unreachable or has no such repository: {_first_line(exc)}); where there is network, save it with "
+            "AutoProcessor.from_pretrained(name).save_pretrained(folder) and use 'hf:<folder>'"
+        ) from None
+    if getattr(processor, "image_processor", None) is None or getattr(processor, "tokenizer", None) is None:
+        raise DistillError(f"data.processor '{spec}' is not an image-text processor (no image processor and tokenizer)")
+    return processor
+
+
+class ProcessorTokenizer:
+    """The processor's tokenizer as the framework reads tokenizers (pad falls back to eos; vocab_size = its len)."""
+
+    def __init__(self, tokenizer: Any, spec: str) -> None:
+        if tokenizer.eos_token_id is None:
+            raise DistillError(f"data.processor '{spec}': its tokenizer has no eos token")
+        self.tokenizer = tokenizer
+        self.eos_id: int = tokenizer.eos_token_id
+        self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.bos_id: int | None = tokenizer.bos_token_id
+        self.vocab_size = len(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+class ImageTextRows(Dataset):
+    """Token rows with their images; items are dicts of `input_ids`, `attention_mask`, `labels` (long `[T]`) and the
+    image processor's outputs for the row's image without the batch dim (`pixel_values` `[3, H, W]` for LLaVA-1.5),
+    the image being read at each access."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], images: list[Path], image_processor: Any) -> None:
+        self.tensors, self.images, self.image_processor = tensors, images, image_processor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        vision = self.image_processor(images=open_image(self.images[index]), return_tensors="pt")
+        return {**{key: value[index] for key, value in self.tensors.items()}, **{k: v[0] for k, v in vision.items()}}
