@@ -94,3 +94,24 @@ def test_the_draft_is_left_in_the_mode_it_was_in():
     report = evaluate_speculative(target, draft, prompts(2), 8, depth=3)
     assert draft.training and report.prompts == 2 and report.speedup > 0
     assert 1.0 <= report.accepted_length <= 4.0
+
+
+@pytest.mark.parametrize("visual_pool", [1, 4])
+def test_a_vlm_target_with_image_prompts_is_decoded_losslessly(visual_pool):
+    """LLaVA-style target: the image reaches the draft through the target's features (pooled by the compressor
+    when visual_pool > 1, so the draft's cache is shorter than the target's), and the output is still greedy's."""
+    from distill.data import create_datamodule
+
+    data = create_datamodule("captions", num_images=6)
+    data.setup("fit")
+    torch.manual_seed(0)
+    target = create_model("llava_tiny", **data.model_args("teacher")).eval()
+    draft = EagleDraft.for_target(target, visual_pool=visual_pool)
+    assert draft.image_token_id == data.image_token_id
+    torch.manual_seed(1)
+    for p in draft.parameters():
+        p.data.normal_(std=0.3)
+    rows = [data.val_set[0]]
+    image_prompts = [{"input_ids": r["input_ids"][None, :20], "pixel_values": r["pixel_values"][None]} for r in rows]
+    for prompt in image_prompts:
+        assert speculative_decode(target, draft, prompt, 16, 4).tokens == greedy_decode(target, prompt, 16)

@@ -60,8 +60,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        wide = x.float()  # no copy for fp32 input
+        return self.weight * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
 
 
 class KVCache:
@@ -86,12 +86,18 @@ class KVCache:
             self.keys, self.values = self.keys[:, :, :length], self.values[:, :, :length]
 
 
-def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding (the half-split layout of Llama) of `x` `[B, heads, T, d]` at `positions` `[T]`."""
-    half = x.shape[-1] // 2
-    inverse = 1.0 / theta ** (torch.arange(half, device=x.device, dtype=torch.float32) / half)
+def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cos` and `sin` `[T, head_dim]` of the rotary embedding (Llama's half-split layout) at `positions` `[T]`."""
+    half = head_dim // 2
+    inverse = 1.0 / theta ** (torch.arange(half, device=positions.device, dtype=torch.float32) / half)
     angles = positions.float()[:, None] * inverse[None, :]  # (T, d/2)
-    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x` `[B, heads, T, d]` rotated by the angles of `rotary_angles`."""
+    half = x.shape[-1] // 2
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + turned.float() * sin).to(x.dtype)
 
@@ -122,8 +128,9 @@ class DraftLayer(nn.Module):
         def heads(proj: nn.Linear, n: int) -> torch.Tensor:
             return proj(x).view(b, t, n, s.head_dim).transpose(1, 2)  # (B, n, T, d)
 
-        q = rotate(heads(self.q_proj, s.num_heads), positions, s.rope_theta)
-        k = rotate(heads(self.k_proj, s.num_kv_heads), positions, s.rope_theta)
+        cos, sin = rotary_angles(positions, s.head_dim, s.rope_theta)
+        q = rotate(heads(self.q_proj, s.num_heads), cos, sin)
+        k = rotate(heads(self.k_proj, s.num_kv_heads), cos, sin)
         v = heads(self.v_proj, s.num_kv_heads)
         if cache is not None:
             k, v = cache.append(k, v)

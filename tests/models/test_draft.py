@@ -7,7 +7,7 @@ import torch
 
 from distill.errors import DistillError
 from distill.models import create_model
-from distill.models.draft import DraftShape, EagleDraft, KVCache, rotate
+from distill.models.draft import DraftShape, EagleDraft, KVCache, rotary_angles, rotate
 
 
 def tiny_target(**changes):
@@ -80,7 +80,10 @@ def test_rotary_embedding_makes_attention_scores_depend_on_relative_position_onl
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def score(i: int, j: int) -> torch.Tensor:
-        return (rotate(q, torch.tensor([i]), 10000.0) * rotate(k, torch.tensor([j]), 10000.0)).sum()
+        return (rotate(q, *angles(i)) * rotate(k, *angles(j))).sum()
+
+    def angles(position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary_angles(torch.tensor([position]), 8, 10000.0)
 
     assert torch.allclose(score(3, 1), score(10, 8), atol=1e-5) and not torch.allclose(score(3, 1), score(3, 2))
-    assert torch.allclose(rotate(q, torch.tensor([0]), 10000.0), q)
+    assert torch.allclose(rotate(q, *angles(0)), q)

@@ -112,3 +112,23 @@ def test_positions_without_a_label_are_not_distilled():
     hooked.remove()
     labels[0, 6] = -100  # one more unlabelled position: the loss changes
     assert not torch.allclose(module.step(batch)["loss"], reference)
+
+
+def test_a_vlm_target_trains_the_draft_on_pooled_visual_tokens_and_text_labels_only():
+    from distill.data import create_datamodule
+
+    data = create_datamodule("captions", num_images=8, batch_size=4)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(0)
+    target = create_model("llava_tiny", **data.model_args("teacher"))
+    module = DraftDistillModule(EagleDraft.for_target(target, visual_pool=4), target, DraftDistillLoss(), prompts=0)
+    seen = []
+    module.student.register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+    values = module.step(batch)
+    length = batch["input_ids"].shape[1]
+    assert seen == [length - 1 - (16 - 4)]  # the 16 image positions read as 4
+    assert torch.isfinite(values["loss"]) and values["loss"] > 0
+    values["loss"].backward()
+    assert all(p.grad is None for p in module.teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.student.parameters())
