@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
 from distill.data.corpus import PYTHON_STDLIB, python_stdlib_corpus
 from distill.data.preference_pairs import (
+    CORRUPTIONS,
     PREFERENCE_FORMS,
     EncodedPair,
     PreferencePair,
@@ -66,6 +68,9 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
             pair whose prompt leaves no response token on either side is dropped (counted in `dropped_pairs`).
         prompt_chars: python_stdlib only: characters of each docstring's start used as prompt (cut at a word).
         response_chars: python_stdlib only: characters of the continuation used as response (cut at a word).
+        corruption: python_stdlib only: how the rejected response is made from the real continuation: 'shuffle'
+            (its words in another order) or 'replace' (one word replaced by another word of it: the pair shares the
+            tokens before that word, so the preference is decided at one position).
         swap: Exchange chosen and rejected in every pair (how the reverse-DPO model of AlignDistil is trained).
         batch_size: Pairs per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the main process.
@@ -85,6 +90,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         seq_len: int = 128,
         prompt_chars: int = 64,
         response_chars: int = 64,
+        corruption: Literal["shuffle", "replace"] = "shuffle",
         swap: bool = False,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -106,6 +112,9 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
             raise DistillError(f"data.source: no such file or folder '{source}' (use {PREFERENCE_FORMS})")
         self.source = source
         self.seq_len = seq_len
+        if corruption not in CORRUPTIONS:
+            raise DistillError(f"data.corruption must be one of {sorted(CORRUPTIONS)}, got {corruption!r}")
+        self.corruption = corruption
         self.prompt_chars = prompt_chars
         self.response_chars = response_chars
         self.swap = swap
@@ -174,7 +183,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
     def _corpus_pair(self, document: str) -> PreferencePair | None:
         # Seeded by the text itself (a str seed is hashed with SHA-512): the same pair whatever the split or order.
         rng = random.Random(f"{self.split_seed}:{document}")
-        return corpus_pair(document, self.prompt_chars, self.response_chars, rng)
+        return corpus_pair(document, self.prompt_chars, self.response_chars, rng, self.corruption)
 
     # Rows -------------------------------------------------------------------------------------------------------
 

@@ -85,9 +85,12 @@ def _problems(record: dict) -> list[str]:
     return [f"missing {', '.join(missing)}"] * bool(missing) + [f"not a string: {', '.join(wrong)}"] * bool(wrong)
 
 
-def corpus_pair(document: str, prompt_chars: int, response_chars: int, rng: random.Random) -> PreferencePair | None:
-    """A pair cut from a document: its start, its real continuation (chosen), and that continuation with its words
-    shuffled (rejected). None when the continuation has fewer than two different words (nothing to shuffle).
+def corpus_pair(
+    document: str, prompt_chars: int, response_chars: int, rng: random.Random, corruption: str = "shuffle"
+) -> PreferencePair | None:
+    """A pair cut from a document: its start, its real continuation (chosen), and that continuation corrupted
+    (rejected): its words shuffled ('shuffle') or one of its words replaced by another of them ('replace'). None when
+    the continuation has fewer than two different words (nothing to corrupt).
 
     The prompt ends before the whitespace at or before `prompt_chars`; the continuation keeps its leading whitespace
     and ends at the word boundary at or before `response_chars` further characters.
@@ -95,8 +98,21 @@ def corpus_pair(document: str, prompt_chars: int, response_chars: int, rng: rand
     prompt = document[: _word_end(document, prompt_chars)].rstrip()
     end = len(prompt) + _word_end(document[len(prompt) :], response_chars)
     chosen = document[len(prompt) : end].rstrip()
-    rejected = shuffle_words(chosen, rng)
+    rejected = CORRUPTIONS[corruption](chosen, rng)
     return None if not prompt or rejected is None else PreferencePair(prompt, chosen, rejected)
+
+
+def replace_word(text: str, rng: random.Random) -> str | None:
+    """`text` with one word (a run of non-whitespace) replaced by a different word of the same text, so the pair
+    shares everything before that word; None when the text has fewer than two different words."""
+    parts = re.split(r"(\s+)", text)
+    slots = [i for i in range(0, len(parts), 2) if parts[i]]
+    words = sorted({parts[i] for i in slots})
+    if len(words) < 2:
+        return None
+    slot = rng.choice(slots)
+    parts[slot] = rng.choice([w for w in words if w != parts[slot]])
+    return "".join(parts)
 
 
 def _word_end(text: str, chars: int) -> int:
@@ -180,3 +196,6 @@ def pair_tensors(pairs: Sequence[EncodedPair], seq_len: int, prompt_width: int, 
         mask[i, prompt_width - n :] = True
     tensors.update(prompt_input_ids=ids, prompt_attention_mask=mask, prompt_lengths=torch.tensor(lengths))
     return tensors
+
+
+CORRUPTIONS = {"shuffle": shuffle_words, "replace": replace_word}  # how a corpus pair's rejected response is made

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -116,6 +117,10 @@ class DraftDistillModule(DistillationTask):
         if not prompts:
             return
         report = evaluate_speculative(self.teacher, self.student, prompts, **self.decoding)
+        if report.lossless < 1.0:  # greedy verification cannot change the output: this is a bug, say so loudly
+            rank_zero_warn(
+                f"{stage}: speculative decoding differed from greedy on {1 - report.lossless:.0%} of prompts"
+            )
         for name in ("accepted_length", "speedup", "lossless"):
             self.log(f"{stage}/{name}", getattr(report, name), prog_bar=name == "accepted_length")
 

@@ -82,6 +82,21 @@ def test_corpus_pairs_are_real_continuations_and_their_words_shuffled_by_split_s
     assert any(by_prompt[p.prompt] == p for p in pairs) and any(by_prompt[p.prompt] != p for p in pairs)
 
 
+def test_replace_corruption_changes_one_word_into_another_of_the_continuation():
+    datamodule = data(max_pairs=60, corruption="replace")
+    pairs = sum(datamodule.pairs, [])
+    assert len(pairs) >= 55
+    for pair in pairs:
+        chosen, rejected = re.split(r"(\s+)", pair.chosen), re.split(r"(\s+)", pair.rejected)
+        assert len(chosen) == len(rejected)  # the same layout of words and whitespace
+        changed = [i for i, (a, b) in enumerate(zip(chosen, rejected, strict=True)) if a != b]
+        assert len(changed) == 1 and rejected[changed[0]] in chosen[::2]  # one word, taken from the continuation
+    plain = data(max_pairs=60)
+    assert [p.chosen for p in sum(plain.pairs, [])] == [p.chosen for p in pairs]  # same prompts and continuations
+    with pytest.raises(DistillError, match="data.corruption"):
+        create_datamodule("preference", corruption="drop")
+
+
 def test_rows_share_the_prompt_and_left_padded_prompts_end_with_it():
     datamodule = data(max_pairs=40, seq_len=96)
     tokenizer, pairs = datamodule.tokenizer, sum(datamodule.pairs, [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 
 from distill.checkpoints import read_checkpoint
@@ -132,3 +133,15 @@ def test_a_vlm_target_trains_the_draft_on_pooled_visual_tokens_and_text_labels_o
     values["loss"].backward()
     assert all(p.grad is None for p in module.teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.student.parameters())
+
+
+def test_an_output_that_differs_from_greedy_is_reported_loudly(monkeypatch):
+    import distill.tasks.draft_distill as task
+    from distill.speculative import SpeculativeReport
+
+    module = tiny_module()
+    monkeypatch.setattr(module, "held_out_prompts", lambda: [{"input_ids": torch.ones(1, 4, dtype=torch.long)}])
+    broken = SpeculativeReport(accepted_length=2.0, speedup=1.0, lossless=0.5, prompts=2, tokens=10)
+    monkeypatch.setattr(task, "evaluate_speculative", lambda *args, **kwargs: broken)
+    with pytest.warns(UserWarning, match="differed from greedy on 50% of prompts"):
+        module.log_speculative("val")
