@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -90,7 +89,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         seq_len: int = 128,
         prompt_chars: int = 64,
         response_chars: int = 64,
-        corruption: Literal["shuffle", "replace"] = "shuffle",
+        corruption: str = "shuffle",
         swap: bool = False,
         batch_size: int = 16,
         num_workers: int = 0,
