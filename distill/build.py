@@ -79,6 +79,7 @@ def build_module(
             scheduler=schedule,
             teacher_source=teacher_source,
             recipe=resolved,
+            reference=reference_model(recipe, data, init),
         )
     if recipe.task == "dpo":
         from distill.tasks.dpo import DPOModule
@@ -117,6 +118,17 @@ MONITOR = {
     "align_distil": ("val/student_pref_acc", "max"),
     "draft_distill": ("val/agreement", "max"),
 }
+
+
+def reference_model(recipe: Recipe, data: Any, init: str | Path | None) -> nn.Module | None:
+    """AlignDistil's reference model, for its reward metrics: the student's architecture with the weights it started
+    from (`init: reference` or a path); None when the student starts fresh or as a copy of the DPO model."""
+    weights = init if init is not None else recipe.init
+    if weights is None or str(weights) in ("teacher", "reference"):  # 'reference' unresolved: no run to take it from
+        return None
+    reference = build_model(recipe.student, data, "student")
+    load_weights(reference, weights, "init")
+    return reference
 
 
 def scheduler_factory(recipe: Recipe) -> Any:

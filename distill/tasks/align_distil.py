@@ -37,12 +37,16 @@ class AlignDistilModule(DistillationTask):
     Off-policy it reads the dataset's chosen responses; on-policy it samples one response per prompt with
     `generate` (the student, no gradient) and distills on that. Validation and test report, on held-out pairs,
     each model's preference accuracy (share of pairs where it gives the chosen response the higher log-probability)
-    and mean log-probability margin: `student_*`, `dpo_*` and `second_*`.
+    and mean log-probability margin: `student_*`, `dpo_*` and `second_*`. Given the `reference` model (the
+    student's starting point), also its own `reference_pref_acc` and `reference_margin`, and for the other three the
+    implicit reward margin `beta * ((log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r)))` (`*_reward_margin`,
+    its mean) and the share of pairs where it is positive (`*_reward_acc`).
 
     Args:
         student: the model being aligned.
         teacher: the frozen DPO model.
         second_teacher: the frozen reverse-DPO model (adaptive variant) or reference model (fixed variants).
+        reference: the frozen reference model, for the reward metrics only; None: not reported.
         objective: the AlignDistil loss.
         mode: "off_policy" or "on_policy".
         temperature: on-policy sampling temperature.
@@ -72,17 +76,21 @@ class AlignDistilModule(DistillationTask):
         scheduler: SchedulerFactory | None = None,
         teacher_source: dict[str, Any] | None = None,
         recipe: dict[str, Any] | None = None,
+        reference: nn.Module | None = None,
     ) -> None:
         if teacher is None or second_teacher is None:
             raise ValueError("AlignDistil needs the DPO model (teacher) and a second model (second_teacher)")
         super().__init__(student, teacher, {}, 0.0, optimizer, scheduler, teacher_source, recipe)
         self.second_teacher = freeze(second_teacher)
         self.frozen_names.append("second_teacher")
+        self.reference = freeze(reference) if reference is not None else None
+        self.frozen_names.append("reference")
         self.objective = objective
         self.mode = mode
         self.sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
         self.eos_id, self.pad_id = eos_id, pad_id
-        names = [f"{m}_{what}" for m in ("student", "dpo", "second") for what in ("pref_acc", "margin")]
+        names = [f"{m}_{what}" for m in ("student", "dpo", "second", "reference") for what in ("pref_acc", "margin")]
+        names += [f"{m}_{what}" for m in ("student", "dpo", "second") for what in ("reward_acc", "reward_margin")]
         self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,9 +133,20 @@ class AlignDistilModule(DistillationTask):
         return loss
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
+        reference = pair_logps(self.reference, batch) if self.reference is not None else None
+        if reference is not None:
+            self.record(stage, "reference", "pref_acc", (reference[0] > reference[1]).float())
+            self.record(stage, "reference", "margin", reference[0] - reference[1])
         for short, name in zip(("student", "dpo", "second"), MODELS, strict=True):
             chosen, rejected = pair_logps(getattr(self, name), batch)
-            for what, value in (("pref_acc", (chosen > rejected).float()), ("margin", chosen - rejected)):
-                metric = self.means[f"{stage}_{short}_{what}"]
-                metric.update(value.mean(), weight=value.numel())
-                self.log(f"{stage}/{short}_{what}", metric, prog_bar=(short, what) == ("student", "pref_acc"))
+            self.record(stage, short, "pref_acc", (chosen > rejected).float())
+            self.record(stage, short, "margin", chosen - rejected)
+            if reference is not None:
+                reward = self.objective.beta * ((chosen - reference[0]) - (rejected - reference[1]))
+                self.record(stage, short, "reward_acc", (reward > 0).float())
+                self.record(stage, short, "reward_margin", reward)
+
+    def record(self, stage: str, model: str, what: str, value: torch.Tensor) -> None:
+        metric = self.means[f"{stage}_{model}_{what}"]
+        metric.update(value.mean(), weight=value.numel())
+        self.log(f"{stage}/{model}_{what}", metric, prog_bar=(model, what) == ("student", "pref_acc"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from distill.models import create_model
@@ -64,3 +65,40 @@ def test_on_policy_samples_a_response_after_each_prompt_and_masks_the_prompt():
     assert module.student.training  # sampling leaves the student's mode as it found it
     loss = module.training_step(batch(), 0)
     assert torch.isfinite(loss)
+
+
+def pair_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    out = {}
+    for side in ("chosen", "rejected"):
+        ids = torch.randint(0, 256, (3, 9), generator=g)
+        labels = ids.clone()
+        labels[:, :4] = -100
+        out |= {f"{side}_input_ids": ids, f"{side}_attention_mask": torch.ones_like(ids), f"{side}_labels": labels}
+    return out
+
+
+def computed(module: AlignDistilModule, name: str) -> float:
+    return float(module.means[name].compute())
+
+
+def test_reward_metrics_are_relative_to_the_reference_model():
+    module = AlignDistilModule(
+        tiny_llama(0), tiny_llama(1), tiny_llama(2), AlignDistilLoss(beta=0.1), reference=tiny_llama(0), eos_id=258
+    )
+    module.evaluate_batch(pair_batch(), 0, "val")
+    # the student starts as the reference: its implicit reward is exactly 0, and its accuracies are the reference's
+    assert computed(module, "val_student_reward_margin") == 0.0 and computed(module, "val_student_reward_acc") == 0.0
+    assert computed(module, "val_student_pref_acc") == computed(module, "val_reference_pref_acc")
+    assert computed(module, "val_student_margin") == pytest.approx(computed(module, "val_reference_margin"))
+    # the DPO model's reward margin is beta times its log-prob margin minus the reference's
+    expected = 0.1 * (computed(module, "val_dpo_margin") - computed(module, "val_reference_margin"))
+    assert computed(module, "val_dpo_reward_margin") == pytest.approx(expected, rel=1e-5)
+    assert "reference" in module.frozen_names and not any(p.requires_grad for p in module.reference.parameters())
+
+
+def test_without_a_reference_no_reward_metric_is_updated():
+    module = make_module()
+    module.evaluate_batch(pair_batch(), 0, "val")
+    assert module.means["val_student_reward_acc"].update_count == 0
+    assert module.means["val_student_pref_acc"].update_count == 1
