@@ -14,8 +14,10 @@ import json
 import os
 import re
 import sysconfig
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distill.errors import DistillError
 
@@ -141,17 +143,23 @@ def _read_txt(file: Path) -> list[tuple[str, str]]:
     return [(f"{file}", block) for block in blocks if block]
 
 
-def _read_jsonl(file: Path) -> list[tuple[str, str | Pair]]:
-    """`{"text": ...}` or `{"prompt": ..., "response": ...}` per line; blank lines are skipped."""
-    records: list[tuple[str, str | Pair]] = []
+def json_lines(file: Path, where: Callable[[int], str] | None = None) -> Iterator[tuple[str, Any]]:
+    """`(where, value)` for each non-blank line of a JSONL file, `where` naming the line (default `file:number`);
+    a line that is not JSON is a one-line error naming it."""
     for number, line in enumerate(_read_text(file).splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{file}:{number}"
+        place = where(number) if where is not None else f"{file}:{number}"
         try:
-            record = json.loads(line)
+            yield place, json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DistillError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DistillError(f"{place}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _read_jsonl(file: Path) -> list[tuple[str, str | Pair]]:
+    """`{"text": ...}` or `{"prompt": ..., "response": ...}` per line; blank lines are skipped."""
+    records: list[tuple[str, str | Pair]] = []
+    for where, record in json_lines(file):
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             if record["text"].strip():
                 records.append((where, record["text"]))

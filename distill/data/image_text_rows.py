@@ -3,7 +3,6 @@ processor, and the dataset of token rows whose images are read and processed at 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from distill.data.corpus import json_lines
 from distill.data.tokenizers import _first_line
 from distill.errors import DistillError
 
@@ -31,22 +31,14 @@ class ImageTextRecord:
 def read_records(path: Path) -> list[ImageTextRecord]:
     """The file's records (blank lines skipped); image paths are relative to the file's folder, or absolute."""
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"data.source '{path}' line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DistillError(f"{where}: not valid JSON ({exc.msg})") from None
-            missing = [key for key in KEYS if not isinstance(record, dict) or not isinstance(record.get(key), str)]
-            if missing:
-                raise DistillError(f"{where}: needs string values for {KEYS}; missing or not a string: {missing}")
-            image = path.parent / Path(record["image"]).expanduser()  # an absolute path replaces the folder
-            if not image.is_file():
-                raise DistillError(f"{where}: no such image file '{image}'")
-            records.append(ImageTextRecord(image, record["prompt"], record["response"]))
+    for where, record in json_lines(path, lambda number: f"data.source '{path}' line {number}"):
+        missing = [key for key in KEYS if not isinstance(record, dict) or not isinstance(record.get(key), str)]
+        if missing:
+            raise DistillError(f"{where}: needs string values for {KEYS}; missing or not a string: {missing}")
+        image = path.parent / Path(record["image"]).expanduser()  # an absolute path replaces the folder
+        if not image.is_file():
+            raise DistillError(f"{where}: no such image file '{image}'")
+        records.append(ImageTextRecord(image, record["prompt"], record["response"]))
     return records
 
 

@@ -3,7 +3,6 @@ tokenized into right-padded chosen/rejected rows (prompt masked with -100) and l
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from typing import TypeVar
 
 import torch
 
-from distill.data.corpus import PYTHON_STDLIB, Pair, _read_text
+from distill.data.corpus import PYTHON_STDLIB, Pair, json_lines
 from distill.data.text_rows import IGNORE, TokenRow, _word_start, encode_row, has_target, row_tensors, text_rows
 from distill.data.tokenizers import Tokenizer
 from distill.errors import DistillError
@@ -62,18 +61,12 @@ def read_preference_jsonl(source: str) -> list[PreferencePair]:
 
 def _read_pairs(file: Path) -> list[PreferencePair]:
     pairs: list[PreferencePair] = []
-    for number, line in enumerate(_read_text(file).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DistillError(f"{file}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for where, record in json_lines(file):
         if not isinstance(record, dict):
-            raise DistillError(f"{file}:{number}: expected {PAIR_FORM}, got {type(record).__name__}")
+            raise DistillError(f"{where}: expected {PAIR_FORM}, got {type(record).__name__}")
         problems = _problems(record)
         if problems:
-            raise DistillError(f"{file}:{number}: expected {PAIR_FORM}; {'; '.join(problems)}")
+            raise DistillError(f"{where}: expected {PAIR_FORM}; {'; '.join(problems)}")
         pairs.append(PreferencePair(*(record[key] for key in PAIR_KEYS)))
     return pairs
 
