@@ -22,7 +22,7 @@ from distill.checkpoints import read_checkpoint
 from distill.config import from_dict
 from distill.models import create_model
 from distill.runs import RECIPE_FILE
-from distill.speculative import evaluate_speculative
+from distill.speculative import evaluate_speculative, prompts_from_rows
 from distill.teachers import resolve_teacher
 
 
@@ -45,16 +45,7 @@ def main() -> None:
     state = read_checkpoint(args.run / "checkpoints" / "best.ckpt", "run")["state_dict"]
     trained.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
     settings = loaded.recipe.speculative
-    rows = data.val_set
-    prompts = []
-    for i in range(len(rows)):
-        if len(prompts) == args.prompts:
-            break
-        row = rows[i]
-        if int(row["attention_mask"][: settings.prompt_tokens].sum()) == settings.prompt_tokens:
-            prompt = {"input_ids": row["input_ids"][None, : settings.prompt_tokens]}
-            prompt |= {k: row[k][None] for k in ("pixel_values",) if k in row}
-            prompts.append(prompt)
+    prompts = prompts_from_rows(data.val_set, args.prompts, settings.prompt_tokens)
     eos = getattr(data.tokenizer, "eos_id", None)
     print(f"{len(prompts)} held-out prompts of {settings.prompt_tokens} tokens, {settings.max_new_tokens} new tokens")
     print(f"{'draft':>9} {'depth':>5} {'accepted length':>15} {'speedup':>8} {'lossless':>8}")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from distill.models.draft import EagleDraft, KVCache
+from distill.models.vlm import VISION_INPUTS
 
 
 @dataclass
@@ -149,6 +150,20 @@ def draft_chain(
             embedding = target.embed(torch.tensor([[drafted[-1]]], device=predicted.device))
             predicted = draft(predicted, embedding, cache)
     return drafted
+
+
+def prompts_from_rows(rows: Any, count: int, prompt_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """The first `prompt_tokens` tokens (and the image inputs) of the first `count` rows long enough to hold them,
+    each with a batch dimension of 1: held-out prompts for `evaluate_speculative`."""
+    prompts = []
+    for i in range(len(rows)):
+        if len(prompts) == count:
+            break
+        row = rows[i]
+        if int(row["attention_mask"][:prompt_tokens].sum()) == prompt_tokens:
+            prompt = {"input_ids": row["input_ids"][None, :prompt_tokens]}
+            prompts.append(prompt | {k: row[k][None] for k in VISION_INPUTS if k in row})
+    return prompts
 
 
 @dataclass

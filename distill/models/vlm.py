@@ -8,6 +8,9 @@ from torch import nn
 from distill.errors import DistillError
 from distill.models.registry import MODELS
 
+# What a LLaVA-style model reads beside the token ids (batches and prompts carry them when the data has images).
+VISION_INPUTS = ("pixel_values", "image_sizes")
+
 
 @MODELS.register("llava_tiny")
 def llava_tiny(

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
+from distill.models.vlm import VISION_INPUTS
 from distill.tasks.base import DistillationTask, LossTerms, OptimizerFactory, SchedulerFactory
 from losses import TokenDivergenceLoss
 
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
-VISION_INPUTS = ("pixel_values", "image_sizes")  # what a LLaVA-style model reads beside the ids
 
 
 def vision_inputs(batch: Batch) -> Batch:

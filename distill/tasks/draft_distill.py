@@ -11,9 +11,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from distill.models.draft import EagleDraft
-from distill.speculative import evaluate_speculative
+from distill.speculative import evaluate_speculative, prompts_from_rows
 from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
-from distill.tasks.causal_lm import VISION_INPUTS, vision_inputs
+from distill.tasks.causal_lm import vision_inputs
 from losses import DraftDistillLoss
 
 Batch = dict[str, torch.Tensor]
@@ -126,15 +126,7 @@ class DraftDistillModule(DistillationTask):
 
     def held_out_prompts(self) -> list[Batch]:
         """The first `prompt_tokens` tokens of the first `prompts` validation rows long enough to hold them."""
-        rows = self.trainer.datamodule.val_set if self.trainer.datamodule is not None else []
-        prompts = []
-        for i in range(len(rows)):
-            if len(prompts) == self.prompt_count:
-                break
-            row = rows[i]
-            if int(row["attention_mask"][: self.prompt_tokens].sum()) < self.prompt_tokens:
-                continue
-            prompt = {"input_ids": row["input_ids"][None, : self.prompt_tokens]}
-            prompt |= {k: row[k][None] for k in VISION_INPUTS if k in row}
-            prompts.append({k: v.to(self.device) for k, v in prompt.items()})
-        return prompts
+        if self.trainer.datamodule is None:
+            return []
+        prompts = prompts_from_rows(self.trainer.datamodule.val_set, self.prompt_count, self.prompt_tokens)
+        return [{k: v.to(self.device) for k, v in prompt.items()} for prompt in prompts]
