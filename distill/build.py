@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def build_module(
             scheduler=schedule,
             teacher_source=teacher_source,
             recipe=resolved,
-            reference=reference_model(recipe, data, init),
+            reference=reference_model(student, init if init is not None else recipe.init),
         )
     if recipe.task == "dpo":
         from distill.tasks.dpo import DPOModule
@@ -120,15 +121,12 @@ MONITOR = {
 }
 
 
-def reference_model(recipe: Recipe, data: Any, init: str | Path | None) -> nn.Module | None:
-    """AlignDistil's reference model, for its reward metrics: the student's architecture with the weights it started
-    from (`init: reference` or a path); None when the student starts fresh or as a copy of the DPO model."""
-    weights = init if init is not None else recipe.init
-    if weights is None or str(weights) in ("teacher", "reference"):  # 'reference' unresolved: no run to take it from
+def reference_model(student: nn.Module, init: str | Path | None) -> nn.Module | None:
+    """AlignDistil's reference model, for its reward metrics: a copy of the student as it starts, when it starts from
+    weights read from a file (`init: reference`, resolved to its path, or a path); else None."""
+    if init is None or str(init) in ("teacher", "reference"):  # 'reference' unresolved: no run to take it from
         return None
-    reference = build_model(recipe.student, data, "student")
-    load_weights(reference, weights, "init")
-    return reference
+    return copy.deepcopy(student)
 
 
 def scheduler_factory(recipe: Recipe) -> Any:

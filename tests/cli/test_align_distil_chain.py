@@ -26,6 +26,9 @@ def test_align_distil_chain_runs_end_to_end(mode, tmp_path_factory, capsys, monk
     (run,) = (tmp_path_factory.getbasetemp() / "runs" / f"align_{mode}").glob("version_0")
     test = json.loads((run / "results.json").read_text())["test"]
     assert {"test/student_pref_acc", "test/dpo_pref_acc", "test/second_pref_acc"} <= set(test)
+    # the student starts as the reference, which is kept beside it to report rewards relative to it
+    assert {"test/reference_pref_acc", "test/student_reward_acc", "test/dpo_reward_margin"} <= set(test)
+    assert "reference." not in " ".join(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 2
     assert all(k.startswith("student.") for k in checkpoint["state_dict"])  # neither frozen model is saved
