@@ -88,11 +88,34 @@ def corpus_pair(
     The prompt ends before the whitespace at or before `prompt_chars`; the continuation keeps its leading whitespace
     and ends at the word boundary at or before `response_chars` further characters.
     """
-    prompt = document[: _word_end(document, prompt_chars)].rstrip()
-    end = len(prompt) + _word_end(document[len(prompt) :], response_chars)
-    chosen = document[len(prompt) : end].rstrip()
+    prompt, chosen = _cut(document, prompt_chars, response_chars)
     rejected = CORRUPTIONS[corruption](chosen, rng)
     return None if not prompt or rejected is None else PreferencePair(prompt, chosen, rejected)
+
+
+def corpus_pairs(
+    document: str, prompt_chars: int, response_chars: int, rng: random.Random, corruption: str, windows: int
+) -> list[PreferencePair]:
+    """Up to `windows` pairs cut, as `corpus_pair` cuts one, from consecutive stretches of a document: each next
+    stretch starts after the previous chosen response (leading whitespace dropped); a stretch with nothing to
+    corrupt gives no pair. One `rng` for all, so the first pair is the same whatever `windows` is."""
+    pairs: list[PreferencePair] = []
+    rest = document
+    for _ in range(windows):
+        if not rest:
+            break
+        pair = corpus_pair(rest, prompt_chars, response_chars, rng, corruption)
+        pairs += [pair] if pair is not None else []
+        prompt, chosen = _cut(rest, prompt_chars, response_chars)
+        rest = rest[max(1, len(prompt) + len(chosen)) :].lstrip()
+    return pairs
+
+
+def _cut(document: str, prompt_chars: int, response_chars: int) -> tuple[str, str]:
+    """`(prompt, continuation)` as `corpus_pair` cuts them, both right-stripped."""
+    prompt = document[: _word_end(document, prompt_chars)].rstrip()
+    end = len(prompt) + _word_end(document[len(prompt) :], response_chars)
+    return prompt, document[len(prompt) : end].rstrip()
 
 
 def replace_word(text: str, rng: random.Random) -> str | None:

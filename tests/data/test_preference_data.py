@@ -82,6 +82,25 @@ def test_corpus_pairs_are_real_continuations_and_their_words_shuffled_by_split_s
     assert any(by_prompt[p.prompt] == p for p in pairs) and any(by_prompt[p.prompt] != p for p in pairs)
 
 
+def test_several_pairs_per_document_come_from_consecutive_stretches_in_one_split():
+    one, several = data(max_pairs=60), data(max_pairs=60, pairs_per_document=3)
+    for split_one, split_several in zip(one.pairs, several.pairs, strict=True):
+        assert set(split_one) <= set(split_several)  # each docstring's first pair is the one it gives alone
+    assert len(sum(several.pairs, [])) > 2 * len(sum(one.pairs, []))
+    for document in python_stdlib_corpus()[:60]:
+        mine = several._corpus_pairs(document)
+        assert 1 <= len(mine) <= 3
+        # In reading order, each stretch starts where the text after the previous chosen response does.
+        position = 0
+        for pair in mine:
+            start = document.index(pair.prompt + pair.chosen, position)
+            assert document[position:start].strip() == ""
+            position = start + len(pair.prompt) + len(pair.chosen)
+        assert len({i for i, split in enumerate(several.pairs) for p in mine if p in split}) == 1  # one split
+    with pytest.raises(DistillError, match="data.pairs_per_document must be >= 1"):
+        create_datamodule("preference", pairs_per_document=0)
+
+
 def test_replace_corruption_changes_one_word_into_another_of_the_continuation():
     datamodule = data(max_pairs=60, corruption="replace")
     pairs = sum(datamodule.pairs, [])
