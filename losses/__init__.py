@@ -2,6 +2,7 @@
 and never sends gradient to the teacher: lift any of them into your own training code."""
 
 from losses.align_distil import AlignDistilLoss
+from losses.amu import AMULogitBias, AMULoss, amu_uncertainty
 from losses.dkd import DKDLoss
 from losses.dpo import DPOLoss, implicit_rewards, sequence_logps
 from losses.draft_distill import DraftDistillLoss
@@ -12,6 +13,8 @@ from losses.token_divergence import TokenDivergenceLoss
 from losses.zscore import ZScoreKDLoss, zscore
 
 __all__ = [
+    "AMULogitBias",
+    "AMULoss",
     "AlignDistilLoss",
     "DKDLoss",
     "DPOLoss",
@@ -21,6 +24,7 @@ __all__ = [
     "PlackettLuceLoss",
     "TokenDivergenceLoss",
     "ZScoreKDLoss",
+    "amu_uncertainty",
     "implicit_rewards",
     "sequence_logps",
     "zscore",
