@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from distill.data.fewshot import few_shot
 from distill.errors import DistillError
 from distill.registry import Registry
 
@@ -103,18 +104,26 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
     Args:
         batch_size: Samples per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the main process.
+        shots: Train on this many images per class only, drawn by `shot_seed` (None: the whole training split).
+        shot_seed: Seed of the few-shot draw.
     """
 
     num_classes: int
     in_chans: int
     image_size: int
 
-    def __init__(self, *, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(
+        self, *, batch_size: int = 64, num_workers: int = 0, shots: int | None = None, shot_seed: int = 0
+    ) -> None:
         super().__init__()
         check_at_least("batch_size", batch_size, 1)
         check_at_least("num_workers", num_workers, 0)
+        if shots is not None:
+            check_at_least("shots", shots, 1)
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.shots = shots
+        self.shot_seed = shot_seed
         self.seed = 0  # shuffling and augmentation seed: set from the recipe's `seed` by the framework
         self._splits: Splits | None = None
 
@@ -128,7 +137,10 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits is None:
-            self._splits = self.build_datasets()
+            train, val, test = self.build_datasets()
+            if self.shots is not None:
+                train = few_shot(train, self.shots, self.shot_seed, self.num_classes)
+            self._splits = (train, val, test)
 
     def _split(self, index: int) -> Dataset:
         if self._splits is None:

@@ -118,6 +118,8 @@ class CIFAR100DataModule(ClassificationDataModule):
         batch_size: Samples per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the main process.
         augment: RandomCrop(32, padding=4) and horizontal flips on the training images.
+        shots: Train on this many images per class only, drawn by `shot_seed` (None: the whole training split).
+        shot_seed: Seed of the few-shot draw.
     """
 
     def __init__(
@@ -128,8 +130,10 @@ class CIFAR100DataModule(ClassificationDataModule):
         batch_size: int = 64,
         num_workers: int = 2,
         augment: bool = True,
+        shots: int | None = None,
+        shot_seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, shots=shots, shot_seed=shot_seed)
         self.num_classes = NUM_CLASSES
         self.in_chans = 3
         self.image_size = 32

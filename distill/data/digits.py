@@ -19,6 +19,7 @@ from distill.data.base import (
 from distill.errors import DistillError
 
 NUM_CLASSES = 10
+CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,6 +61,8 @@ class DigitsDataModule(ClassificationDataModule):
         test_fraction: Fraction of all images held out for testing.
         train_samples: Use only the first N images of the shuffled training split (None: all of them).
         augment: Shift training images randomly by up to 1 pixel.
+        shots: Train on this many images per class only, drawn by `shot_seed` (None: the whole training split).
+        shot_seed: Seed of the few-shot draw.
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class DigitsDataModule(ClassificationDataModule):
         test_fraction: float = 0.2,
         train_samples: int | None = None,
         augment: bool = False,
+        shots: int | None = None,
+        shot_seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, shots=shots, shot_seed=shot_seed)
         check_fraction("val_fraction", val_fraction)
         check_fraction("test_fraction", test_fraction)
         if val_fraction + test_fraction >= 1.0:
@@ -81,6 +86,7 @@ class DigitsDataModule(ClassificationDataModule):
                 f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction} + {test_fraction}"
             )
         self.num_classes = NUM_CLASSES
+        self.class_names = CLASS_NAMES
         self.in_chans = 1
         self.image_size = 8
         self.split_seed = split_seed

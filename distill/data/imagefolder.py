@@ -32,6 +32,11 @@ class ImageFolderDataModule(ClassificationDataModule):
         augment: RandomResizedCrop and horizontal flips on the training images (else resize + center crop).
         mean: Per-channel mean subtracted after scaling to [0, 1].
         std: Per-channel standard deviation divided by after subtracting the mean.
+        crop_scale: Range of the area fraction RandomResizedCrop keeps when augmenting (AMU uses [0.5, 1.0]).
+        class_names: A text file with one readable class name per line, in the sorted order of the class folders
+            (for zero-shot prompts: ImageNet's folders are WordNet ids); None: the folder names.
+        shots: Train on this many images per class only, drawn by `shot_seed` (None: the whole training split).
+        shot_seed: Seed of the few-shot draw.
     """
 
     def __init__(
@@ -44,14 +49,21 @@ class ImageFolderDataModule(ClassificationDataModule):
         augment: bool = True,
         mean: list[float] = [0.485, 0.456, 0.406],  # noqa: B006 (never mutated; copied below)
         std: list[float] = [0.229, 0.224, 0.225],  # noqa: B006
+        crop_scale: list[float] = [0.08, 1.0],  # noqa: B006
+        class_names: str | None = None,
+        shots: int | None = None,
+        shot_seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, shots=shots, shot_seed=shot_seed)
         check_at_least("image_size", image_size, 1)
         for name, values in (("mean", mean), ("std", std)):
             if len(values) != 3:
                 raise DistillError(f"data.{name} must have 3 values (R, G, B), got {len(values)}")
         if min(std) <= 0:
             raise DistillError(f"data.std must be > 0, got {list(std)}")
+        if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise DistillError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(crop_scale)}")
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.root = Path(root).expanduser().absolute()
         self.image_size = image_size
         self.in_chans = 3
@@ -60,6 +72,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.std = list(std)
         self.classes = self._check_layout()
         self.num_classes = len(self.classes)
+        self.class_names = self._class_names(class_names)  # for zero-shot prompts
 
     def _check_layout(self) -> list[str]:
         """The class names; raises a DistillError unless train/ and val/ exist with the same classes."""
@@ -81,9 +94,23 @@ class ImageFolderDataModule(ClassificationDataModule):
                 )
         return classes
 
+    def _class_names(self, file: str | None) -> list[str]:
+        if file is None:
+            return [name.replace("_", " ") for name in self.classes]
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise DistillError(f"data.class_names: no such file {path}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(names) != len(self.classes):
+            raise DistillError(f"data.class_names: {path} has {len(names)} names for {len(self.classes)} class folders")
+        return names
+
     def _transform(self, train: bool) -> v2.Transform:
         if train and self.augment:
-            geometry = [v2.RandomResizedCrop(self.image_size, antialias=True), v2.RandomHorizontalFlip()]
+            geometry = [
+                v2.RandomResizedCrop(self.image_size, scale=self.crop_scale, antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
         else:
             geometry = [v2.Resize(int(self.image_size * 256 / 224), antialias=True), v2.CenterCrop(self.image_size)]
         to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
