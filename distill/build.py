@@ -28,7 +28,9 @@ def build_datamodule(spec: dict[str, Any]) -> ClassificationDataModule:
 def build_model(spec: dict[str, Any], data: Any, what: str) -> nn.Module:
     """The model of `spec`, sized by the data (classes and channels, or the teacher's or student's vocabulary)."""
     args = {k: v for k, v in spec.items() if k != "name"}
-    role = "teacher" if what.startswith("teacher") else "student"
+    role = "teacher" if what.startswith(("teacher", "second_teacher")) else "student"
+    if spec["name"].startswith("open_clip:"):  # a zero-shot classifier: prompts from the class names
+        args = {"class_names": getattr(data, "class_names", None), "image_size": data.image_size, **args}
     try:
         return create_model(spec["name"], **data.model_args(role), **args)
     except DistillError as exc:
@@ -58,6 +60,13 @@ def build_module(
     """
     if recipe.task == "draft_distill":
         return build_draft_module(recipe, resolved, data, teacher, teacher_source)
+    if recipe.task == "amu":
+        from distill.build_amu import build_amu_module
+
+        objective = only_term(recipe, "amu")
+        return build_amu_module(
+            recipe, resolved, data, teacher, teacher_source, second_teacher, objective, scheduler_factory(recipe)
+        )
     student = build_model(recipe.student, data, "student")
     initialize(student, str(init) if init is not None else recipe.init, teacher)
     schedule = scheduler_factory(recipe)
@@ -118,6 +127,7 @@ MONITOR = {
     "dpo": ("val/loss", "min"),
     "align_distil": ("val/student_pref_acc", "max"),
     "draft_distill": ("val/agreement", "max"),
+    "amu": ("val/acc", "max"),
 }
 
 
@@ -161,7 +171,7 @@ def build_draft_module(
 
 
 def only_term(recipe: Recipe, name: str) -> nn.Module:
-    """The objective of a task whose loss is one term (dpo, align_distil, draft_distill): the recipe check says so."""
+    """The objective of a one-term task (dpo, align_distil, draft_distill, amu): the recipe check says so."""
     (spec,) = recipe.loss.terms.values()
     return LOSSES.get(spec["loss"])(**{k: v for k, v in spec.items() if k not in ("loss", "weight")})
 

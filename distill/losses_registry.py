@@ -8,6 +8,7 @@ from torch import nn
 from distill.registry import Registry
 from losses import (
     AlignDistilLoss,
+    AMULoss,
     DKDLoss,
     DPOLoss,
     DraftDistillLoss,
@@ -29,3 +30,4 @@ LOSSES.register("token_kl")(TokenDivergenceLoss)
 LOSSES.register("align_distil")(AlignDistilLoss)
 LOSSES.register("dpo")(DPOLoss)  # the objective of `task: dpo` recipes, not a teacher-student logit term
 LOSSES.register("draft_distill")(DraftDistillLoss)  # the objective of `task: draft_distill` recipes (SpecVLM)
+LOSSES.register("amu")(AMULoss)  # the objective of `task: amu` recipes (few-shot CLIP)

@@ -63,6 +63,8 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     module = build_module(recipe, loaded.resolved, data, teacher, teacher_source, second_teacher, init)
     if resume is None:
         save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
+    if hasattr(module, "training_data"):  # a task that trains on data of its own (amu: cached features)
+        data = module.training_data(data)
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
     (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)

@@ -18,7 +18,7 @@ from distill.errors import DistillError
 
 TEACHER_FILE = "teacher.pt"
 # A teacher trained first by `teacher.train` learns with the task named here (default: the recipe's own task).
-TEACHER_TASKS = {"dpo": "causal_lm", "draft_distill": "causal_lm"}  # a reference or target LM learns text
+TEACHER_TASKS = {"dpo": "causal_lm", "draft_distill": "causal_lm", "amu": "classification"}  # LMs learn text
 # Settings that change how fast data loads or what is displayed, not what the teacher learns.
 DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
 TRAINER_KEYS_IGNORED_IN_KEY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
@@ -39,9 +39,9 @@ def resolve_teacher(loaded: LoadedRecipe, data: Any, which: str = "teacher") -> 
         if not weights.is_file():
             train_from_recipe(teacher, weights)
     else:
-        weights = stored_teacher_path(loaded)
+        weights = stored_teacher_path(loaded, which)
         if not weights.is_file():
-            train_teacher(loaded, weights)
+            train_teacher(loaded, weights, which)
     load_weights(model, weights, f"{which}.checkpoint")
     return model, {"model": dict(teacher.model), "weights": str(weights)}
 
@@ -89,48 +89,48 @@ def reference_path(loaded: LoadedRecipe) -> Path:
     return path
 
 
-def teacher_key(loaded: LoadedRecipe) -> str:
+def teacher_key(loaded: LoadedRecipe, which: str = "teacher") -> str:
     """A short hash of everything that determines the trained teacher: model, its data and training settings."""
     resolved = loaded.resolved
-    train = dict(resolved["teacher"]["train"])
+    train = dict(resolved[which]["train"])
     data = teacher_data(resolved["data"], train.pop("data"))
     data = {k: v for k, v in data.items() if k not in DATA_KEYS_IGNORED_IN_KEY}
     train["trainer"] = {k: v for k, v in train["trainer"].items() if k not in TRAINER_KEYS_IGNORED_IN_KEY}
-    settings = {"model": resolved["teacher"]["model"], "data": data, "train": train}
+    settings = {"model": resolved[which]["model"], "data": data, "train": train}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def stored_teacher_path(loaded: LoadedRecipe) -> Path:
-    teacher = loaded.recipe.teacher
+def stored_teacher_path(loaded: LoadedRecipe, which: str = "teacher") -> Path:
+    teacher = getattr(loaded.recipe, which)
     name = teacher.model["name"].replace(":", "_").replace("/", "_")
-    return Path(teacher.store).expanduser().resolve() / f"{name}-{teacher_key(loaded)}" / TEACHER_FILE
+    return Path(teacher.store).expanduser().resolve() / f"{name}-{teacher_key(loaded, which)}" / TEACHER_FILE
 
 
-def teacher_recipe(loaded: LoadedRecipe, run_root: Path) -> LoadedRecipe:
+def teacher_recipe(loaded: LoadedRecipe, run_root: Path, which: str = "teacher") -> LoadedRecipe:
     """The recipe that trains the teacher: its model as the student, labels only, its own training settings."""
     resolved = loaded.resolved
-    train = resolved["teacher"]["train"]
+    train = resolved[which]["train"]
     raw = {
         "description": f"teacher for {loaded.name}",
         "task": TEACHER_TASKS.get(resolved["task"], resolved["task"]),
         "seed": train["seed"],
         "run": {"root": str(run_root), "name": "train"},
         "data": teacher_data(resolved["data"], train["data"]),
-        "student": resolved["teacher"]["model"],
+        "student": resolved[which]["model"],
         "loss": {"ce_weight": train["ce_weight"], "label_smoothing": train["label_smoothing"], "terms": {}},
         "optimizer": train["optimizer"],
         "scheduler": train["scheduler"],
         "trainer": train["trainer"],
     }
-    return from_dict(raw, f"{loaded.path or 'recipe'} (teacher.train)", loaded.path)
+    return from_dict(raw, f"{loaded.path or 'recipe'} ({which}.train)", loaded.path)
 
 
-def train_teacher(loaded: LoadedRecipe, weights: Path) -> None:
+def train_teacher(loaded: LoadedRecipe, weights: Path, which: str = "teacher") -> None:
     """Train the teacher with the same machinery as any run, then keep its best weights at `weights`."""
     from distill.pipeline import fit  # the teacher run is an ordinary run
 
     print(f"No stored teacher for these settings: training it first ({weights.parent})")
-    result = fit(teacher_recipe(loaded, weights.parent))
+    result = fit(teacher_recipe(loaded, weights.parent, which))
     state = extract_state_dict(read_checkpoint(result.best_checkpoint, "teacher run"))
     meta: dict[str, Any] = {"recipe": result.resolved, "metrics": result.metrics}
     atomic_save({"model": state, "distill": meta}, weights)

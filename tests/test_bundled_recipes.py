@@ -20,6 +20,7 @@ REQUIRED_BY_TEMPLATES = {
     "dpo_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
     "align_distil_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
     "specvlm_draft_llava1.5_7b": ["data.source=/data/image_text.jsonl"],
+    "amu_imagenet_16shot": ["data.root=/data/imagenet", "data.class_names=/data/imagenet/classnames.txt"],
 }
 
 
@@ -49,11 +50,13 @@ def test_bundled_recipe_is_valid_and_documented(name, monkeypatch, tmp_path):
 def check_builds(recipe, monkeypatch) -> None:
     """Build what can be built offline without data files or weights: the models, sized by the dataset.
 
-    Hugging Face models and tokenizers (`hf:`) need the Hub, so recipes naming them are only parsed.
+    Hugging Face models and tokenizers (`hf:`) and pretrained open_clip or timm weights need the Hub, so recipes
+    naming them are only parsed. The AMU head is built by its task from few-shot features, not here.
     """
-    models = [recipe.student["name"], recipe.teacher.model["name"] if recipe.teacher else ""]
+    frozen = [t.model for t in (recipe.teacher, recipe.second_teacher) if t is not None]
+    models = [recipe.student["name"], *(m["name"] for m in frozen)]
     data_files = [str(recipe.data.get(key, "")) for key in ("tokenizer", "processor")]
-    if any(name.startswith("hf:") for name in models + data_files):
+    if any(name.startswith("hf:") for name in models + data_files) or any(m.get("pretrained") for m in frozen):
         return
     if recipe.data["name"] == "imagefolder":
         monkeypatch.setattr("distill.data.imagefolder.ImageFolderDataModule.__init__", fake_imagefolder_init)
@@ -62,8 +65,10 @@ def check_builds(recipe, monkeypatch) -> None:
     if recipe.task == "draft_distill":  # the draft is sized from its target
         args = {k: v for k, v in recipe.student.items() if k != "name"}
         create_model(recipe.student["name"], target=teacher, **args)
-    else:
+    elif recipe.task != "amu":
         build_model(recipe.student, data, "student")
+    if recipe.second_teacher is not None:
+        build_model(recipe.second_teacher.model, data, "second_teacher")
     build_terms(recipe.loss)
 
 

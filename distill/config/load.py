@@ -129,11 +129,15 @@ def from_dict(raw: dict[str, Any], source: str, path: Path | None = None) -> Loa
 def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe:
     recipe: Recipe = checker.dataclass(Recipe, raw, "", require=REQUIRED if require else ())
     recipe.trainer = check_trainer(checker, recipe.trainer, "trainer")
-    if recipe.teacher is not None and recipe.teacher.train is not None:
-        train = recipe.teacher.train
-        train.trainer = check_trainer(checker, train.trainer, "teacher.train.trainer")
+    for which in ("teacher", "second_teacher"):
+        section = getattr(recipe, which)
+        if section is None or section.train is None:
+            continue
+        train = section.train
+        train.trainer = check_trainer(checker, train.trainer, f"{which}.train.trainer")
         if train.data and recipe.data is not None:  # written out in full: the teacher's data, every default shown
-            train.data = dict(checker.value(DatasetSpec, teacher_data(recipe.data, train.data), "teacher.train.data"))
+            data = teacher_data(recipe.data, train.data)
+            train.data = dict(checker.value(DatasetSpec, data, f"{which}.train.data"))
     if require:
         check_teacher(checker, recipe)
         check_objective(checker, recipe)
@@ -141,9 +145,9 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe
 
 
 def check_objective(checker: Checker, recipe: Recipe) -> None:
-    """`dpo`, `align_distil` and `draft_distill` are the whole objective of their tasks, and only of those."""
+    """`dpo`, `align_distil`, `draft_distill` and `amu` are the whole objective of their tasks, and only of those."""
     losses = {spec["loss"] for spec in recipe.loss.terms.values()}
-    for objective in ("dpo", "align_distil", "draft_distill"):
+    for objective in ("dpo", "align_distil", "draft_distill", "amu"):
         if recipe.task == objective and losses != {objective}:
             raise checker.fail("loss.terms", f"of a {objective} recipe must be exactly one term: {objective}")
         if recipe.task != objective and objective in losses:
@@ -178,6 +182,8 @@ def check_teacher(checker: Checker, recipe: Recipe) -> None:
         check_teacher_source(checker, getattr(recipe, name), name)
     if recipe.task == "align_distil" and recipe.second_teacher is None:
         raise checker.fail("second_teacher", "is required by align_distil: the reverse-DPO model or the reference")
+    if recipe.task == "amu" and recipe.second_teacher is None:
+        raise checker.fail("second_teacher", "is required by amu: the auxiliary model whose features the head reads")
 
 
 def check_teacher_source(checker: Checker, teacher: Any, path: str) -> None:
@@ -185,7 +191,8 @@ def check_teacher_source(checker: Checker, teacher: Any, path: str) -> None:
         return
     if teacher.model is None:
         raise checker.fail(f"{path}.model", "is required: the teacher's architecture, e.g. {name: convnet}")
-    pretrained = teacher.model["name"].startswith("hf:")  # from_pretrained brings its own weights
+    # hf: and open_clip: models bring their own weights, as a timm model with pretrained: true does
+    pretrained = teacher.model["name"].startswith(("hf:", "open_clip:")) or teacher.model.get("pretrained") is True
     if teacher.checkpoint is None and teacher.train is None and teacher.recipe is None and not pretrained:
         raise checker.fail(
             path,

@@ -109,9 +109,14 @@ class SpeculativeSettings:
 
 
 @dataclass
+class AMUSettings:
+    views: int = setting(10, "passes over the few-shot set whose features are cached (the first unaugmented)")
+
+
+@dataclass
 class Recipe:
     description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
-    task: Literal["classification", "causal_lm", "dpo", "align_distil", "draft_distill"] = setting(
+    task: Literal["classification", "causal_lm", "dpo", "align_distil", "draft_distill", "amu"] = setting(
         "classification", "what is trained"
     )
     seed: int = setting(0, "global seed: same seed, same metrics on CPU")
@@ -125,12 +130,13 @@ class Recipe:
     )
     teacher: TeacherSettings | None = setting(None, "the frozen teacher (none: train the student alone)")
     second_teacher: TeacherSettings | None = setting(
-        None, "a second frozen model (AlignDistil: the reverse-DPO model, or the reference)"
+        None, "a second frozen model (AlignDistil: the reverse-DPO model, or the reference; AMU: the auxiliary model)"
     )
     align_distil: AlignDistilSettings = setting(AlignDistilSettings(), "AlignDistil's mode and on-policy sampling")
     speculative: SpeculativeSettings = setting(
         SpeculativeSettings(), "draft_distill: how held-out prompts are decoded to measure the draft"
     )
+    amu: AMUSettings = setting(AMUSettings(), "amu: the few-shot feature cache")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
     scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")

@@ -12,7 +12,7 @@ from distill.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
 
-LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:")
+LIBRARY_PREFIXES = ("timm:", "torchvision:", "hf:", "open_clip:")
 VISION_DATA_ARGS = ("image_token_id", "image_size", "patch_size")  # set by VLM datasets
 
 
@@ -23,7 +23,8 @@ def create_model(
     vocab_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by registry name, `timm:<name>`, `torchvision:<name>` or `hf:<name or path>`.
+    """Build a model by registry name, `timm:<name>`, `torchvision:<name>`, `hf:<name or path>` or
+    `open_clip:<architecture>` (a zero-shot classifier: `class_names` from the dataset).
 
     `num_classes` and `in_chans` (image models) or `vocab_size` (language models) come from the dataset and
     reach the models that take them; the remaining keyword arguments are the model's own.
@@ -37,6 +38,10 @@ def create_model(
                 "use a timm:<name> model (it adapts to in_chans) or a registered one"
             )
         return _create_torchvision(name.removeprefix("torchvision:"), num_classes, kwargs)
+    if name.startswith("open_clip:"):
+        from distill.models.clip import create_open_clip
+
+        return create_open_clip(name.removeprefix("open_clip:"), **kwargs)
     if name.startswith("hf:"):
         from distill.models.causal_lm import from_pretrained
 
