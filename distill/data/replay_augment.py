@@ -1,0 +1,76 @@
+"""CIFAR's standard augmentation (random crop with zero padding, horizontal flip, normalization) done on whole
+batches on any device, with parameters that are a pure function of (seed, epoch, sample index).
+
+Because a sample's view depends on nothing else (not the batch it lands in, not the shuffling, not the device),
+the view of sample i in epoch e can be made again at any time: that is what lets a teacher's output for it be
+cached once and reused by later runs (distill/teacher_cache.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+MASK32 = 0xFFFFFFFF
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors; products stay below 2^63."""
+    x = x & MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    return (x >> 16) ^ x
+
+
+def sample_hash(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+    """`[B]` int64 in [0, 2^32): one hash per (seed, epoch, index)."""
+    key = mix32(torch.tensor([seed * 2 + 1, epoch * 2 + 1], dtype=torch.int64, device=indices.device))
+    return mix32(mix32(indices.long() ^ key[0]) ^ key[1])
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """RandomCrop(size, padding) with zero fill + horizontal flip (p = 0.5) + normalization, replayable.
+
+    `params(seed, epoch, indices)` gives `[B, 3]` int64 `(top, left, flip)`; `apply(images, params)` maps uint8
+    `[B, C, H, W]` images (on any device) to normalized float32 `[B, C, size, size]`.
+    """
+
+    size: int = 32
+    padding: int = 4
+    flip: bool = True
+    mean: tuple[float, ...] = (0.5071, 0.4867, 0.4408)
+    std: tuple[float, ...] = (0.2675, 0.2565, 0.2761)
+
+    def describe(self) -> dict:
+        """What determines the views (for a cache's key)."""
+        return {"augmentation": "crop_flip", **asdict(self)}
+
+    def params(self, seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+        h = sample_hash(seed, epoch, indices)
+        span = 2 * self.padding + 1
+        top, left = h % span, (h // span) % span
+        flip = (h // (span * span)) % 2 if self.flip else torch.zeros_like(h)
+        return torch.stack([top, left, flip], dim=1)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        p, s = self.padding, self.size
+        padded = F.pad(images, (p, p, p, p))  # zero fill, as torchvision's RandomCrop(padding=p)
+        span = torch.arange(s, device=images.device)
+        rows = (params[:, 0:1] + span)[:, :, None]  # (B, s, 1)
+        cols = (params[:, 1:2] + span)[:, None, :]  # (B, 1, s)
+        batch = torch.arange(len(images), device=images.device)[:, None, None]
+        crops = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, s, s)
+        crops = torch.where(params[:, 2].bool()[:, None, None, None], crops.flip(-1), crops)
+        return self.normalize(crops)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 in [0, 1] -> `(x - mean) / std` per channel."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255 - mean) / std
+
+    def view(self, images: torch.Tensor, seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+        """The augmented, normalized views of `images` (the samples `indices`) in `epoch`."""
+        return self.apply(images, self.params(seed, epoch, indices.to(images.device)))
