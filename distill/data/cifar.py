@@ -12,6 +12,8 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from distill.data.base import DATASETS, ClassificationDataModule, Splits, TensorImageDataset
+from distill.data.device_images import IndexedImages, device_batch, source_of
+from distill.data.replay_augment import CropFlip
 from distill.errors import DistillError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -120,6 +122,11 @@ class CIFAR100DataModule(ClassificationDataModule):
         augment: RandomCrop(32, padding=4) and horizontal flips on the training images.
         shots: Train on this many images per class only, drawn by `shot_seed` (None: the whole training split).
         shot_seed: Seed of the few-shot draw.
+        on_device: Keep the whole uint8 dataset on the accelerator and augment and normalize whole batches there;
+            training batches are then `(images, labels, indices)` and their views replayable (see augment_seed).
+        augment_seed: on_device: the views of sample i in epoch e depend only on (augment_seed, e, i), not on the
+            run's seed, so runs with other seeds see the same views (in another order) and can share a teacher cache.
+        channels_last: on_device: give the batches in channels_last memory format.
     """
 
     def __init__(
@@ -132,8 +139,13 @@ class CIFAR100DataModule(ClassificationDataModule):
         augment: bool = True,
         shots: int | None = None,
         shot_seed: int = 0,
+        on_device: bool = False,
+        augment_seed: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, shots=shots, shot_seed=shot_seed)
+        self.on_device, self.augment_seed, self.channels_last = on_device, augment_seed, channels_last
+        self.augmentation = CropFlip(size=32, padding=4, flip=True, mean=MEAN, std=STD)
         self.num_classes = NUM_CLASSES
         self.in_chans = 3
         self.image_size = 32
@@ -183,7 +195,25 @@ class CIFAR100DataModule(ClassificationDataModule):
 
     def build_datasets(self) -> Splits:
         self._check_files()
+        if self.on_device:
+            train, test = (IndexedImages(*load_split(self.folder / name)) for name in ("train", "test"))
+            return train, test, test
         train = TensorImageDataset(*load_split(self.folder / "train"), transforms(self.augment))
         # val = test = the official test split: the protocol the KD literature reports on.
         test = TensorImageDataset(*load_split(self.folder / "test"), transforms(augment=False))
         return train, test, test
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """on_device: `(indices, labels)` -> `(images, labels, indices)` in training, `(images, labels)` else."""
+        if not self.on_device:
+            return batch
+        indices, labels = batch
+        trainer = self.trainer
+        training = trainer is not None and trainer.training
+        split = self.train_set if training else self.val_set
+        epoch = trainer.current_epoch if trainer is not None else 0
+        augment = training and self.augment
+        x = device_batch(
+            source_of(split), indices, self.augmentation, augment, self.augment_seed, epoch, self.channels_last
+        )
+        return (x, labels, indices) if training else (x, labels)
