@@ -117,7 +117,12 @@ def build_module(
         from distill.tasks.causal_lm import CausalLMDistillationModule
 
         return CausalLMDistillationModule(**common)
-    return DistillationModule(**common, num_classes=data.num_classes, label_smoothing=recipe.loss.label_smoothing)
+    from distill.cache_setup import open_teacher_cache
+
+    cache = open_teacher_cache(recipe, data, teacher_source) if teacher is not None else None
+    return DistillationModule(
+        **common, num_classes=data.num_classes, label_smoothing=recipe.loss.label_smoothing, teacher_cache=cache
+    )
 
 
 # The validation metric that picks the best checkpoint, and whether higher is better, per task.

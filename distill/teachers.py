@@ -22,6 +22,7 @@ TEACHER_TASKS = {"dpo": "causal_lm", "draft_distill": "causal_lm", "amu": "class
 # Settings that change how fast data loads or what is displayed, not what the teacher learns.
 DATA_KEYS_IGNORED_IN_KEY = ("num_workers",)
 TRAINER_KEYS_IGNORED_IN_KEY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+TEACHER_KEYS_IGNORED_IN_KEY = ("cache", "cache_top_k")  # added later: keys of stored recipe teachers stay the same
 
 
 def resolve_teacher(loaded: LoadedRecipe, data: Any, which: str = "teacher") -> tuple[nn.Module | None, dict | None]:
@@ -57,6 +58,9 @@ def recipe_teacher_path(teacher: Any) -> Path:
     settings = {
         k: v for k, v in run.resolved.items() if k not in ("run", "description") and v != plain(defaults.get(k, {}))
     }
+    for section in ("teacher", "second_teacher"):  # where a run's teacher outputs are cached is not what it learns
+        if settings.get(section):
+            settings[section] = {k: v for k, v in settings[section].items() if k not in TEACHER_KEYS_IGNORED_IN_KEY}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(teacher.store).expanduser().resolve() / f"{run.name}-{key}" / TEACHER_FILE
 

@@ -88,6 +88,10 @@ class TeacherSettings:
         None, "or train the teacher by running this recipe: its best student becomes the teacher"
     )
     overrides: list[str] = setting([], "key=value overrides for that recipe (e.g. data.swap=true)")
+    cache: str | None = setting(
+        None, "a folder caching the teacher's outputs per (epoch, sample) for reuse by later runs (on_device data)"
+    )
+    cache_top_k: int | None = setting(None, "logits kept per sample in the cache (null: all classes, exact)")
 
 
 @dataclass

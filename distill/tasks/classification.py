@@ -10,6 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.tasks.base import DistillationTask, LossTerms, OptimizerFactory, SchedulerFactory
+from distill.teacher_cache import TeacherCache
 
 
 class DistillationModule(DistillationTask):
@@ -29,6 +30,8 @@ class DistillationModule(DistillationTask):
         scheduler: builds a per-step schedule, or None for a constant learning rate.
         teacher_source: where the teacher came from, stored in checkpoints in place of its weights.
         recipe: the resolved recipe, stored in checkpoints so `distill validate/test` can rebuild the run.
+        teacher_cache: the teacher's outputs per (epoch, sample), read instead of running the teacher when a
+            training batch carries its sample indices (`(x, y, indices)`, on-device data) and written otherwise.
     """
 
     def __init__(
@@ -43,9 +46,11 @@ class DistillationModule(DistillationTask):
         scheduler: SchedulerFactory | None = None,
         teacher_source: dict[str, Any] | None = None,
         recipe: dict[str, Any] | None = None,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         super().__init__(student, teacher, terms, ce_weight, optimizer, scheduler, teacher_source, recipe)
         self.label_smoothing = label_smoothing
+        self.teacher_cache = teacher_cache
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{what}": MulticlassAccuracy(num_classes, average="micro")
@@ -60,6 +65,22 @@ class DistillationModule(DistillationTask):
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher(x)
+
+    def training_teacher_logits(self, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's logits for a training batch: from the cache when it holds them all, else computed (and
+        written to the cache when there is one)."""
+        if self.teacher_cache is None or indices is None:
+            return self.teacher_logits(x)
+        cached = self.teacher_cache.read(self.current_epoch, indices)
+        if cached is not None:
+            return cached.to(x.device)
+        logits = self.teacher_logits(x)
+        self.teacher_cache.write(self.current_epoch, indices, logits)
+        return logits
+
+    def on_train_epoch_end(self) -> None:
+        if self.teacher_cache is not None:
+            self.teacher_cache.flush()
 
     # -- steps ------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,11 +100,12 @@ class DistillationModule(DistillationTask):
         inputs = {"target": target} if epoch is None else {"target": target, "epoch": epoch}
         return {**parts, **self.term_values(student_logits, teacher_logits, inputs)}
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch  # (B, C, H, W), (B,)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x, y = batch[:2]  # (B, C, H, W), (B,); on-device data adds the sample indices
+        indices = batch[2] if len(batch) > 2 else None
         # The teacher first: run while the student's activations are alive, it made the CPU step ~10% slower
         # (benchmarks/training_step_overhead.py).
-        teacher_logits = self.teacher_logits(x) if len(self.terms) else None
+        teacher_logits = self.training_teacher_logits(x, indices) if len(self.terms) else None
         student_logits = self.student(x)  # (B, K)
         parts = self.loss_parts(student_logits, teacher_logits, y, epoch=self.current_epoch + 1)
         loss = self.total_loss(parts)

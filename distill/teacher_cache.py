@@ -1,0 +1,154 @@
+"""A teacher-output cache shared across runs: the teacher's logits for every (epoch, sample) view, computed once.
+
+Runs that distill the same teacher on the same data and views (other losses, other students, other run seeds with
+the same `data.augment_seed`) read the teacher's outputs from here instead of running it. Each epoch has three .npy
+files, opened memory-mapped: `values` (the top-k logits, plus the log-sum-exp of all when k < C), `indices` (their
+classes) and `filled` (which samples are written). `meta.json` holds everything that determines the outputs; a
+cache whose meta differs from the run's is refused, never mixed.
+
+With k < C the logits are rebuilt with the top k exact and the remaining probability spread evenly over the other
+classes (the softmax at T = 1 keeps the top-k probabilities exactly); with k = C they are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.errors import DistillError
+
+META_FILE = "meta.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_sha256(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class TeacherCache:
+    """Teacher logits per (epoch, sample index) for `size` samples and `num_classes` classes, keeping `top_k`.
+
+    Args:
+        folder: where the cache lives (created if missing).
+        meta: what determines the teacher's outputs (teacher weights, data, views, precision...): must equal the
+            stored meta of an existing cache.
+        size: number of samples (indices are in [0, size)).
+        num_classes: C.
+        top_k: logits kept per sample (None or C: all of them).
+    """
+
+    def __init__(
+        self, folder: str | Path, meta: dict[str, Any], size: int, num_classes: int, top_k: int | None
+    ) -> None:
+        self.folder = Path(folder).expanduser()
+        self.size, self.num_classes = size, num_classes
+        self.top_k = num_classes if top_k is None else top_k
+        if not 1 <= self.top_k <= num_classes:
+            raise DistillError(f"teacher.cache_top_k must be in [1, {num_classes}] (the class count), got {top_k}")
+        self.meta = {**meta, "size": size, "num_classes": num_classes, "top_k": self.top_k}
+        self._check_or_create()
+        self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def exact(self) -> bool:
+        return self.top_k == self.num_classes
+
+    def _check_or_create(self) -> None:
+        meta_path = self.folder / META_FILE
+        expected = json.loads(json.dumps(self.meta, sort_keys=True, default=str))
+        if meta_path.is_file():
+            try:
+                stored = json.loads(meta_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise DistillError(f"teacher.cache: cannot read {meta_path}: {exc}") from None
+            if stored != expected:
+                keys = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+                raise DistillError(
+                    f"teacher.cache: {self.folder} holds the outputs of another setup (differs in: {', '.join(keys)}); "
+                    "give another teacher.cache folder or delete this one"
+                )
+            return
+        if self.folder.exists() and any(self.folder.iterdir()):
+            raise DistillError(f"teacher.cache: {self.folder} exists, is not empty and has no {META_FILE}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = meta_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(expected, indent=2, sort_keys=True))
+        os.replace(temporary, meta_path)
+
+    def _files(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if epoch not in self._epochs:
+            width = self.top_k + (0 if self.exact else 1)  # + the log-sum-exp of all logits
+            index_dtype = np.int16 if self.num_classes <= np.iinfo(np.int16).max else np.int32
+            specs = (("values", np.float32, (self.size, width)), ("indices", index_dtype, (self.size, self.top_k)))
+            arrays = [self._open(epoch, name, dtype, shape) for name, dtype, shape in specs]
+            arrays.append(self._open(epoch, "filled", np.bool_, (self.size,)))
+            self._epochs[epoch] = tuple(arrays)  # type: ignore[assignment]
+        return self._epochs[epoch]
+
+    def _open(self, epoch: int, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        path = self.folder / f"epoch_{epoch:04d}_{name}.npy"
+        if path.is_file():
+            array = np.load(path, mmap_mode="r+")
+            if array.shape != shape or array.dtype != dtype:
+                raise DistillError(f"teacher.cache: {path} is {array.dtype}{list(array.shape)}, expected {shape}")
+            return array
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+    def read(self, epoch: int, indices: torch.Tensor) -> torch.Tensor | None:
+        """`[B, C]` float32 logits of the samples `indices` in `epoch`, or None unless all of them are cached."""
+        values, classes, filled = self._files(epoch)
+        rows = indices.detach().cpu().numpy()
+        if not filled[rows].all():
+            return None
+        stored = torch.from_numpy(np.array(values[rows]))
+        top = torch.from_numpy(np.array(classes[rows]).astype(np.int64))
+        if self.exact:
+            return torch.empty(len(rows), self.num_classes).scatter_(1, top, stored)
+        kept, lse = stored[:, :-1], stored[:, -1:]
+        rest_mass = (1 - (kept - lse).exp().sum(dim=1, keepdim=True)).clamp(min=1e-12)
+        rest = lse + rest_mass.log() - math.log(self.num_classes - self.top_k)
+        return rest.expand(-1, self.num_classes).clone().scatter_(1, top, kept)
+
+    def write(self, epoch: int, indices: torch.Tensor, logits: torch.Tensor) -> None:
+        """Store the teacher's `[B, C]` logits of the samples `indices` in `epoch`."""
+        values, classes, filled = self._files(epoch)
+        logits = logits.detach().float().cpu()
+        kept, top = logits.topk(self.top_k, dim=1)
+        rows = indices.detach().cpu().numpy()
+        if self.exact:
+            values[rows] = kept.numpy()
+        else:
+            values[rows] = torch.cat([kept, logits.logsumexp(dim=1, keepdim=True)], dim=1).numpy()
+        classes[rows] = top.numpy()
+        filled[rows] = True
+
+    def flush(self) -> None:
+        for arrays in self._epochs.values():
+            for array in arrays:
+                array.flush()
+
+    def complete_epochs(self) -> list[int]:
+        """The epochs whose every sample is cached (on disk)."""
+        done = []
+        for path in sorted(self.folder.glob("epoch_*_filled.npy")):
+            if np.load(path, mmap_mode="r").all():
+                done.append(int(path.name.split("_")[1]))
+        return done
