@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from distill.build import MONITOR, build_datamodule, build_module
 from distill.checkpoints import read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict, save_recipe
+from distill.config.schema import SpeedSettings
 from distill.errors import DistillError
 from distill.quiet import quiet_expected_messages
 from distill.runs import RECIPE_FILE, last_checkpoint, make_trainer, new_run_dir
@@ -36,6 +38,8 @@ class FitResult:
 def prepare_data(loaded: LoadedRecipe) -> L.LightningDataModule:
     data = build_datamodule(loaded.recipe.data)
     data.seed = loaded.recipe.seed
+    if loaded.recipe.speed.channels_last and hasattr(data, "channels_last"):
+        data.channels_last = True  # on-device batches in the layout the models will have
     data.prepare_data()
     data.setup("fit")  # surfaces missing or broken data before anything is written
     return data
@@ -55,12 +59,13 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
         teacher, teacher_source = resolve_teacher(loaded, data)
         second_teacher, _ = resolve_teacher(loaded, data, "second_teacher")
         init = reference_path(loaded) if recipe.init == "reference" else recipe.init
+        L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the teacher
+        module = build_module(recipe, loaded.resolved, data, teacher, teacher_source, second_teacher, init)
+        apply_speed_settings(module, recipe.speed)
     except DistillError:
         if resume is None:
             shutil.rmtree(run_dir)  # made for this run a moment ago: bad input leaves nothing behind
         raise
-    L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the teacher
-    module = build_module(recipe, loaded.resolved, data, teacher, teacher_source, second_teacher, init)
     if resume is None:
         save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
     if hasattr(module, "training_data"):  # a task that trains on data of its own (amu: cached features)
@@ -100,3 +105,15 @@ def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", 
     run = trainer.validate if stage == "validate" else trainer.test
     (metrics,) = run(module, datamodule=data, ckpt_path=str(checkpoint), weights_only=True, verbose=False)
     return {k: float(v) for k, v in metrics.items()}
+
+
+def apply_speed_settings(module: L.LightningModule, speed: SpeedSettings) -> None:
+    """channels_last and torch.compile as the recipe's `speed` section asks (in place: state-dict keys unchanged)."""
+    models = {name: getattr(module, name, None) for name in ("student", "teacher")}
+    if speed.channels_last:
+        for model in models.values():
+            if model is not None:
+                model.to(memory_format=torch.channels_last)
+    for name, wanted in (("student", speed.compile_student), ("teacher", speed.compile_teacher)):
+        if wanted and models[name] is not None:
+            models[name].compile()

@@ -113,6 +113,13 @@ class SpeculativeSettings:
 
 
 @dataclass
+class SpeedSettings:
+    channels_last: bool = setting(False, "student and teacher (and on-device batches) in channels_last memory format")
+    compile_student: bool = setting(False, "torch.compile the student (in place: checkpoint keys unchanged)")
+    compile_teacher: bool = setting(False, "torch.compile the frozen teacher")
+
+
+@dataclass
 class AMUSettings:
     views: int = setting(10, "passes over the few-shot set whose features are cached (the first unaugmented)")
 
@@ -141,6 +148,7 @@ class Recipe:
         SpeculativeSettings(), "draft_distill: how held-out prompts are decoded to measure the draft"
     )
     amu: AMUSettings = setting(AMUSettings(), "amu: the few-shot feature cache")
+    speed: SpeedSettings = setting(SpeedSettings(), "memory format and compilation (precision: trainer.precision)")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
     scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")
