@@ -9,7 +9,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from distill.data.fewshot import few_shot
 from distill.errors import DistillError
@@ -68,7 +69,7 @@ class SeededLoaders:
             seed=self.seed,
             epoch_fn=self._trainer_epoch if self.trainer is not None else None,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=SeededShardSampler(self.train_set),
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
@@ -161,6 +162,27 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
         return self._split(2)
 
 
+class SeededShardSampler(DistributedSampler):
+    """The training order: one permutation of the whole set drawn from the epoch's seed; with W processes, rank r
+    takes every W-th sample of it (from the r-th), so the ranks' k-th batches together are exactly the k-th batch of
+    a single process whose batch is W times larger. As DistributedSampler, the order is padded with its own start
+    to a multiple of W. The loader sets `epoch_seed` before each epoch; rank and world size come from
+    torch.distributed when it is initialized (else 0 and 1)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        world = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
+        me = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        super().__init__(dataset, num_replicas=world, rank=me, shuffle=True, drop_last=False)
+        self.epoch_seed = 0
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self.epoch_seed)
+        order = torch.randperm(len(self.dataset), generator=generator).tolist()
+        order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
+
+
 class EpochSeededLoader(DataLoader):
     """A shuffled DataLoader whose order and random augmentation depend only on (seed, epoch).
 
@@ -182,6 +204,8 @@ class EpochSeededLoader(DataLoader):
         self.iterations += 1
         epoch_seed = (self.seed * 1_000_003 + epoch) % 2**32
         self.generator.manual_seed(epoch_seed)
+        if isinstance(self.sampler, SeededShardSampler):
+            self.sampler.epoch_seed = epoch_seed
         if self.num_workers == 0:
             random.seed(epoch_seed)
             np.random.seed(epoch_seed)
