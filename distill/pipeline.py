@@ -6,6 +6,7 @@ These are what the CLI calls; notebooks and scripts can call them too.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from distill.runs import RECIPE_FILE, last_checkpoint, make_trainer, new_run_dir
 from distill.teachers import reference_path, resolve_teacher
 
 RESULTS_FILE = "results.json"
+RUN_DIR_ENV = "DISTILL_RUN_DIR"  # tells the processes started for the other ranks which run folder is theirs
 
 
 @dataclass
@@ -52,7 +54,9 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     checkpoint = last_checkpoint(resume) if resume is not None else None
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     data = prepare_data(loaded)
-    run_dir = resume if resume is not None else new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
+    inherited = launched_run_dir()  # a process Lightning started for another rank of a run: that run's folder
+    fresh = resume is None and inherited is None
+    run_dir = resume or inherited or new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
     try:
         # built first: constructing it checks the trainer settings before any teacher is trained
         trainer = make_trainer(recipe.trainer, run_dir, MONITOR[recipe.task], callbacks=list(callbacks))
@@ -63,19 +67,31 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
         module = build_module(recipe, loaded.resolved, data, teacher, teacher_source, second_teacher, init)
         apply_speed_settings(module, recipe.speed)
     except DistillError:
-        if resume is None:
+        if fresh:
             shutil.rmtree(run_dir)  # made for this run a moment ago: bad input leaves nothing behind
         raise
-    if resume is None:
+    if fresh:
         save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
     if hasattr(module, "training_data"):  # a task that trains on data of its own (amu: cached features)
         data = module.training_data(data)
-    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
-    best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
-    (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes of the other ranks, if the strategy starts them, use it
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
+        best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+        (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
     metrics = {k: float(v) for k, v in metrics.items()}
-    (run_dir / RESULTS_FILE).write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
+    if trainer.is_global_zero:
+        (run_dir / RESULTS_FILE).write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
     return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
+
+
+def launched_run_dir() -> Path | None:
+    """In a process that Lightning's launcher started for rank > 0 of a run, the folder rank 0 made for it."""
+    path = os.environ.get(RUN_DIR_ENV)
+    return Path(path) if path and int(os.environ.get("LOCAL_RANK", "0")) > 0 else None
 
 
 def recipe_of_checkpoint(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -96,5 +97,5 @@ def make_trainer(
     own = [checkpoint, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
     try:
         return L.Trainer(**args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own)
-    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. an unknown strategy or accelerator
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:  # unknown or unusable strategy
         raise DistillError(f"trainer: {str(exc).strip().splitlines()[0]}") from None

@@ -12,10 +12,13 @@ classes (the softmax at T = 1 keeps the top-k probabilities exactly); with k = C
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import torch
 from distill.errors import DistillError
 
 META_FILE = "meta.json"
+LOCK_FILE = ".lock"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -71,7 +75,29 @@ class TeacherCache:
     def exact(self) -> bool:
         return self.top_k == self.num_classes
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive between the processes of a run (ranks of one node) that open the cache at the same time."""
+        with open(self.folder / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _check_or_create(self) -> None:
+        ours = {META_FILE, LOCK_FILE, f"{Path(META_FILE).stem}.tmp"}  # what a cache being created holds
+        foreign = self.folder.is_dir() and not (self.folder / META_FILE).is_file()
+        if foreign and any(p.name not in ours for p in self.folder.iterdir()):  # someone's folder, not a cache
+            raise DistillError(f"teacher.cache: {self.folder} exists, is not empty and has no {META_FILE}")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DistillError(f"teacher.cache: cannot create {self.folder}: {exc.strerror}") from None
+        with self._locked():
+            self._check_or_write_meta()
+
+    def _check_or_write_meta(self) -> None:
         meta_path = self.folder / META_FILE
         expected = json.loads(json.dumps(self.meta, sort_keys=True, default=str))
         if meta_path.is_file():
@@ -86,9 +112,6 @@ class TeacherCache:
                     "give another teacher.cache folder or delete this one"
                 )
             return
-        if self.folder.exists() and any(self.folder.iterdir()):
-            raise DistillError(f"teacher.cache: {self.folder} exists, is not empty and has no {META_FILE}")
-        self.folder.mkdir(parents=True, exist_ok=True)
         temporary = meta_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(expected, indent=2, sort_keys=True))
         os.replace(temporary, meta_path)
@@ -98,8 +121,9 @@ class TeacherCache:
             width = self.top_k + (0 if self.exact else 1)  # + the log-sum-exp of all logits
             index_dtype = np.int16 if self.num_classes <= np.iinfo(np.int16).max else np.int32
             specs = (("values", np.float32, (self.size, width)), ("indices", index_dtype, (self.size, self.top_k)))
-            arrays = [self._open(epoch, name, dtype, shape) for name, dtype, shape in specs]
-            arrays.append(self._open(epoch, "filled", np.bool_, (self.size,)))
+            with self._locked():  # one process creates an epoch's files, the others open them
+                arrays = [self._open(epoch, name, dtype, shape) for name, dtype, shape in specs]
+                arrays.append(self._open(epoch, "filled", np.bool_, (self.size,)))
             self._epochs[epoch] = tuple(arrays)  # type: ignore[assignment]
         return self._epochs[epoch]
 

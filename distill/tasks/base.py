@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from distill.tasks.teacher import drop_teacher_keys, freeze
 
@@ -71,6 +72,15 @@ class DistillationTask(L.LightningModule):
 
     def frozen_models(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in self.frozen_names if getattr(self, name, None) is not None}
+
+    def setup(self, stage: str) -> None:
+        # Before a DDP strategy wraps this module: the frozen models are neither synchronized nor bucketed.
+        frozen = [
+            f"{name}.{key}"
+            for name, model in self.frozen_models().items()
+            for key, _ in [*model.named_parameters(), *model.named_buffers()]
+        ]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
 
     def on_fit_start(self) -> None:
         # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
