@@ -17,6 +17,7 @@ from distill.models import create_model
 REQUIRED_BY_TEMPLATES = {
     "kd_imagefolder_timm": ["data.root=/data/my_images", "teacher.checkpoint=/ckpt/teacher.pth"],
     "llm_kd_qwen2.5_1.5b_to_0.5b": ["data.source=/data/pairs.jsonl"],
+    "llm_kd_llama3.1_8b_to_3.2_1b_8gpu": ["data.source=/data/pairs.jsonl"],
     "dpo_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
     "align_distil_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
     "specvlm_draft_llava1.5_7b": ["data.source=/data/image_text.jsonl"],
