@@ -15,15 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from distill.build import build_datamodule
-from distill.checkpoints import read_checkpoint
-from distill.config import from_dict
-from distill.models import create_model
-from distill.runs import RECIPE_FILE
-from distill.speculative import evaluate_speculative, prompts_from_rows
-from distill.teachers import resolve_teacher
+from distill.draft_run import load_draft_run
+from distill.speculative import evaluate_speculative
 
 
 def main() -> None:
@@ -34,22 +28,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = from_dict(yaml.safe_load((args.run / RECIPE_FILE).read_text()), str(args.run))
-    data = build_datamodule(loaded.recipe.data)
-    data.setup("fit")
-    target, _ = resolve_teacher(loaded, data)
-    target.eval()
-    spec = {k: v for k, v in loaded.recipe.student.items() if k != "name"}
-    untrained = create_model(loaded.recipe.student["name"], target=target, **spec)
-    trained = create_model(loaded.recipe.student["name"], target=target, **spec)
-    state = read_checkpoint(args.run / "checkpoints" / "best.ckpt", "run")["state_dict"]
-    trained.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
-    settings = loaded.recipe.speculative
-    prompts = prompts_from_rows(data.val_set, args.prompts, settings.prompt_tokens)
-    eos = getattr(data.tokenizer, "eos_id", None)
+    run = load_draft_run(args.run)
+    settings, target, eos = run.settings, run.target, run.eos_id
+    prompts = run.prompts(args.prompts)
     print(f"{len(prompts)} held-out prompts of {settings.prompt_tokens} tokens, {settings.max_new_tokens} new tokens")
     print(f"{'draft':>9} {'depth':>5} {'accepted length':>15} {'speedup':>8} {'lossless':>8}")
-    for name, draft in (("untrained", untrained), ("trained", trained)):
+    for name, draft in (("untrained", run.untrained), ("trained", run.trained)):
         for depth in args.depths:
             report = evaluate_speculative(target, draft, prompts, settings.max_new_tokens, depth, eos)
             print(

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -91,6 +92,18 @@ class Decoded:
     tokens: list[int]
     rounds: int  # verification rounds; the first token (from the prompt's forward pass) is in none of them
     round_tokens: int  # tokens the rounds emitted (accepted drafts + 1 each), within the limit
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted in each round
+
+    def marked(self, decode: Callable[[list[int]], str], left: str = "[", right: str = "]") -> str:
+        """The decoded text with each round's accepted draft tokens between `left` and `right`; the target's own
+        tokens (the first one, and the one that ends each round) unmarked."""
+        parts, position = [decode(self.tokens[:1])], 1
+        for accepted in self.accepted:
+            drafted = self.tokens[position : position + accepted]
+            own = self.tokens[position + accepted : position + accepted + 1]
+            parts += [f"{left}{decode(drafted)}{right}" if drafted else "", decode(own)]
+            position += accepted + 1
+        return "".join(parts)
 
 
 @torch.inference_mode()
@@ -113,6 +126,7 @@ def speculative_decode(
     features, next_embeddings, kept = draft.compress(scored.features, next_embeddings, ids)
     pooled_away = 0 if kept is None else ids.shape[1] - len(kept)  # the draft holds fewer positions than the target
     rounds = round_tokens = 0
+    accepted_per_round: list[int] = []
     while not done:
         drafted = draft_chain(draft, draft_cache, target, features, next_embeddings, depth)
         block = torch.tensor([[tokens[-1], *drafted]], device=ids.device)
@@ -128,9 +142,10 @@ def speculative_decode(
         before = len(tokens)
         tokens, done = stop_at(tokens + emitted, max_new_tokens, eos_id)
         rounds, round_tokens = rounds + 1, round_tokens + len(tokens) - before
+        accepted_per_round.append(min(accepted, len(tokens) - before))  # (the limit may cut a round short)
         features = scored.features[:, : accepted + 1]
         next_embeddings = target.embed(block.new_tensor([emitted]))
-    return Decoded(tokens, rounds, round_tokens)
+    return Decoded(tokens, rounds, round_tokens, accepted_per_round)
 
 
 def draft_chain(

@@ -86,6 +86,11 @@ def test_partly_right_drafts_emit_the_accepted_prefix_plus_the_targets_token(mon
     monkeypatch.setattr(speculative, "draft_chain", two_right)
     decoded = speculative_decode(target, random_draft(target), prompt, 40, depth=4)
     assert decoded.tokens == truth and decoded.rounds == 13 and decoded.round_tokens == 39  # 13 x 3
+    assert decoded.accepted == [2] * 13  # two drafts accepted per round, then the target's own token
+    text = decoded.marked(lambda ids: "".join(f"<{i}>" for i in ids))
+    first = f"<{truth[0]}>"
+    rounds = [f"[<{truth[1 + 3 * r]}><{truth[2 + 3 * r]}>]<{truth[3 + 3 * r]}>" for r in range(13)]
+    assert text == first + "".join(rounds)
 
 
 def test_the_draft_is_left_in_the_mode_it_was_in():
