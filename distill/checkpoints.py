@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import secrets
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         raise DistillError(f"{what}: file not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # unpickling junk raises many kinds (UnpicklingError, EOFError, struct.error...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistillError(f"{what}: cannot read {path} (truncated, corrupt or not a weights file): {reason}") from None
     if not isinstance(data, dict):

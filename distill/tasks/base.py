@@ -114,6 +114,7 @@ class DistillationTask(L.LightningModule):
         }
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.last_parts = parts  # named in the message if the loss is ever not finite
         weights = {"ce": self.ce_weight, **self.weights}
         return sum(weights[name] * value for name, value in parts.items())
 

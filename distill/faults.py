@@ -1,0 +1,58 @@
+"""Fault tolerance of a run: checkpoints written atomically (temporary file, then rename), a resume that skips an
+unreadable checkpoint for the previous one, and a stop with a clear message at the first non-finite loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from distill.checkpoints import atomic_save, read_checkpoint
+from distill.errors import DistillError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but through a temporary file renamed into place: a run killed while saving
+    leaves the previous checkpoint whole, never a half-written one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        atomic_save(checkpoint, Path(path))
+
+
+def readable_checkpoint(candidates: list[Path]) -> tuple[Path, list[str]]:
+    """The first of `candidates` that exists and loads, and one line per checkpoint skipped on the way."""
+    skipped = []
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            read_checkpoint(path, "--resume")
+            return path, skipped
+        except DistillError as exc:
+            skipped.append(str(exc))
+    reasons = "; ".join(skipped) or "none found"
+    raise DistillError(f"--resume: no readable checkpoint in {candidates[0].parent} ({reasons})")
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Before the backward pass of each training step: a NaN or infinite loss stops the run with a message naming
+    the step and the loss terms that are not finite (from the task's `last_parts`, when it keeps them). The weights
+    are not updated with it, and the checkpoints already written stay as they are."""
+
+    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        parts = getattr(module, "last_parts", None) or {}
+        bad = [f"{name} = {float(value)}" for name, value in parts.items() if not math.isfinite(float(value))]
+        terms = f" (not finite: {', '.join(bad)})" if bad else ""
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
+        raise DistillError(
+            f"training step {trainer.global_step} (epoch {trainer.current_epoch}): the loss is "
+            f"{float(loss.detach())}{terms}; stopped before updating the weights; {kept}"
+        )

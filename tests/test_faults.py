@@ -1,0 +1,111 @@
+"""Faults: a NaN loss stops the run with a message naming the step and the term; checkpoints are written atomically;
+a resume skips an unreadable checkpoint for the previous one; a run killed with SIGKILL mid-epoch resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from distill.config import load_recipe
+from distill.errors import DistillError
+from distill.faults import AtomicCheckpointIO
+from distill.pipeline import fit
+from distill.runs import last_checkpoint
+
+DISTILL = str(Path(sys.executable).parent / "distill")
+
+
+class PoisonAt(Callback):
+    """Fills the student's first parameter with NaN before training step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(module.student.parameters()).fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_terms_and_keeps_the_last_good_checkpoint(recipe_file):
+    loaded = load_recipe(str(recipe_file), ["trainer.max_epochs=3", "run.name=nan"])
+    steps_per_epoch = -(-1078 // 32)  # digits' training split, batch 32
+    with pytest.raises(DistillError) as caught:
+        fit(loaded, callbacks=[PoisonAt(steps_per_epoch + 2)])
+    message = str(caught.value)
+    assert f"training step {steps_per_epoch + 2} (epoch 1): the loss is nan" in message
+    assert "not finite: ce = nan, kd = nan" in message and "last good checkpoint is" in message
+    assert "\n" not in message
+    last = next((Path(loaded.recipe.run.root) / "nan").glob("version_*")) / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 0 and saved["global_step"] == steps_per_epoch  # the end of the last good epoch
+    assert all(torch.isfinite(value).all() for value in saved["state_dict"].values())
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as a kill in the middle of the write
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_resume_skips_an_unreadable_last_checkpoint_for_the_previous_one(recipe_file, capsys):
+    run = fit(load_recipe(str(recipe_file), ["trainer.max_epochs=2", "run.name=corrupt"]))
+    folder = run.run_dir / "checkpoints"
+    previous = torch.load(folder / "previous.ckpt", weights_only=True)
+    assert previous["epoch"] == 0  # last.ckpt as it was one save earlier
+    (folder / "last.ckpt").write_bytes((folder / "last.ckpt").read_bytes()[:1000])  # truncated
+    assert last_checkpoint(run.run_dir) == folder / "previous.ckpt"
+    assert "cannot read" in capsys.readouterr().out
+    (folder / "previous.ckpt").write_bytes(b"junk")
+    with pytest.raises(DistillError, match="no readable checkpoint"):
+        last_checkpoint(run.run_dir)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(recipe_file, tmp_path):
+    args = [DISTILL, "fit", "--recipe", str(recipe_file), "trainer.max_epochs=5", "data.batch_size=8"]
+    full = subprocess.run([*args, "run.name=full"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = subprocess.Popen(
+        [*args, "run.name=killed"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    run_dir = Path(recipe_file).parent / "runs" / "killed" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 1):
+        time.sleep(0.2)
+    time.sleep(0.7)  # into the next epoch
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (run_dir / "results.json").exists()
+    interrupted_at = torch.load(last, weights_only=True)["epoch"]
+    assert 1 <= interrupted_at < 4  # killed before the end
+
+    resumed = subprocess.run([DISTILL, "fit", "--resume", str(run_dir)], capture_output=True, text=True, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = json.loads((Path(recipe_file).parent / "runs" / "full" / "version_0" / "results.json").read_text())
+    assert json.loads((run_dir / "results.json").read_text())["test"] == expected["test"]
+    final, reference = (
+        torch.load(p, weights_only=True) for p in (last, Path(expected["best_checkpoint"]).parent / "last.ckpt")
+    )
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
