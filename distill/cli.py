@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="MODULE",
             help="let the recipe use `MODULE:attribute` components (repeatable)",
         )
+        command.add_argument(
+            "--allow-remote-code",
+            action="store_true",
+            help="let Hugging Face models with trust_remote_code: true run their repository's code",
+        )
         command.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key")
     _add(sub, "recipes", cmd_recipes)
     _add(sub, "losses", cmd_losses)
@@ -164,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from distill.registry import allow_modules
+    from distill.registry import allow_modules, allow_remote_code
 
     allow_modules(getattr(args, "allow_module", []))
+    allow_remote_code(getattr(args, "allow_remote_code", False))
     try:
         args.func(args)
     except DistillError as exc:

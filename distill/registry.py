@@ -24,6 +24,18 @@ def allow_modules(names: list[str]) -> None:
     _ALLOWED_MODULES.update(names)
 
 
+# Whether the user allowed Hugging Face models to run their repository's own code (`--allow-remote-code`).
+_REMOTE_CODE = {"allowed": False}
+
+
+def allow_remote_code(allowed: bool) -> None:
+    _REMOTE_CODE["allowed"] = allowed
+
+
+def remote_code_allowed() -> bool:
+    return _REMOTE_CODE["allowed"]
+
+
 def is_allowed(module: str) -> bool:
     return any(module == m or module.startswith(m + ".") for m in _ALLOWED_MODULES)
 

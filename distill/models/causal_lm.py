@@ -10,6 +10,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.models.registry import MODELS
+from distill.registry import remote_code_allowed
 
 
 @MODELS.register("llama")
@@ -59,6 +60,11 @@ def from_pretrained(name_or_path: str, vocab_size: int | None = None, **kwargs: 
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     except ImportError:
         raise DistillError("hf: models need transformers: pip install 'distill[llm]'") from None
+    if kwargs.get("trust_remote_code") and not remote_code_allowed():
+        raise DistillError(
+            f"hf:{name_or_path}: trust_remote_code runs Python code from the model's repository; "
+            "pass --allow-remote-code to distill to allow it"
+        )
     config_kwargs = {key: kwargs[key] for key in ("revision", "trust_remote_code") if key in kwargs}
     config = _reach(name_or_path, AutoConfig.from_pretrained, **config_kwargs)
     auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM

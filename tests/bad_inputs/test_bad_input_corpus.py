@@ -1,0 +1,225 @@
+"""The bad-input corpus: malformed recipes, overrides and data, each answered by `distill` with exit status 2 and one
+line that names the problem, no traceback, and nothing that existed before touched (style: design.md, issue 11).
+
+Each case is `(name, how to make it, expected words)`: `args` for the command line after `distill fit`, built from
+the base recipe (a digits run with a teacher checkpoint) or from a recipe file written for the case."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from distill.cli import main
+from distill.data.synthetic import write_fake_cifar100
+from distill.models import create_model
+
+BASE = {
+    "description": "bad input",
+    "seed": 0,
+    "run": {"root": "runs", "name": "bad"},
+    "data": {"name": "digits", "batch_size": 32},
+    "student": {"name": "convnet", "widths": [4, 8], "hidden": 0},
+    "teacher": {"model": {"name": "convnet", "widths": [4, 8], "hidden": 8}, "checkpoint": "teacher.pt"},
+    "loss": {"ce_weight": 0.1, "terms": {"kd": {"weight": 0.9, "temperature": 4.0}}},
+    "optimizer": {"name": "adamw", "lr": 0.01},
+    "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1},
+}
+
+
+def recipe(folder: Path, name: str, **changes) -> str:
+    """A recipe file: BASE with top-level sections replaced (None removes one)."""
+    content = {k: v for k, v in {**BASE, **changes}.items() if v is not None}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return str(path)
+
+
+def text(folder: Path, name: str, content: str) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(content)
+    return str(path)
+
+
+def cifar_with_label(folder: Path, label: int) -> str:
+    root = folder / "cifar_bad"
+    write_fake_cifar100(root, n_train=20, n_test=10, seed=0)
+    path = root / "cifar-100-python" / "train"
+    with open(path, "rb") as file:
+        content = pickle.load(file)
+    content[b"fine_labels"][3] = label
+    with open(path, "wb") as file:
+        pickle.dump(content, file)
+    return str(root)
+
+
+def jsonl(folder: Path, name: str, lines: list[str]) -> str:
+    path = folder / name
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+B = "BASE"  # stands for the base recipe's path
+CASES = [
+    (
+        "yaml syntax error",
+        lambda f: ["--recipe", text(f, "syntax", "data: [digits\nseed: 0\n")],
+        "syntax.yaml:2:5: YAML syntax error",
+    ),
+    ("unknown top-level key", lambda f: ["--recipe", B, "dta.x=1"], "unknown key 'dta' (did you mean 'data'?)"),
+    ("unknown nested key", lambda f: ["--recipe", B, "loss.terms.kd.temprature=2"], "did you mean 'temperature'"),
+    ("wrong type", lambda f: ["--recipe", B, "optimizer.lr=fast"], "'optimizer.lr' must be a number, got 'fast'"),
+    ("negative temperature", lambda f: ["--recipe", B, "loss.terms.kd.temperature=-1"], "temperature must be > 0"),
+    ("unknown model", lambda f: ["--recipe", B, "student.name=resnet9000"], "unknown model 'resnet9000'"),
+    ("unknown loss", lambda f: ["--recipe", B, "loss.terms.foo={weight: 1.0}"], "unknown loss 'foo'"),
+    ("unknown task", lambda f: ["--recipe", B, "task=foo"], "'task' must be one of"),
+    ("unknown optimizer", lambda f: ["--recipe", B, "optimizer.name=adam"], "did you mean 'adamw'"),
+    ("unknown scheduler", lambda f: ["--recipe", B, "scheduler.name=linear"], "'scheduler.name' must be one of"),
+    ("unknown strategy", lambda f: ["--recipe", B, "trainer.strategy=warp"], "invalid strategy name"),
+    ("negative epochs", lambda f: ["--recipe", B, "trainer.max_epochs=-5"], "`max_epochs` must be"),
+    ("reserved trainer key", lambda f: ["--recipe", B, "trainer.callbacks=[]"], "cannot be set in a recipe"),
+    ("override not key=value", lambda f: ["--recipe", B, "seed"], "override 'seed' is not of the form key=value"),
+    ("unknown recipe name", lambda f: ["--recipe", "quickstart_digit"], "did you mean 'quickstart_digits'"),
+    ("validation fraction out of range", lambda f: ["--recipe", B, "data.val_fraction=1.5"], "must be in (0, 1)"),
+    ("zero batch size", lambda f: ["--recipe", B, "data.batch_size=0"], "data.batch_size must be >= 1"),
+    ("missing student", lambda f: ["--recipe", recipe(f, "nostudent", student=None)], "'student' is required"),
+    (
+        "loss term without weight",
+        lambda f: ["--recipe", recipe(f, "noweight", loss={"terms": {"kd": {}}})],
+        "every loss term has an explicit weight",
+    ),
+    (
+        "distillation without a teacher",
+        lambda f: ["--recipe", recipe(f, "noteacher", teacher=None)],
+        "'teacher' is missing",
+    ),
+    (
+        "dpo objective in a classification recipe",
+        lambda f: ["--recipe", B, "task=dpo"],
+        "must be exactly one term: dpo",
+    ),
+    (
+        "align_distil without its second model",
+        lambda f: ["--recipe", "align_distil_tiny", "second_teacher=null"],
+        "'second_teacher' is required by align_distil",
+    ),
+    (
+        "teacher checkpoint missing",
+        lambda f: ["--recipe", B, "teacher.checkpoint=/nope/teacher.pt"],
+        "teacher.checkpoint: file not found: /nope/teacher.pt",
+    ),
+    (
+        "teacher checkpoint of another architecture",
+        lambda f: ["--recipe", B, "teacher.checkpoint=mlp.pt"],
+        "is for another architecture: 16 missing keys",
+    ),
+    (
+        "teacher with another class count",
+        lambda f: ["--recipe", B, "teacher.checkpoint=teacher5.pt"],
+        "has shape [5, 8] in the file but [10, 8] in the model",
+    ),
+    (
+        "teacher checkpoint truncated",
+        lambda f: ["--recipe", B, "teacher.checkpoint=truncated.pt"],
+        "(truncated, corrupt or not a weights file)",
+    ),
+    (
+        "teacher checkpoint that is junk",
+        lambda f: ["--recipe", B, "teacher.checkpoint=junk.pt"],
+        "(truncated, corrupt or not a weights file)",
+    ),
+    (
+        "image folder missing",
+        lambda f: ["--recipe", B, "data={name: imagefolder, root: /nope}"],
+        "image folder /nope not found",
+    ),
+    (
+        "image folder without classes",
+        lambda f: ["--recipe", B, f"data={{name: imagefolder, root: {f / 'empty'}}}"],
+        "has no class sub-folders",
+    ),
+    ("CIFAR-100 missing", lambda f: ["--recipe", B, "data={name: cifar100, root: /nope}"], "CIFAR-100 not found"),
+    (
+        "label out of range",
+        lambda f: ["--recipe", B, f"data={{name: cifar100, root: {cifar_with_label(f, 150)}}}"],
+        "fine_labels must be integers in [0, 100)",
+    ),
+    (
+        "NaN in the data",
+        lambda f: ["--recipe", "dpo_tiny", f"data.source={jsonl(f, 'nan.jsonl', NAN_LINES)}"],
+        "not a string: prompt (float)",
+    ),
+    ("more shots than a class has", lambda f: ["--recipe", B, "data.shots=500"], "fewer than 500"),
+    (
+        "teacher cache without replayable views",
+        lambda f: ["--recipe", B, "teacher.cache=cache"],
+        "teacher.cache needs data whose views are replayable",
+    ),
+    ("unwritable run folder", lambda f: ["--recipe", B, "run.root=/proc/forbidden"], "cannot create run folder"),
+    ("resume of nothing", lambda f: ["--resume", str(f / "nowhere")], "has no checkpoint to resume from"),
+    (
+        "a YAML tag that builds a Python object",
+        lambda f: ["--recipe", text(f, "tag", PYTHON_TAG)],
+        "could not determine a constructor for the tag",
+    ),
+    (
+        "remote code without --allow-remote-code",
+        lambda f: ["--recipe", B, "student={name: 'hf:someone/model', trust_remote_code: true}"],
+        "trust_remote_code runs Python code from the model's repository; pass --allow-remote-code",
+    ),
+    (
+        "strategy that needs a GPU",
+        lambda f: ["--recipe", B, "trainer.strategy=fsdp", "trainer.devices=2"],
+        "requires a GPU accelerator",
+    ),
+]
+NAN_LINES = ['{"prompt": NaN, "chosen": "a", "rejected": "b"}']
+PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch pwned']\ndata: {name: digits}\n"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    teacher = create_model("convnet", num_classes=10, in_chans=1, widths=[4, 8], hidden=8)
+    torch.save({"model": teacher.state_dict()}, folder / "teacher.pt")
+    torch.save(
+        {"model": create_model("convnet", num_classes=5, in_chans=1, widths=[4, 8], hidden=8).state_dict()},
+        folder / "teacher5.pt",
+    )
+    torch.save({"model": create_model("mlp", num_classes=10).state_dict()}, folder / "mlp.pt")
+    (folder / "truncated.pt").write_bytes((folder / "teacher.pt").read_bytes()[:300])
+    (folder / "junk.pt").write_bytes(b"not a checkpoint at all")
+    (folder / "empty" / "train").mkdir(parents=True)
+    (folder / "empty" / "val").mkdir()
+    (folder / "BASE.yaml").write_text(yaml.safe_dump(BASE))
+    # a run that exists before: no bad input may touch it
+    (folder / "runs" / "bad" / "version_0").mkdir(parents=True)
+    (folder / "runs" / "bad" / "version_0" / "results.json").write_text(json.dumps({"kept": True}))
+    return folder
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize(("name", "make", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line_naming_it(name, make, expected, folder, capsys, monkeypatch):
+    monkeypatch.chdir(folder)
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "cache_bad" not in str(p))
+    args = [str(folder / "BASE.yaml") if a == B else a for a in make(folder)]
+    assert main(["fit", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("distill: error: "), lines
+    assert expected in lines[0]
+    assert "Traceback" not in lines[0]
+    # nothing that existed is gone or changed; no run folder is left behind
+    assert (folder / "runs" / "bad" / "version_0" / "results.json").read_text() == '{"kept": true}'
+    assert not (folder / "runs" / "bad" / "version_1").exists()
+    assert not (folder / "pwned").exists()
+    after = {str(p.relative_to(folder)) for p in folder.rglob("*")}
+    assert set(before) <= after
