@@ -109,3 +109,19 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(recipe_file, t
     )
     for key, value in reference["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
+
+
+def test_a_nan_in_amu_names_its_terms(tmp_path):
+    from distill.config import from_dict
+    from tests.tasks.test_amu_task import amu_recipe
+
+    class PoisonHead(Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if trainer.global_step == 2:
+                with torch.no_grad():
+                    module.student.weight.fill_(float("nan"))
+
+    with pytest.raises(
+        DistillError, match=r"training step 2 \(epoch 0\): the loss is nan \(not finite: fused_ce = nan"
+    ):
+        fit(from_dict(amu_recipe(tmp_path), "test"), callbacks=[PoisonHead()])

@@ -85,6 +85,7 @@ class AMUModule(DistillationTask):
         fused, aux = self.student(clip_logits, aux_features)
         fused_ce, aux_ce = self.objective.parts(fused, aux, target)
         loss = self.objective.combine(fused_ce, aux_ce)
+        self.last_parts = {"fused_ce": fused_ce, "aux_ce": aux_ce}  # named if the loss is not finite
         self.log_dict({"train/loss": loss, "train/fused_ce": fused_ce, "train/aux_ce": aux_ce}, prog_bar=False)
         return loss
 

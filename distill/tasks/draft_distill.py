@@ -89,6 +89,7 @@ class DraftDistillModule(DistillationTask):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self.step(batch)
+        self.last_parts = {"ce": values["ce"], "feature": values["feature"]}  # named if the loss is not finite
         for name, value in values.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss")
         return values["loss"]
