@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.build import build_datamodule, build_model
-from distill.checkpoints import load_weights
+from distill.checkpoints import extract_state_dict, load_weights, read_checkpoint
 from distill.config import load_recipe
 from distill.runs import RECIPE_FILE
 from losses import DKDLoss, KDLoss, PlackettLuceLoss, TokenDivergenceLoss, ZScoreKDLoss
@@ -42,17 +42,18 @@ def run_predictions(run_dir: str | Path, split: str = "test") -> Predictions:
     loaded = load_recipe(str(run_dir / RECIPE_FILE))
     data = build_datamodule(loaded.recipe.data)
     data.setup("test")
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "best.ckpt", "run")
     student = build_model(loaded.recipe.student, data, "student").eval()
-    state = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
-    student.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
+    student.load_state_dict(extract_state_dict(checkpoint))
     teacher = None
-    stored = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True).get("distill", {}).get("teacher")
+    stored = checkpoint.get("distill", {}).get("teacher")
     if loaded.recipe.teacher is not None and stored and Path(str(stored.get("weights"))).is_file():
         teacher = build_model(loaded.recipe.teacher.model, data, "teacher").eval()
         load_weights(teacher, stored["weights"], "teacher")
     dataset = {"val": data.val_set, "test": data.test_set, "train": data.train_set}[split]
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    samples = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([image for image, _ in samples])
+    labels = torch.tensor([int(label) for _, label in samples])
     return Predictions(student(images).softmax(1), labels, teacher(images).softmax(1) if teacher is not None else None)
 
 

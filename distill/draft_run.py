@@ -11,7 +11,7 @@ import yaml
 from torch import nn
 
 from distill.build import build_datamodule
-from distill.checkpoints import read_checkpoint
+from distill.checkpoints import extract_state_dict, read_checkpoint
 from distill.config import from_dict
 from distill.models import create_model
 from distill.runs import RECIPE_FILE
@@ -46,6 +46,5 @@ def load_draft_run(run_dir: str | Path) -> DraftRun:
     spec = {k: v for k, v in loaded.recipe.student.items() if k != "name"}
     untrained = create_model(loaded.recipe.student["name"], target=target, **spec).eval()
     trained = create_model(loaded.recipe.student["name"], target=target, **spec).eval()
-    state = read_checkpoint(run_dir / "checkpoints" / "best.ckpt", "run")["state_dict"]
-    trained.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
+    trained.load_state_dict(extract_state_dict(read_checkpoint(run_dir / "checkpoints" / "best.ckpt", "run")))
     return DraftRun(target, trained, untrained, data, loaded.recipe.speculative)

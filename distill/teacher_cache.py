@@ -142,8 +142,8 @@ class TeacherCache:
         rows = indices.detach().cpu().numpy()
         if not filled[rows].all():
             return None
-        stored = torch.from_numpy(np.array(values[rows]))
-        top = torch.from_numpy(np.array(classes[rows]).astype(np.int64))
+        stored = torch.from_numpy(np.asarray(values[rows]))  # fancy indexing already copied the rows
+        top = torch.from_numpy(classes[rows].astype(np.int64))
         if self.exact:
             return torch.empty(len(rows), self.num_classes).scatter_(1, top, stored)
         kept, lse = stored[:, :-1], stored[:, -1:]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from distill.data.base import EpochSeededLoader
 from distill.data.fewshot import dataset_labels
@@ -30,10 +30,6 @@ class FewShotFeatures:
     @property
     def views(self) -> int:
         return next(iter(self.outputs.values())).shape[0]
-
-    def view(self, index: int) -> TensorDataset:
-        """The samples of one view: `(output_1, ..., output_k, label)` in the order of `outputs`."""
-        return TensorDataset(*(value[index] for value in self.outputs.values()), self.labels)
 
 
 class ViewOfEpoch(Dataset):
