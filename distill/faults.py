@@ -4,6 +4,7 @@ unreadable checkpoint for the previous one, and a stop with a clear message at t
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,26 @@ def readable_checkpoint(candidates: list[Path]) -> tuple[Path, list[str]]:
             skipped.append(str(exc))
     reasons = "; ".join(skipped) or "none found"
     raise DistillError(f"--resume: no readable checkpoint in {candidates[0].parent} ({reasons})")
+
+
+PREVIOUS_CHECKPOINT = "previous.ckpt"  # last.ckpt as it was one save earlier
+
+
+class KeepPrevious(Callback):
+    """Before each checkpoint save, keep the current last.ckpt as previous.ckpt, a hard link (checkpoints are
+    replaced by rename, so the old file lives on): if the new one is ever unreadable, a resume falls back to it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        last = self.folder / "last.ckpt"
+        if trainer.is_global_zero and last.is_file():
+            previous = self.folder / PREVIOUS_CHECKPOINT
+            temporary = self.folder / f".{PREVIOUS_CHECKPOINT}.tmp"
+            temporary.unlink(missing_ok=True)
+            os.link(last, temporary)
+            os.replace(temporary, previous)
 
 
 class StopOnNonFiniteLoss(Callback):

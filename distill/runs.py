@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ def latest_run_dir(root: str, name: str) -> Path:
 
 def last_checkpoint(run_dir: Path) -> Path:
     """The checkpoint to resume from: last.ckpt, or when it cannot be read, the previous one kept beside it."""
-    from distill.faults import readable_checkpoint
+    from distill.faults import PREVIOUS_CHECKPOINT, readable_checkpoint
 
     folder = run_dir / CHECKPOINT_DIR
     path = folder / "last.ckpt"
@@ -57,26 +56,6 @@ def last_checkpoint(run_dir: Path) -> Path:
     for reason in skipped:
         print(f"warning: {reason}; resuming from {chosen} instead")
     return chosen
-
-
-PREVIOUS_CHECKPOINT = "previous.ckpt"  # last.ckpt as it was one save earlier
-
-
-class KeepPrevious(Callback):
-    """Before each checkpoint save, keep the current last.ckpt as previous.ckpt (a hard link or a copy): if the new
-    one is ever unreadable, a resume falls back to it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        last = self.folder / "last.ckpt"
-        if trainer.is_global_zero and last.is_file():
-            previous = self.folder / PREVIOUS_CHECKPOINT
-            temporary = self.folder / f".{PREVIOUS_CHECKPOINT}.tmp"
-            temporary.unlink(missing_ok=True)
-            os.link(last, temporary)
-            os.replace(temporary, previous)
 
 
 def log_version(run_dir: Path) -> str:
@@ -121,7 +100,7 @@ def make_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    from distill.faults import AtomicCheckpointIO, StopOnNonFiniteLoss
+    from distill.faults import AtomicCheckpointIO, KeepPrevious, StopOnNonFiniteLoss
 
     args = dict(trainer_args)
     safety = [KeepPrevious(run_dir / CHECKPOINT_DIR), StopOnNonFiniteLoss()]
