@@ -145,7 +145,7 @@ class CIFAR100DataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, shots=shots, shot_seed=shot_seed)
         self.on_device, self.augment_seed, self.channels_last = on_device, augment_seed, channels_last
-        self.augmentation = CropFlip(size=32, padding=4, flip=True, mean=MEAN, std=STD)
+        self.augmentation = CropFlip(MEAN, STD, size=32, padding=4, flip=True)
         self.num_classes = NUM_CLASSES
         self.in_chans = 3
         self.image_size = 32

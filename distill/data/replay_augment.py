@@ -37,11 +37,11 @@ class CropFlip:
     `[B, C, H, W]` images (on any device) to normalized float32 `[B, C, size, size]`.
     """
 
+    mean: tuple[float, ...]  # per channel, of the [0, 1]-scaled images (the dataset's constants)
+    std: tuple[float, ...]
     size: int = 32
     padding: int = 4
     flip: bool = True
-    mean: tuple[float, ...] = (0.5071, 0.4867, 0.4408)
-    std: tuple[float, ...] = (0.2675, 0.2565, 0.2761)
 
     def describe(self) -> dict:
         """What determines the views (for a cache's key)."""

@@ -3,9 +3,10 @@
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+import distill.data.cifar as cifar
 from distill.data.replay_augment import CropFlip
 
-AUGMENT = CropFlip()
+AUGMENT = CropFlip(cifar.MEAN, cifar.STD)
 
 
 def images(n: int) -> torch.Tensor:
@@ -44,6 +45,6 @@ def test_batched_views_equal_torchvision_crop_and_flip_per_sample():
 
 
 def test_without_flip_or_padding_the_view_is_the_normalized_image():
-    plain = CropFlip(padding=0, flip=False)
+    plain = CropFlip(cifar.MEAN, cifar.STD, padding=0, flip=False)
     batch = images(4)
     torch.testing.assert_close(plain.view(batch, 0, 0, torch.arange(4)), plain.normalize(batch))
