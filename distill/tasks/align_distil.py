@@ -7,9 +7,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
 from distill.tasks.dpo import pair_logps
 from distill.tasks.teacher import freeze
 from losses import AlignDistilLoss
@@ -91,7 +90,7 @@ class AlignDistilModule(DistillationTask):
         self.eos_id, self.pad_id = eos_id, pad_id
         names = [f"{m}_{what}" for m in ("student", "dpo", "second", "reference") for what in ("pref_acc", "margin")]
         names += [f"{m}_{what}" for m in ("student", "dpo", "second") for what in ("reward_acc", "reward_margin")]
-        self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
+        self.means = mean_metrics(names)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.student(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -147,6 +146,5 @@ class AlignDistilModule(DistillationTask):
                 self.record(stage, short, "reward_margin", reward)
 
     def record(self, stage: str, model: str, what: str, value: torch.Tensor) -> None:
-        metric = self.means[f"{stage}_{model}_{what}"]
-        metric.update(value.mean(), weight=value.numel())
-        self.log(f"{stage}/{model}_{what}", metric, prog_bar=(model, what) == ("student", "pref_acc"))
+        prog_bar = (model, what) == ("student", "pref_acc")
+        self.log_mean(stage, f"{model}_{what}", value.mean(), value.numel(), prog_bar=prog_bar)

@@ -8,15 +8,14 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from distill.data.feature_cache import CachedTrainingData, FewShotFeatures
 from distill.models.features import feature_extractor
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
 from distill.tasks.teacher import freeze
 from losses import AMULogitBias, AMULoss
 
-BRANCHES = ("fused", "zero_shot", "aux")  # the AMU prediction, CLIP alone, the auxiliary head alone
+BRANCHES = ("acc", "zero_shot_acc", "aux_acc")  # accuracy of the AMU prediction, CLIP alone, the auxiliary head alone
 
 
 class AMUModule(DistillationTask):
@@ -58,8 +57,7 @@ class AMUModule(DistillationTask):
         self.objective = objective
         self.features = features
         self.batch_size, self.seed = batch_size, seed
-        names = [f"{stage}_{what}" for stage in ("val", "test") for what in (*BRANCHES, "loss")]
-        self.means = nn.ModuleDict({name: MeanMetric() for name in names})
+        self.means = mean_metrics((*BRANCHES, "loss"))
 
     def training_data(self, images: L.LightningDataModule) -> L.LightningDataModule:
         """Training batches from the cached features; validation and test from `images`."""
@@ -93,11 +91,6 @@ class AMUModule(DistillationTask):
         images, target = batch
         fused, zero_shot, aux = self.branches(images)
         for name, logits in zip(BRANCHES, (fused, zero_shot, aux), strict=True):
-            self.record(stage, name, (logits.argmax(dim=1) == target).float())
-        self.record(stage, "loss", self.objective(fused, aux, target).reshape(1), weight=len(target))
-
-    def record(self, stage: str, what: str, value: torch.Tensor, weight: int | None = None) -> None:
-        metric = self.means[f"{stage}_{what}"]
-        metric.update(value.mean(), weight=weight or value.numel())
-        name = {"fused": "acc", "zero_shot": "zero_shot_acc", "aux": "aux_acc"}.get(what, what)
-        self.log(f"{stage}/{name}", metric, prog_bar=what == "fused")
+            correct = (logits.argmax(dim=1) == target).float()
+            self.log_mean(stage, name, correct.mean(), len(target), prog_bar=name == "acc")
+        self.log_mean(stage, "loss", self.objective(fused, aux, target), len(target))

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torchmetrics import MeanMetric
 
 from distill.tasks.teacher import drop_teacher_keys, freeze
 
@@ -19,6 +20,14 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
 SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
 LossTerms = dict[str, tuple[float, nn.Module]]
+
+
+EVAL_STAGES = ("val", "test")
+
+
+def mean_metrics(names: Iterable[str]) -> nn.ModuleDict:
+    """One weighted running mean per evaluation stage and metric name, keyed `<stage>_<name>` (see `log_mean`)."""
+    return nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in EVAL_STAGES for name in names})
 
 
 def terms_items(terms: LossTerms) -> list[tuple[str, nn.Module]]:
@@ -100,6 +109,14 @@ class DistillationTask(L.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self.evaluate_batch(batch, batch_idx, "test")
+
+    def log_mean(self, stage: str, name: str, value: torch.Tensor, weight: float, prog_bar: bool = False) -> None:
+        """Add `value`, a mean over `weight` items, to the running mean `self.means[<stage>_<name>]` (made by
+        `mean_metrics`) and log it as `<stage>/<name>`: the epoch value weighs every item alike, across batches and
+        ranks."""
+        metric = self.means[f"{stage}_{name}"]
+        metric.update(value, weight=weight)
+        self.log(f"{stage}/{name}", metric, prog_bar=prog_bar)
 
     # -- loss -------------------------------------------------------------------------------------------------------
     def term_values(

@@ -10,9 +10,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
 from losses import DPOLoss, implicit_rewards, sequence_logps
 
 Batch = dict[str, torch.Tensor]
@@ -65,7 +64,7 @@ class DPOModule(DistillationTask):
         super().__init__(student, teacher, {}, 1.0, optimizer, scheduler, teacher_source, recipe)
         self.objective = objective
         names = ("loss", "reward_acc", "margin", "pref_acc", "ref_pref_acc")
-        self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
+        self.means = mean_metrics(names)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         policy_c, policy_r = pair_logps(self.student, batch)
@@ -92,6 +91,4 @@ class DPOModule(DistillationTask):
         values = self.step(batch)
         pairs = values["margin"].numel()
         for name, value in values.items():
-            metric = self.means[f"{stage}_{name}"]
-            metric.update(value.mean(), weight=pairs)
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "reward_acc")
+            self.log_mean(stage, name, value.mean(), pairs, prog_bar=name == "reward_acc")

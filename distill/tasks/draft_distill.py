@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
 
 from distill.models.draft import EagleDraft
 from distill.speculative import evaluate_speculative, prompts_from_rows
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory
+from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
 from distill.tasks.causal_lm import vision_inputs
 from losses import DraftDistillLoss
 
@@ -66,7 +65,7 @@ class DraftDistillModule(DistillationTask):
         self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}
         self.prompt_count, self.prompt_tokens = prompts, prompt_tokens
         names = ("loss", "ce", "feature", "agreement")
-        self.means = nn.ModuleDict({f"{stage}_{n}": MeanMetric() for stage in ("val", "test") for n in names})
+        self.means = mean_metrics(names)
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids, attention = batch["input_ids"], batch["attention_mask"]
@@ -98,9 +97,7 @@ class DraftDistillModule(DistillationTask):
         values = self.step(batch)
         tokens = int((batch["labels"][:, 1:] != -100).sum())
         for name, value in values.items():
-            metric = self.means[f"{stage}_{name}"]
-            metric.update(value.detach(), weight=max(tokens, 1))
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "agreement")
+            self.log_mean(stage, name, value.detach(), max(tokens, 1), prog_bar=name == "agreement")
 
     # -- speculative decoding of held-out prompts --------------------------------------------------------------------
     def on_train_start(self) -> None:
