@@ -60,16 +60,26 @@ class KeepPrevious(Callback):
             os.replace(temporary, previous)
 
 
+def not_finite(name: str, value: torch.Tensor) -> str:
+    """`name = nan` for a scalar that is not finite, `name: K of N values` for a tensor with K such values, else ""."""
+    if value.numel() == 1:
+        return "" if math.isfinite(float(value)) else f"{name} = {float(value)}"
+    count = int((~torch.isfinite(value)).sum())
+    return f"{name}: {count} of {value.numel()} values" if count else ""
+
+
 class StopOnNonFiniteLoss(Callback):
     """Before the backward pass of each training step: a NaN or infinite loss stops the run with a message naming
-    the step and the loss terms that are not finite (from the task's `last_parts`, when it keeps them). The weights
-    are not updated with it, and the checkpoints already written stay as they are."""
+    the step and the loss terms that are not finite (from the task's `last_parts`, when it keeps them: scalar terms,
+    or tensors that fed the loss, such as each model's logits, to show where the first non-finite value arose).
+    The weights are not updated with it, and the checkpoints already written stay as they are."""
 
     def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
+        parts = getattr(module, "last_parts", None) or {}
+        module.last_parts = {}  # a task may keep large tensors there (logits): not beyond this step
         if bool(torch.isfinite(loss.detach()).all()):
             return
-        parts = getattr(module, "last_parts", None) or {}
-        bad = [f"{name} = {float(value)}" for name, value in parts.items() if not math.isfinite(float(value))]
+        bad = [line for name, value in parts.items() if (line := not_finite(name, value.detach()))]
         terms = f" (not finite: {', '.join(bad)})" if bad else ""
         last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"

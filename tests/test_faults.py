@@ -125,3 +125,45 @@ def test_a_nan_in_amu_names_its_terms(tmp_path):
         DistillError, match=r"training step 2 \(epoch 0\): the loss is nan \(not finite: fused_ce = nan"
     ):
         fit(from_dict(amu_recipe(tmp_path), "test"), callbacks=[PoisonHead()])
+
+
+def stopped_message(module, loss: torch.Tensor) -> str:
+    from types import SimpleNamespace
+
+    from distill.faults import StopOnNonFiniteLoss
+
+    trainer = SimpleNamespace(global_step=5, current_epoch=1, default_root_dir="/nonexistent")
+    with pytest.raises(DistillError) as stopped:
+        StopOnNonFiniteLoss().on_before_backward(trainer, module, loss)
+    assert module.last_parts == {}  # the tensors kept for the message are let go
+    return str(stopped.value)
+
+
+def poison(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        model.get_output_embeddings().weight.fill_(float("nan"))
+
+
+def test_a_nan_in_dpo_names_the_model_whose_log_probabilities_went_bad():
+    from distill.tasks.dpo import DPOModule
+    from losses import DPOLoss
+    from tests.tasks.test_align_distil_task import pair_batch, tiny_llama
+
+    module = DPOModule(tiny_llama(0), tiny_llama(1), DPOLoss())
+    poison(module.teacher)  # the reference model
+    loss = module.step(pair_batch())["loss"]
+    message = stopped_message(module, loss)
+    assert "training step 5 (epoch 1): the loss is nan" in message
+    assert "dpo = nan, reference_logps: 6 of 6 values" in message and "policy_logps" not in message
+
+
+def test_a_nan_in_align_distil_names_the_model_whose_logits_went_bad():
+    from tests.tasks.test_align_distil_task import batch, make_module
+
+    module = make_module()
+    poison(module.second_teacher)
+    loss = module.training_step(batch(), 0)
+    message = stopped_message(module, loss)
+    vocabulary = module.second_teacher.get_output_embeddings().weight.shape[0]
+    assert f"align_distil = nan, second_logits: {2 * 9 * vocabulary} of {2 * 9 * vocabulary} values" in message
+    assert "student_logits" not in message and "dpo_logits" not in message

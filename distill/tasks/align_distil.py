@@ -127,6 +127,9 @@ class AlignDistilModule(DistillationTask):
             dpo_logits = logits_of(self.teacher, ids, attention)[:, :-1]
             second_logits = logits_of(self.second_teacher, ids, attention)[:, :-1]
         loss = self.objective(student_logits, dpo_logits, second_logits, distilled_positions(labels))
+        # named if the loss is not finite: which model's logits went bad (references only; dropped after the check)
+        logits = {"student_logits": student_logits.detach(), "dpo_logits": dpo_logits, "second_logits": second_logits}
+        self.last_parts = {"align_distil": loss, **logits}
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/align_distil", loss)
         return loss

@@ -73,8 +73,15 @@ class DPOModule(DistillationTask):
         margin = implicit_rewards(policy_c, ref_c, self.objective.beta) - implicit_rewards(
             policy_r, ref_r, self.objective.beta
         )
+        loss = self.objective(policy_c, policy_r, ref_c, ref_r)
+        # named if the loss is not finite: which model's log-probabilities went bad
+        self.last_parts = {
+            "dpo": loss,
+            "policy_logps": torch.stack([policy_c, policy_r]).detach(),
+            "reference_logps": torch.stack([ref_c, ref_r]),
+        }
         return {
-            "loss": self.objective(policy_c, policy_r, ref_c, ref_r),
+            "loss": loss,
             "reward_acc": (margin > 0).float(),
             "margin": margin.detach(),
             "pref_acc": (policy_c > policy_r).float(),
