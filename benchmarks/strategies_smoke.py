@@ -2,7 +2,7 @@
 strategy, on one device: which run, how long the fit took, and the one-line reason of those that cannot.
 
     python benchmarks/strategies_smoke.py --accelerator gpu     # on a GPU machine
-    python benchmarks/strategies_smoke.py --accelerator cpu     # here: FSDP needs a GPU, DeepSpeed is not installed
+    python benchmarks/strategies_smoke.py --accelerator cpu     # here: DeepSpeed needs CUDA and is not installed
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-STRATEGIES = ["auto", "ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_3"]
+# fsdp is distill's FSDP2 strategy (distill.fsdp); fsdp_cpu_offload is Lightning's FSDP1
+STRATEGIES = ["auto", "ddp", "fsdp", "fsdp_cpu_offload", "deepspeed_stage_2", "deepspeed_stage_3"]
 
 
 def run(strategy: str, args: argparse.Namespace, folder: Path) -> tuple[str, float, str]:

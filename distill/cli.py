@@ -23,7 +23,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
     """
     from distill.config import load_recipe, to_yaml
-    from distill.runs import RECIPE_FILE, last_checkpoint, latest_run_dir
+    from distill.runs import RECIPE_FILE, is_global_zero, last_checkpoint, latest_run_dir
 
     resume_dir = None
     if args.resume is not None:
@@ -47,13 +47,15 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from distill.report import print_summary
 
     result = fit(loaded, resume=resume_dir)
-    print_summary(loaded.name, result.metrics, str(result.run_dir))
+    if is_global_zero():  # once, not once per rank
+        print_summary(loaded.name, result.metrics, str(result.run_dir))
 
 
 def _evaluate(args: argparse.Namespace, stage: str) -> None:
     from distill.config import from_dict, load_recipe
     from distill.config.load import apply_overrides
     from distill.pipeline import evaluate, recipe_of_checkpoint
+    from distill.runs import is_global_zero
 
     checkpoint = Path(args.checkpoint)
     if args.recipe is not None:
@@ -61,7 +63,7 @@ def _evaluate(args: argparse.Namespace, stage: str) -> None:
     else:
         loaded = from_dict(apply_overrides(recipe_of_checkpoint(checkpoint), args.overrides), f"{checkpoint} recipe")
     metrics = evaluate(loaded, checkpoint, stage)
-    for key, value in sorted(metrics.items()):
+    for key, value in sorted(metrics.items()) if is_global_zero() else ():
         print(f"{key}\t{value:.4f}")
 
 

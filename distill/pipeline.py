@@ -22,7 +22,15 @@ from distill.config.load import LoadedRecipe, from_dict, save_recipe
 from distill.config.schema import SpeedSettings
 from distill.errors import DistillError
 from distill.quiet import quiet_expected_messages
-from distill.runs import RECIPE_FILE, last_checkpoint, make_trainer, new_run_dir
+from distill.runs import (
+    RECIPE_FILE,
+    external_launch,
+    last_checkpoint,
+    make_trainer,
+    new_run_dir,
+    shared_run_dir,
+    with_strategy,
+)
 from distill.teachers import reference_path, resolve_teacher
 
 RESULTS_FILE = "results.json"
@@ -54,12 +62,12 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     checkpoint = last_checkpoint(resume) if resume is not None else None
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     data = prepare_data(loaded)
-    inherited = launched_run_dir()  # a process Lightning started for another rank of a run: that run's folder
-    fresh = resume is None and inherited is None
-    run_dir = resume or inherited or new_run_dir(recipe.run.root, recipe.run.name or loaded.name)
+    run_dir, fresh, inherited = run_folder(loaded, resume)
     try:
         # built first: constructing it checks the trainer settings before any teacher is trained
-        trainer = make_trainer(recipe.trainer, run_dir, MONITOR[recipe.task], callbacks=list(callbacks))
+        trainer = make_trainer(
+            recipe.trainer, run_dir, MONITOR[recipe.task], callbacks=list(callbacks), fsdp=recipe.fsdp
+        )
         teacher, teacher_source = resolve_teacher(loaded, data)
         second_teacher, _ = resolve_teacher(loaded, data, "second_teacher")
         init = reference_path(loaded) if recipe.init == "reference" else recipe.init
@@ -86,6 +94,20 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     if trainer.is_global_zero:
         (run_dir / RESULTS_FILE).write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
     return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
+
+
+def run_folder(loaded: LoadedRecipe, resume: Path | None) -> tuple[Path, bool, Path | None]:
+    """(the run's folder, whether this process made it just now, the folder when Lightning's launcher started this
+    process for a rank > 0)."""
+    inherited = launched_run_dir()  # a process Lightning started for another rank of a run: that run's folder
+    if resume is not None or inherited is not None:
+        return resume or inherited, False, inherited
+    name = loaded.recipe.run.name or loaded.name
+    launch = external_launch()
+    if launch is not None:  # torchrun or SLURM started every rank: one folder named after the job
+        rank, job = launch
+        return shared_run_dir(loaded.recipe.run.root, name, job, rank), rank == 0, None
+    return new_run_dir(loaded.recipe.run.root, name), True, None
 
 
 def launched_run_dir() -> Path | None:
@@ -116,8 +138,15 @@ def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", 
         pinned = {**loaded.resolved["teacher"], "checkpoint": source["weights"]}
         teacher, source = resolve_teacher(from_dict({**loaded.resolved, "teacher": pinned}, "checkpoint"), data)
     module = build_module(recipe, loaded.resolved, data, teacher, source)
-    device_args = {k: v for k, v in recipe.trainer.items() if k in ("accelerator", "devices", "precision", "strategy")}
-    trainer = L.Trainer(**device_args, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    device_keys = ("accelerator", "devices", "num_nodes", "precision", "strategy")
+    device_args = with_strategy({k: v for k, v in recipe.trainer.items() if k in device_keys}, recipe.fsdp)
+    trainer = L.Trainer(
+        **device_args,
+        use_distributed_sampler=False,  # distill's loaders shard the data themselves
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
     run = trainer.validate if stage == "validate" else trainer.test
     (metrics,) = run(module, datamodule=data, ckpt_path=str(checkpoint), weights_only=True, verbose=False)
     return {k: float(v) for k, v in metrics.items()}

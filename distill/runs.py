@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from distill.config.schema import FSDPSettings
 from distill.errors import DistillError
 
 RECIPE_FILE = "recipe.yaml"
@@ -34,14 +36,44 @@ def new_run_dir(root: str, name: str) -> Path:
     return run_dir
 
 
+def external_launch() -> tuple[int, str] | None:
+    """(global rank, job name) when torchrun or SLURM started this process as one of several of a run (each runs
+    `distill fit` itself), else None. All of them agree on the job name without talking to each other."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in env:
+        if env["TORCHELASTIC_RUN_ID"] in ("", "none"):
+            raise DistillError(
+                "torchrun: give the run an id (--rdzv-id ID, or --standalone on one node): the processes name their "
+                "shared run folder after it"
+            )
+        return int(env["RANK"]), f"torchrun_{env['TORCHELASTIC_RUN_ID']}"
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        step = env.get("SLURM_STEP_ID", "0")
+        return int(env["SLURM_PROCID"]), f"slurm_{env['SLURM_JOB_ID']}.{step}"
+    return None
+
+
+def shared_run_dir(root: str, name: str, job: str, rank: int) -> Path:
+    """The run folder `root/name/<job>` of an externally launched run: made by rank 0, and refused when an earlier
+    run already wrote to it (ranks > 0 write nothing there)."""
+    run_dir = Path(root).expanduser() / name / job
+    if rank > 0:
+        return run_dir
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise DistillError(f"run folder {run_dir} already holds a run of job {job}: resume it with --resume {run_dir}")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DistillError(f"run.root: cannot create run folder {run_dir}: {exc.strerror}") from None
+    return run_dir
+
+
 def latest_run_dir(root: str, name: str) -> Path:
     parent = Path(root).expanduser() / name
-    versions = sorted(
-        (int(m.group(1)), p) for p in parent.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))
-    )
-    if not versions:
+    runs = [p for p in parent.glob("*") if (p / RECIPE_FILE).is_file()]  # version_N, or torchrun_/slurm_ job folders
+    if not runs:
         raise DistillError(f"--resume: no earlier run of '{name}' under {parent}")
-    return versions[-1][1]
+    return max(runs, key=lambda p: (p / RECIPE_FILE).stat().st_mtime_ns)
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -56,6 +88,13 @@ def last_checkpoint(run_dir: Path) -> Path:
     for reason in skipped:
         print(f"warning: {reason}; resuming from {chosen} instead")
     return chosen
+
+
+def is_global_zero() -> bool:
+    """False in the processes of ranks > 0 of a distributed run (Lightning records each process's rank)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def log_version(run_dir: Path) -> str:
@@ -83,11 +122,21 @@ def progress_bar(enabled: bool) -> list[Callback]:
     return []
 
 
+def with_strategy(trainer_args: dict[str, Any], fsdp: FSDPSettings | None = None) -> dict[str, Any]:
+    """The recipe's trainer arguments, with `strategy: fsdp` made distill's sharded strategy (see distill.fsdp)."""
+    if trainer_args.get("strategy") != "fsdp":
+        return dict(trainer_args)
+    from distill.fsdp import ShardedDistillation
+
+    return {**trainer_args, "strategy": ShardedDistillation(frozen=(fsdp or FSDPSettings()).frozen)}
+
+
 def make_trainer(
     trainer_args: dict[str, Any],
     run_dir: Path,
     monitor: tuple[str, str] = ("val/acc", "max"),
     callbacks: list[Callback] = (),
+    fsdp: FSDPSettings | None = None,
 ) -> L.Trainer:
     """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder."""
     checkpoint = ModelCheckpoint(
@@ -102,12 +151,17 @@ def make_trainer(
     )
     from distill.faults import AtomicCheckpointIO, KeepPrevious, StopOnNonFiniteLoss
 
-    args = dict(trainer_args)
+    args = with_strategy(trainer_args, fsdp)
     safety = [KeepPrevious(run_dir / CHECKPOINT_DIR), StopOnNonFiniteLoss()]
     own = [checkpoint, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
     try:
         return L.Trainer(
-            **args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own, plugins=[AtomicCheckpointIO()]
+            **args,
+            use_distributed_sampler=False,  # distill's loaders shard the data themselves (distill.data.sharding)
+            default_root_dir=run_dir,
+            logger=loggers(run_dir),
+            callbacks=own,
+            plugins=[AtomicCheckpointIO()],
         )
     except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:  # unknown or unusable strategy
         raise DistillError(f"trainer: {str(exc).strip().splitlines()[0]}") from None

@@ -15,6 +15,7 @@ from distill.checkpoints import atomic_save, extract_state_dict, load_weights, r
 from distill.config.load import LoadedRecipe, from_dict, plain, teacher_data
 from distill.config.schema import Recipe
 from distill.errors import DistillError
+from distill.runs import external_launch
 
 TEACHER_FILE = "teacher.pt"
 # A teacher trained first by `teacher.train` learns with the task named here (default: the recipe's own task).
@@ -38,13 +39,24 @@ def resolve_teacher(loaded: LoadedRecipe, data: Any, which: str = "teacher") -> 
     elif teacher.recipe is not None:
         weights = recipe_teacher_path(teacher)
         if not weights.is_file():
+            refuse_training_in_external_launch(which, weights)
             train_from_recipe(teacher, weights)
     else:
         weights = stored_teacher_path(loaded, which)
         if not weights.is_file():
+            refuse_training_in_external_launch(which, weights)
             train_teacher(loaded, weights, which)
     load_weights(model, weights, f"{which}.checkpoint")
     return model, {"model": dict(teacher.model), "weights": str(weights)}
+
+
+def refuse_training_in_external_launch(which: str, weights: Path) -> None:
+    """Every process of a torchrun/SLURM job would train the teacher at once: they need it trained beforehand."""
+    if external_launch() is not None:
+        raise DistillError(
+            f"{which}: not trained yet ({weights} is missing) and processes started by torchrun or SLURM do not train "
+            f"one: run `distill fit` once in a single process first, or give {which}.checkpoint"
+        )
 
 
 def recipe_teacher_path(teacher: Any) -> Path:

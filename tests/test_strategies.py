@@ -113,7 +113,8 @@ def test_two_ddp_processes_train_as_one_process_with_the_same_global_batch(tmp_p
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [
-        ("fsdp", "trainer: The strategy `fsdp` requires a GPU accelerator"),
+        # Lightning's FSDP1 variant (distill's `fsdp` is FSDP2 and runs here: tests/test_fsdp.py)
+        ("fsdp_cpu_offload", "trainer: The strategy `fsdp` requires a GPU accelerator"),
         ("deepspeed", "trainer: To use the `DeepSpeedStrategy`, you must have DeepSpeed installed"),
     ],
 )
@@ -156,3 +157,41 @@ def test_ddp_ranks_fill_disjoint_halves_of_the_teacher_cache(tmp_path):
         views = data.augmentation.view(data.train_set.images[indices], 0, epoch, indices)
         with torch.no_grad():
             torch.testing.assert_close(cache.read(epoch, indices), teacher(views), rtol=1e-5, atol=1e-5)
+
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+
+
+def torchrun(folder: Path, *args: str, run_id: str = "job7") -> subprocess.CompletedProcess:
+    launcher = [TORCHRUN, "--nnodes=1", "--nproc-per-node=2", f"--rdzv-id={run_id}", "--rdzv-backend=c10d"]
+    launcher += ["--rdzv-endpoint=127.0.0.1:0", "--role=distill"]
+    command = [*launcher, "-m", "distill", "fit", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=folder, timeout=300)
+
+
+def test_processes_started_by_torchrun_share_one_run_folder_named_after_the_job(tmp_path):
+    recipe = str(write_recipe(tmp_path))
+    ddp = ["--recipe", recipe, "data.batch_size=32", "trainer.devices=2", "trainer.strategy=ddp"]
+    done = torchrun(tmp_path, *ddp)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "runs" / "one").iterdir()] == ["torchrun_job7"]
+    run = tmp_path / "runs" / "one" / "torchrun_job7"
+    assert (run / "results.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert done.stdout.count("student accuracy") == 1
+    # the same job id again would write into a finished run: refused, and the run is left as it was
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    again = torchrun(tmp_path, *ddp)
+    assert again.returncode != 0
+    assert f"run folder {run} already holds a run of job torchrun_job7" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_processes_started_by_torchrun_do_not_train_a_missing_teacher(tmp_path):
+    recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
+    recipe["teacher"] = {"model": recipe["teacher"]["model"], "store": "teachers", "train": {}}
+    (tmp_path / "untrained.yaml").write_text(yaml.safe_dump(recipe))
+    done = torchrun(tmp_path, "--recipe", "untrained.yaml", "trainer.devices=2", "trainer.strategy=ddp")
+    assert done.returncode != 0
+    # each rank's one-line error (torchrun then prints its own failure report)
+    assert done.stderr.count("distill: error: teacher: not trained yet") == 2
+    assert not (tmp_path / "teachers").exists() and not any((tmp_path / "runs" / "one").iterdir())

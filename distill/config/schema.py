@@ -120,6 +120,15 @@ class SpeedSettings:
 
 
 @dataclass
+class FSDPSettings:
+    frozen: Literal["auto", "shard", "replicate"] = setting(
+        "auto",
+        "trainer.strategy fsdp: shard each frozen model (teacher) over the ranks, replicate it whole on each, or "
+        "auto: replicate when its weights take at most a quarter of one device's memory",
+    )
+
+
+@dataclass
 class AMUSettings:
     views: int = setting(10, "passes over the few-shot set whose features are cached (the first unaugmented)")
 
@@ -149,6 +158,7 @@ class Recipe:
     )
     amu: AMUSettings = setting(AMUSettings(), "amu: the few-shot feature cache")
     speed: SpeedSettings = setting(SpeedSettings(), "memory format and compilation (precision: trainer.precision)")
+    fsdp: FSDPSettings = setting(FSDPSettings(), "how `trainer.strategy: fsdp` lays out the frozen models")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
     scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")
@@ -164,6 +174,7 @@ RESERVED_TRAINER_KEYS = {
     "default_root_dir": "use run.root and run.name",
     "enable_checkpointing": "distill always writes last and best checkpoints",
     "plugins": "plugins are objects, which a recipe cannot build",
+    "use_distributed_sampler": "distill's loaders split the data over the ranks themselves",
 }
 
 # Shown when printed, so a recipe has no hidden Trainer defaults.

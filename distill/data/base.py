@@ -9,10 +9,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from distill.data.fewshot import few_shot
+from distill.data.sharding import EvalShardBatches, SeededShardSampler
 from distill.errors import DistillError
 from distill.registry import Registry
 
@@ -82,8 +82,7 @@ class SeededLoaders:
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
+            batch_sampler=EvalShardBatches(len(dataset), self.batch_size),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -160,27 +159,6 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
     @property
     def test_set(self) -> Dataset:
         return self._split(2)
-
-
-class SeededShardSampler(DistributedSampler):
-    """The training order: one permutation of the whole set drawn from the epoch's seed; with W processes, rank r
-    takes every W-th sample of it (from the r-th), so the ranks' k-th batches together are exactly the k-th batch of
-    a single process whose batch is W times larger. As DistributedSampler, the order is padded with its own start
-    to a multiple of W. The loader sets `epoch_seed` before each epoch; rank and world size come from
-    torch.distributed when it is initialized (else 0 and 1)."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
-        distributed = dist.is_available() and dist.is_initialized()
-        world = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
-        me = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        super().__init__(dataset, num_replicas=world, rank=me, shuffle=True, drop_last=False)
-        self.epoch_seed = 0
-
-    def __iter__(self) -> Any:
-        generator = torch.Generator().manual_seed(self.epoch_seed)
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()
-        order += order[: self.total_size - len(order)]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
 
 
 class EpochSeededLoader(DataLoader):

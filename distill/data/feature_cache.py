@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.data.base import EpochSeededLoader
 from distill.data.fewshot import dataset_labels
+from distill.data.sharding import SeededShardSampler
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]  # a batch of images -> one output per image
 
@@ -88,7 +89,11 @@ class CachedTrainingData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         samples = ViewOfEpoch(self.features, self._epoch)
         return EpochSeededLoader(
-            samples, batch_size=self.batch_size, shuffle=True, seed=self.seed, epoch_fn=self._epoch
+            samples,
+            batch_size=self.batch_size,
+            sampler=SeededShardSampler(samples),
+            seed=self.seed,
+            epoch_fn=self._epoch,
         )
 
     def val_dataloader(self) -> DataLoader:

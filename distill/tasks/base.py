@@ -91,6 +91,13 @@ class DistillationTask(L.LightningModule):
         ]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
 
+    def configure_model(self) -> None:
+        # Under distill's FSDP strategy (distill.fsdp) the student is sharded and the frozen models placed here,
+        # before the optimizer is built; other strategies have nothing to do.
+        shard_task = getattr(self.trainer.strategy, "shard_task", None)
+        if shard_task is not None:
+            shard_task(self)
+
     def on_fit_start(self) -> None:
         # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

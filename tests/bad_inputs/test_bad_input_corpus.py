@@ -172,11 +172,19 @@ CASES = [
         "trust_remote_code runs Python code from the model's repository; pass --allow-remote-code",
     ),
     (
-        "strategy that needs a GPU",
-        lambda f: ["--recipe", B, "trainer.strategy=fsdp", "trainer.devices=2"],
+        "strategy that needs a GPU",  # Lightning's FSDP1 (distill's own `fsdp` runs on CPU)
+        lambda f: ["--recipe", B, "trainer.strategy=fsdp_cpu_offload", "trainer.devices=2"],
         "requires a GPU accelerator",
     ),
+    ("unknown fsdp placement", lambda f: ["--recipe", B, "fsdp.frozen=half"], "'fsdp.frozen' must be one of"),
+    (
+        "torchrun without a run id",
+        lambda f: ["--recipe", B, "trainer.strategy=ddp"],
+        "torchrun: give the run an id",
+    ),
 ]
+# environment of a case, as its launcher would set it
+CASE_ENV = {"torchrun without a run id": {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "none"}}
 NAN_LINES = ['{"prompt": NaN, "chosen": "a", "rejected": "b"}']
 PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch pwned']\ndata: {name: digits}\n"
 
@@ -210,6 +218,8 @@ def test_the_corpus_is_large_enough():
 @pytest.mark.parametrize(("name", "make", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_one_line_naming_it(name, make, expected, folder, capsys, monkeypatch):
     monkeypatch.chdir(folder)
+    for key, value in CASE_ENV.get(name, {}).items():
+        monkeypatch.setenv(key, value)
     before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if "cache_bad" not in str(p))
     args = [str(folder / "BASE.yaml") if a == B else a for a in make(folder)]
     assert main(["fit", *args]) == 2
