@@ -56,12 +56,17 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [child for child in model.children() if any(True for _ in child.parameters())]
 
 
-def shard(model: nn.Module, mesh: Any) -> None:
-    from torch.distributed.fsdp import fully_shard
+def shard(model: nn.Module, mesh: Any, precision: str = "32-true") -> None:
+    """Shard `model`'s blocks, then the model. Under bf16-mixed the weights are gathered in bf16 (half the traffic;
+    autocast computes in bf16 anyway) and gradients reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    bf16 = precision == "bf16-mixed"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    options = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
     for unit in shard_units(model):
-        fully_shard(unit, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(unit, **options)
+    fully_shard(model, **options)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -101,15 +106,15 @@ class ShardedDistillation(ModelParallelStrategy):
         `configure_model`, before the optimizer is built. Safe to call again (test after fit)."""
         if is_sharded(task.student):
             return
-        mesh = self.device_mesh["data_parallel"]
-        shard(task.student, mesh)
+        mesh, precision = self.device_mesh["data_parallel"], str(self.precision_plugin.precision)
+        shard(task.student, mesh, precision)
         if any(p.requires_grad for p in task.terms.parameters()):
-            shard(task.terms, mesh)  # their gradients must be averaged over the ranks too
+            shard(task.terms, mesh, precision)  # their gradients must be averaged over the ranks too
         device_bytes = device_memory_bytes(self.root_device, self.num_processes)
         for name, model in task.frozen_models().items():
             self.placements[name] = resolve_placement(self.frozen, model, device_bytes)
             if self.placements[name] == "shard":
-                shard(model, mesh)
+                shard(model, mesh, precision)
         if self.global_rank == 0:
             laid_out = ", ".join(f"{name} {how}ed" for name, how in self.placements.items())
             gib = {name: weight_bytes(m) / 2**30 for name, m in task.frozen_models().items()}

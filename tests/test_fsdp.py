@@ -159,3 +159,42 @@ def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_sharded_or_in_one
     resumed_sharded, resumed_alone = load(runs / "fsdp" / "version_0"), load(runs / "copy" / "version_0")
     assert resumed_sharded["global_step"] == resumed_alone["global_step"] == 34
     assert_same_student(resumed_alone, resumed_sharded)
+
+
+def test_fsdp_shards_a_language_model_teacher_by_decoder_layer_and_trains_as_one_process(tmp_path):
+    llama = {"name": "llama", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    teacher = create_model(**llama, vocab_size=259, num_hidden_layers=2)  # the bytes tokenizer's 259 ids
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pt")
+    recipe = {
+        "task": "causal_lm",
+        "run": {"root": str(tmp_path / "runs"), "name": "one"},
+        "data": {"name": "text", "source": "python_stdlib", "tokenizer": "bytes", "seq_len": 32, "batch_size": 8},
+        "student": {**llama, "num_hidden_layers": 1},
+        "teacher": {"model": {**llama, "num_hidden_layers": 2}, "checkpoint": "teacher.pt"},
+        "loss": {"ce_weight": 0.5, "terms": {"token_kl": {"weight": 0.5}}},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "scheduler": {"name": "constant"},
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 6,
+            "limit_val_batches": 2,
+            "limit_test_batches": 2,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+        },
+    }
+    (tmp_path / "lm.yaml").write_text(json.dumps(recipe))
+    one = distill(tmp_path, "--recipe", "lm.yaml")
+    assert one.returncode == 0, one.stderr[-2000:]
+    sharded = ["run.name=fsdp", "data.batch_size=4", "trainer.devices=2", "trainer.strategy=fsdp", "fsdp.frozen=shard"]
+    fsdp = distill(tmp_path, "--recipe", "lm.yaml", *sharded)
+    assert fsdp.returncode == 0, fsdp.stderr[-2000:]
+    assert "teacher sharded" in fsdp.stdout
+    runs = tmp_path / "runs"
+    single, split = load(runs / "one" / "version_0"), load(runs / "fsdp" / "version_0")
+    assert single["global_step"] == split["global_step"] == 6
+    assert_same_student(single, split, tolerance=1e-4)
+    results = [json.loads((runs / n / "version_0" / "results.json").read_text())["test"] for n in ("one", "fsdp")]
+    for key in ("test/loss", "test/teacher_loss", "test/kl"):  # the same 16 test rows, gathered over the ranks
+        assert results[1][key] == pytest.approx(results[0][key], rel=1e-4)

@@ -128,7 +128,8 @@ def test_strategies_that_cannot_run_on_this_cpu_fail_in_one_line(tmp_path, strat
     assert not any((tmp_path / "runs" / "one").glob("version_*"))
 
 
-def test_ddp_ranks_fill_disjoint_halves_of_the_teacher_cache(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_ranks_fill_disjoint_halves_of_the_teacher_cache(tmp_path, strategy):
     from distill.data import CIFAR100DataModule
     from distill.data.synthetic import write_fake_cifar100
     from distill.teacher_cache import TeacherCache
@@ -144,7 +145,7 @@ def test_ddp_ranks_fill_disjoint_halves_of_the_teacher_cache(tmp_path):
     recipe["teacher"]["cache"] = "cache"
     recipe["trainer"]["max_epochs"] = 2
     (tmp_path / "cifar.yaml").write_text(yaml.safe_dump(recipe))
-    done = distill(tmp_path, "--recipe", "cifar.yaml", "trainer.devices=2", "trainer.strategy=ddp")
+    done = distill(tmp_path, "--recipe", "cifar.yaml", "trainer.devices=2", f"trainer.strategy={strategy}")
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     given = {k: v for k, v in meta.items() if k not in ("size", "num_classes", "top_k")}
