@@ -141,7 +141,7 @@ class ShardedDistillation(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(str(checkpoint_path)))
-        checkpoint = self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
+        checkpoint = self.checkpoint_io.load_checkpoint(path, weights_only=True)  # tensors and plain data only
         self.load_trainable_state(checkpoint["state_dict"], path)
         # no optimizers when testing: the states in the file are then left unused
         for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", []), strict=False):
