@@ -49,11 +49,12 @@ def resolve_placement(setting: FrozenPlacement, model: nn.Module, device_bytes: 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
     """The blocks sharded (and gathered) one at a time, before the model as a whole: a transformers model's
-    `_no_split_modules` layers, otherwise the top-level children that hold weights."""
+    `_no_split_modules` layers, otherwise the top-level children that are blocks of layers and hold weights. Single
+    layers directly under the model (a stem, a head) stay with the model's own group."""
     block_names = set(getattr(model, "_no_split_modules", None) or [])
     if block_names:
         return [m for m in model.modules() if type(m).__name__ in block_names]
-    return [child for child in model.children() if any(True for _ in child.parameters())]
+    return [c for c in model.children() if any(True for _ in c.children()) and any(True for _ in c.parameters())]
 
 
 def shard(model: nn.Module, mesh: Any, precision: str = "32-true") -> None:

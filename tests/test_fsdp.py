@@ -43,8 +43,9 @@ def test_shard_units_are_decoder_layers_or_top_level_children():
     )
     llama = LlamaForCausalLM(config)
     assert [type(m).__name__ for m in shard_units(llama)] == ["LlamaDecoderLayer"] * 3
-    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    assert shard_units(mlp) == [mlp[0], mlp[2]]  # the ReLU holds no weights
+    block = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+    cnn = torch.nn.Sequential(torch.nn.Linear(4, 4), block, torch.nn.Sequential(torch.nn.ReLU()), torch.nn.Linear(8, 2))
+    assert shard_units(cnn) == [block]  # single layers stay with the model; a block without weights is no unit
 
 
 class RecordLayout(Callback):

@@ -159,6 +159,8 @@ class EagleDraft(nn.Module):
         image_token_id: the target's image token (None: a text-only target).
     """
 
+    _no_split_modules = ["DraftLayer"]  # the block FSDP shards and gathers as one (transformers' convention)
+
     def __init__(self, shape: DraftShape, visual_pool: int = 1, image_token_id: int | None = None) -> None:
         super().__init__()
         if visual_pool < 1:
