@@ -22,6 +22,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling junk raises many kinds (UnpicklingError, EOFError, struct.error...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.split(". ")[0].rstrip(".")  # torch goes on with advice, such as loading with weights_only off
         raise DistillError(f"{what}: cannot read {path} (truncated, corrupt or not a weights file): {reason}") from None
     if not isinstance(data, dict):
         raise DistillError(f"{what}: {path} holds a {type(data).__name__}, not a state dict")

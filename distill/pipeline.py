@@ -93,6 +93,7 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     metrics = {k: float(v) for k, v in metrics.items()}
     if trainer.is_global_zero:
         (run_dir / RESULTS_FILE).write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
+    leave_process_group()
     return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
 
 
@@ -108,6 +109,14 @@ def run_folder(loaded: LoadedRecipe, resume: Path | None) -> tuple[Path, bool, P
         rank, job = launch
         return shared_run_dir(loaded.recipe.run.root, name, job, rank), rank == 0, None
     return new_run_dir(loaded.recipe.run.root, name), True, None
+
+
+def leave_process_group() -> None:
+    """At the end of a distributed run the ranks leave together: one that exits while another still holds a gloo
+    connection to it can make that one abort."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def launched_run_dir() -> Path | None:
@@ -149,6 +158,7 @@ def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", 
     )
     run = trainer.validate if stage == "validate" else trainer.test
     (metrics,) = run(module, datamodule=data, ckpt_path=str(checkpoint), weights_only=True, verbose=False)
+    leave_process_group()
     return {k: float(v) for k, v in metrics.items()}
 
 

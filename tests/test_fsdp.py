@@ -97,6 +97,9 @@ def train_two_steps(rank: int, folder: str, port: int, placement: str) -> None:
         callbacks=[RecordLayout(Path(folder) / f"rank{rank}.json")],
     )
     trainer.fit(module, DataLoader(data, batch_size=8))
+    # leave together: a rank that exits while the other still talks to it over gloo can abort it
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def free_port() -> int:
