@@ -117,10 +117,12 @@ class ShardedDistillation(ModelParallelStrategy):
             if self.placements[name] == "shard":
                 shard(model, mesh, precision)
         if self.global_rank == 0:
-            laid_out = ", ".join(f"{name} {how}ed" for name, how in self.placements.items())
-            gib = {name: weight_bytes(m) / 2**30 for name, m in task.frozen_models().items()}
-            sizes = ", ".join(f"{name} {size:.2f} GiB" for name, size in gib.items())
-            print(f"fsdp: {self.world_size} ranks; student sharded; {laid_out or 'no frozen model'} ({sizes})")
+            done = {"shard": "sharded", "replicate": "replicated"}
+            laid_out = [
+                f"{name} {done[how]} ({weight_bytes(getattr(task, name)) / 2**20:.1f} MiB)"
+                for name, how in self.placements.items()
+            ]
+            print(f"fsdp: {self.world_size} ranks; student sharded; {', '.join(laid_out) or 'no frozen model'}")
 
     # -- checkpoints: the student whole, in the single-process layout -------------------------------------------
     def trainable_state(self) -> dict[str, Any]:

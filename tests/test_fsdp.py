@@ -109,8 +109,10 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("placement", ["shard", "replicate"])
-def test_teacher_is_sharded_or_replicated_and_never_trained(tmp_path, placement):
+def test_teacher_is_sharded_or_replicated_and_never_trained(tmp_path, placement, capfd):
     mp.start_processes(train_two_steps, args=(str(tmp_path), free_port(), placement), nprocs=2, start_method="spawn")
+    said = {"shard": "teacher sharded (0.0 MiB)", "replicate": "teacher replicated (0.0 MiB)"}[placement]
+    assert capfd.readouterr().out.count(f"fsdp: 2 ranks; student sharded; {said}") == 1  # rank 0 says it once
     for rank in (0, 1):
         record = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert record["placements"] == {"teacher": placement}
