@@ -21,9 +21,10 @@ from distill.checkpoints import read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict, save_recipe
 from distill.config.schema import SpeedSettings
 from distill.errors import DistillError
-from distill.quiet import quiet_expected_messages
+from distill.quiet import quiet_expected_messages, release
 from distill.runs import (
     RECIPE_FILE,
+    build_trainer,
     external_launch,
     last_checkpoint,
     make_trainer,
@@ -83,6 +84,7 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     if hasattr(module, "training_data"):  # a task that trains on data of its own (amu: cached features)
         data = module.training_data(data)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes of the other ranks, if the strategy starts them, use it
+    release(trainer.device_info)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
         best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
@@ -149,13 +151,7 @@ def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", 
     module = build_module(recipe, loaded.resolved, data, teacher, source)
     device_keys = ("accelerator", "devices", "num_nodes", "precision", "strategy")
     device_args = with_strategy({k: v for k, v in recipe.trainer.items() if k in device_keys}, recipe.fsdp)
-    trainer = L.Trainer(
-        **device_args,
-        use_distributed_sampler=False,  # distill's loaders shard the data themselves
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = build_trainer(**device_args, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     run = trainer.validate if stage == "validate" else trainer.test
     (metrics,) = run(module, datamodule=data, ckpt_path=str(checkpoint), weights_only=True, verbose=False)
     leave_process_group()

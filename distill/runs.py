@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from distill.config.schema import FSDPSettings
 from distill.errors import DistillError
+from distill.quiet import held_back_info
 
 RECIPE_FILE = "recipe.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -154,14 +155,33 @@ def make_trainer(
     args = with_strategy(trainer_args, fsdp)
     safety = [KeepPrevious(run_dir / CHECKPOINT_DIR), StopOnNonFiniteLoss()]
     own = [checkpoint, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
-    try:
-        return L.Trainer(
-            **args,
-            use_distributed_sampler=False,  # distill's loaders shard the data themselves (distill.data.sharding)
-            default_root_dir=run_dir,
-            logger=loggers(run_dir),
-            callbacks=own,
-            plugins=[AtomicCheckpointIO()],
+    with held_back_info() as device_info:
+        trainer = build_trainer(
+            **args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own, plugins=[AtomicCheckpointIO()]
         )
+    trainer.device_info = device_info  # printed (distill.quiet.release) once the run's inputs have all been checked
+    return trainer
+
+
+def build_trainer(**args: Any) -> L.Trainer:
+    """`L.Trainer(**args)`, with settings it cannot use (an unknown strategy, DeepSpeed off CUDA...) answered in one
+    line. distill's loaders shard the data themselves (distill.data.sharding), so Lightning's sampler is off."""
+    try:
+        trainer = L.Trainer(**args, use_distributed_sampler=False)
     except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:  # unknown or unusable strategy
         raise DistillError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+    check_accelerator_fits(trainer)
+    return trainer
+
+
+def check_accelerator_fits(trainer: L.Trainer) -> None:
+    """Refuse now what Lightning would refuse only once training starts (with a traceback, after the run folder was
+    written): DeepSpeed off CUDA."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if isinstance(trainer.strategy, DeepSpeedStrategy) and not isinstance(trainer.accelerator, CUDAAccelerator):
+        accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+        raise DistillError(
+            f"trainer: DeepSpeed runs on CUDA GPUs only, and the accelerator is {accelerator}; use ddp or fsdp here"
+        )

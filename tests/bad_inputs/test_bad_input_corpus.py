@@ -6,8 +6,11 @@ the base recipe (a digits run with a teacher checkpoint) or from a recipe file w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +179,11 @@ CASES = [
         lambda f: ["--recipe", B, "trainer.strategy=fsdp_cpu_offload", "trainer.devices=2"],
         "requires a GPU accelerator",
     ),
+    (
+        "deepspeed without a GPU",
+        lambda f: ["--recipe", B, "trainer.strategy=deepspeed_stage_2"],
+        "on CUDA GPUs only" if importlib.util.find_spec("deepspeed") else "must have DeepSpeed installed",
+    ),
     ("unknown fsdp placement", lambda f: ["--recipe", B, "fsdp.frozen=half"], "'fsdp.frozen' must be one of"),
     (
         "torchrun without a run id",
@@ -233,3 +241,12 @@ def test_bad_input_exits_2_with_one_line_naming_it(name, make, expected, folder,
     assert not (folder / "pwned").exists()
     after = {str(p.relative_to(folder)) for p in folder.rglob("*")}
     assert set(before) <= after
+
+
+def test_a_refusal_after_the_trainer_is_built_prints_one_line_only(folder):
+    # in a real process Lightning's device lines would come first: they are held back until the inputs are checked
+    distill = str(Path(sys.executable).parent / "distill")
+    args = ["--recipe", str(folder / "BASE.yaml"), "teacher.checkpoint=/nope/teacher.pt"]
+    done = subprocess.run([distill, "fit", *args], capture_output=True, text=True, cwd=folder, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["distill: error: teacher.checkpoint: file not found: /nope/teacher.pt"]
