@@ -127,9 +127,8 @@ class ShardedDistillation(ModelParallelStrategy):
     # -- checkpoints: the student whole, in the single-process layout -------------------------------------------
     def trainable_state(self) -> dict[str, Any]:
         task = self.lightning_module
-        frozen = tuple(f"{name}." for name in task.frozen_models())
         # every rank walks the same keys in the same order: gathering a shard is a collective
-        return {k: full_copy(v) for k, v in task.state_dict().items() if not k.startswith(frozen)}
+        return {k: full_copy(v) for k, v in task.without_frozen(task.state_dict()).items()}
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         state = self.trainable_state()
@@ -155,8 +154,7 @@ class ShardedDistillation(ModelParallelStrategy):
 
     def load_trainable_state(self, state: dict[str, Any], path: Path) -> None:
         task = self.lightning_module
-        frozen = tuple(f"{name}." for name in task.frozen_models())
-        targets = {k: v for k, v in task.state_dict(keep_vars=True).items() if not k.startswith(frozen)}
+        targets = task.without_frozen(task.state_dict(keep_vars=True))
         missing, unexpected = sorted(targets.keys() - state.keys()), sorted(state.keys() - targets.keys())
         if missing or unexpected:
             raise ValueError(f"{path}: does not fit this student (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -157,9 +157,12 @@ class DistillationTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- checkpoints: student only ----------------------------------------------------------------------------------
+    def without_frozen(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` (this module's state dict) without the frozen models' entries."""
+        return drop_teacher_keys(state, prefix=tuple(f"{name}." for name in self.frozen_names))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        for name in self.frozen_names:
-            checkpoint["state_dict"] = drop_teacher_keys(checkpoint["state_dict"], prefix=f"{name}.")
+        checkpoint["state_dict"] = self.without_frozen(checkpoint["state_dict"])
         checkpoint["distill"] = {"teacher": self.teacher_source, "recipe": self.recipe}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -11,6 +11,6 @@ def freeze(teacher: nn.Module) -> nn.Module:
     return teacher.eval()
 
 
-def drop_teacher_keys(state_dict: dict, prefix: str = "teacher.") -> dict:
-    """The state dict without the teacher's entries: checkpoints hold the student only."""
+def drop_teacher_keys(state_dict: dict, prefix: str | tuple[str, ...] = "teacher.") -> dict:
+    """The state dict without the entries under `prefix` (one or several): checkpoints hold the student only."""
     return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
