@@ -24,18 +24,16 @@ from distill.errors import DistillError
 from distill.quiet import quiet_expected_messages, release
 from distill.runs import (
     RECIPE_FILE,
+    RUN_DIR_ENV,
     build_trainer,
-    external_launch,
     last_checkpoint,
     make_trainer,
-    new_run_dir,
-    shared_run_dir,
+    run_folder,
     with_strategy,
 )
 from distill.teachers import reference_path, resolve_teacher
 
 RESULTS_FILE = "results.json"
-RUN_DIR_ENV = "DISTILL_RUN_DIR"  # tells the processes started for the other ranks which run folder is theirs
 
 
 @dataclass
@@ -63,7 +61,7 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     checkpoint = last_checkpoint(resume) if resume is not None else None
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     data = prepare_data(loaded)
-    run_dir, fresh, inherited = run_folder(loaded, resume)
+    run_dir, fresh, inherited = run_folder(recipe.run.root, recipe.run.name or loaded.name, resume)
     try:
         # built first: constructing it checks the trainer settings before any teacher is trained
         trainer = make_trainer(
@@ -99,32 +97,12 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
 
 
-def run_folder(loaded: LoadedRecipe, resume: Path | None) -> tuple[Path, bool, Path | None]:
-    """(the run's folder, whether this process made it just now, the folder when Lightning's launcher started this
-    process for a rank > 0)."""
-    inherited = launched_run_dir()  # a process Lightning started for another rank of a run: that run's folder
-    if resume is not None or inherited is not None:
-        return resume or inherited, False, inherited
-    name = loaded.recipe.run.name or loaded.name
-    launch = external_launch()
-    if launch is not None:  # torchrun or SLURM started every rank: one folder named after the job
-        rank, job = launch
-        return shared_run_dir(loaded.recipe.run.root, name, job, rank), rank == 0, None
-    return new_run_dir(loaded.recipe.run.root, name), True, None
-
-
 def leave_process_group() -> None:
     """At the end of a distributed run the ranks leave together: one that exits while another still holds a gloo
     connection to it can make that one abort."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-
-
-def launched_run_dir() -> Path | None:
-    """In a process that Lightning's launcher started for rank > 0 of a run, the folder rank 0 made for it."""
-    path = os.environ.get(RUN_DIR_ENV)
-    return Path(path) if path and int(os.environ.get("LOCAL_RANK", "0")) > 0 else None
 
 
 def recipe_of_checkpoint(path: Path) -> dict[str, Any]:

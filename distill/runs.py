@@ -19,6 +19,7 @@ from distill.quiet import held_back_info
 
 RECIPE_FILE = "recipe.yaml"
 CHECKPOINT_DIR = "checkpoints"
+RUN_DIR_ENV = "DISTILL_RUN_DIR"  # tells the processes started for the other ranks which run folder is theirs
 
 
 def new_run_dir(root: str, name: str) -> Path:
@@ -67,6 +68,25 @@ def shared_run_dir(root: str, name: str, job: str, rank: int) -> Path:
     except OSError as exc:
         raise DistillError(f"run.root: cannot create run folder {run_dir}: {exc.strerror}") from None
     return run_dir
+
+
+def run_folder(root: str, name: str, resume: Path | None) -> tuple[Path, bool, Path | None]:
+    """(the run's folder, whether this process made it just now, the folder when Lightning's launcher started this
+    process for a rank > 0)."""
+    inherited = launched_run_dir()  # a process Lightning started for another rank of a run: that run's folder
+    if resume is not None or inherited is not None:
+        return resume or inherited, False, inherited
+    launch = external_launch()
+    if launch is not None:  # torchrun or SLURM started every rank: one folder named after the job
+        rank, job = launch
+        return shared_run_dir(root, name, job, rank), rank == 0, None
+    return new_run_dir(root, name), True, None
+
+
+def launched_run_dir() -> Path | None:
+    """In a process that Lightning's launcher started for rank > 0 of a run, the folder rank 0 made for it."""
+    path = os.environ.get(RUN_DIR_ENV)
+    return Path(path) if path and int(os.environ.get("LOCAL_RANK", "0")) > 0 else None
 
 
 def latest_run_dir(root: str, name: str) -> Path:
