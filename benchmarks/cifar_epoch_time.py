@@ -25,9 +25,9 @@ from lightning.pytorch.callbacks import Callback
 
 from distill.config import from_dict
 from distill.data.synthetic import write_fake_cifar100
+from distill.engine.pipeline import fit
+from distill.engine.quiet import quiet_expected_messages
 from distill.models import create_model
-from distill.pipeline import fit
-from distill.quiet import quiet_expected_messages
 
 PROTOCOL_EPOCHS, CIFAR_TRAIN = 240, 50_000
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from distill.draft_run import load_draft_run
-from distill.speculative import evaluate_speculative
+from distill.analysis.draft_run import load_draft_run
+from distill.generate.speculative import evaluate_speculative
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# fsdp is distill's FSDP2 strategy (distill.fsdp); fsdp_cpu_offload is Lightning's FSDP1
+# fsdp is distill's FSDP2 strategy (distill.engine.fsdp); fsdp_cpu_offload is Lightning's FSDP1
 STRATEGIES = ["auto", "ddp", "fsdp", "fsdp_cpu_offload", "deepspeed_stage_2", "deepspeed_stage_3"]
 
 

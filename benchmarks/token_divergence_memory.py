@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 
-from distill.memory import CHUNK, HIDDEN, METHODS, measure
+from distill.analysis.memory import CHUNK, HIDDEN, METHODS, measure
 
 SIZES = [(512, 32000), (1024, 32000), (2048, 32000), (4096, 32000)]
 DIVERGENCES = ["forward_kl", "jsd"]

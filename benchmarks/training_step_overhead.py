@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
+from distill.engine.quiet import quiet_expected_messages
 from distill.models import create_model
-from distill.quiet import quiet_expected_messages
 from distill.tasks.classification import DistillationModule
 from losses import KDLoss
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from distill.analysis import divergence_curves, reliability
+from distill.analysis.predictions import divergence_curves, reliability
 
 
 def test_reliability_bins_and_expected_calibration_error():

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from distill.build import build_datamodule, build_model, build_terms
 from distill.cli import main
-from distill.compare import is_comparison, load_comparison
 from distill.config import bundled_recipes, load_recipe
+from distill.engine.compare import is_comparison, load_comparison
+from distill.engine.wiring import build_datamodule, build_model, build_terms
 from distill.models import create_model
 
 # Values a template recipe leaves as ??? for the user to give.

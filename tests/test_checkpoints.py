@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import distill.checkpoints as checkpoints
-from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
+import distill.models.weights as checkpoints
 from distill.errors import DistillError
 from distill.models import create_model
+from distill.models.weights import atomic_save, extract_state_dict, load_weights, read_checkpoint
 
 RAN: list[str] = []  # what unpickled payloads executed
 

@@ -16,10 +16,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from distill.config import load_recipe
+from distill.engine.faults import AtomicCheckpointIO
+from distill.engine.pipeline import fit
+from distill.engine.runs import last_checkpoint
 from distill.errors import DistillError
-from distill.faults import AtomicCheckpointIO
-from distill.pipeline import fit
-from distill.runs import last_checkpoint
 
 DISTILL = str(Path(sys.executable).parent / "distill")
 
@@ -130,7 +130,7 @@ def test_a_nan_in_amu_names_its_terms(tmp_path):
 def stopped_message(module, loss: torch.Tensor) -> str:
     from types import SimpleNamespace
 
-    from distill.faults import StopOnNonFiniteLoss
+    from distill.engine.faults import StopOnNonFiniteLoss
 
     trainer = SimpleNamespace(global_step=5, current_epoch=1, default_root_dir="/nonexistent")
     with pytest.raises(DistillError) as stopped:

@@ -1,4 +1,4 @@
-"""`trainer.strategy: fsdp` (distill.fsdp, FSDP2 over gloo on this CPU): the student is sharded, each frozen model
+"""`trainer.strategy: fsdp` (engine.fsdp, FSDP2 over gloo on this CPU): the student is sharded, each frozen model
 sharded or replicated, the teacher never gets gradients or optimizer state, and checkpoints are student-only files
 that a sharded run and a single process both resume from."""
 
@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from distill.fsdp import ShardedDistillation, resolve_placement, shard_units, weight_bytes
+from distill.engine.fsdp import ShardedDistillation, resolve_placement, shard_units, weight_bytes
 from distill.models import create_model
 from distill.tasks.classification import DistillationModule
 from losses import KDLoss

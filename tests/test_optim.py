@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill.config.schema import OptimizerSettings, SchedulerSettings
-from distill.optim import build_optimizer, build_scheduler, lr_factor
+from distill.engine.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def factors(settings: SchedulerSettings, steps: int, steps_per_epoch: int, total_steps: int, base_lr: float = 0.1):

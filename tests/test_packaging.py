@@ -49,7 +49,7 @@ def test_wheel_contents(wheel: Path) -> None:
         scripts = configparser.ConfigParser()
         scripts.read_string(archive.read(entry_points).decode())
     assert "recipes/quickstart_digits.yaml" in names
-    assert {"losses/__init__.py", "distill/__init__.py", "distill/cli.py"} <= names
+    assert {"losses/__init__.py", "distill/__init__.py", "distill/cli/__init__.py"} <= names
     assert {"distill/data/__init__.py", "distill/models/__init__.py", "distill/config/__init__.py"} <= names
     assert scripts["console_scripts"]["distill"].strip() == "distill.cli:main"
     assert not any(n.startswith("tests/") for n in names)

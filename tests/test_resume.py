@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from distill.cli import main
 from distill.config import load_recipe
-from distill.pipeline import fit
+from distill.engine.pipeline import fit
 
 
 class StopAfterEpochs(Callback):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import distill.speculative as speculative
+import distill.generate.speculative as speculative
+from distill.generate.speculative import evaluate_speculative, greedy_decode, speculative_decode
 from distill.models import create_model
 from distill.models.draft import EagleDraft
-from distill.speculative import evaluate_speculative, greedy_decode, speculative_decode
 
 V = 61
 

@@ -7,8 +7,8 @@ import torch
 
 from distill.config import from_dict
 from distill.data.synthetic import write_fake_cifar100
+from distill.engine.pipeline import fit
 from distill.models import create_model
-from distill.pipeline import fit
 from tests.test_teacher_cache import cifar_recipe, train_losses
 
 

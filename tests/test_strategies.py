@@ -135,7 +135,7 @@ def test_strategies_that_cannot_run_on_this_cpu_fail_in_one_line(tmp_path, strat
 def test_ranks_fill_disjoint_halves_of_the_teacher_cache(tmp_path, strategy):
     from distill.data import CIFAR100DataModule
     from distill.data.synthetic import write_fake_cifar100
-    from distill.teacher_cache import TeacherCache
+    from distill.teachers.output_cache import TeacherCache
 
     recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
     write_fake_cifar100(tmp_path / "data", n_train=128, n_test=32, seed=0)

@@ -12,10 +12,10 @@ from lightning.pytorch.callbacks import Callback
 
 from distill.config import from_dict
 from distill.data.synthetic import write_fake_cifar100
+from distill.engine.pipeline import fit
 from distill.errors import DistillError
 from distill.models import create_model
-from distill.pipeline import fit
-from distill.teacher_cache import TeacherCache
+from distill.teachers.output_cache import TeacherCache
 from tests.helpers import FAST_TRAINER
 
 META = {"teacher": "t", "data": "d"}

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import distill.teachers as teachers
-from distill.checkpoints import read_checkpoint
+import distill.teachers.resolve as teachers
 from distill.config import LoadedRecipe, from_dict
 from distill.config.schema import TeacherSettings
+from distill.engine.pipeline import prepare_data
 from distill.models import create_model
-from distill.pipeline import prepare_data
-from distill.teachers import resolve_teacher, stored_teacher_path, teacher_key
+from distill.models.weights import read_checkpoint
+from distill.teachers.resolve import resolve_teacher, stored_teacher_path, teacher_key
 from tests.helpers import tiny_recipe
 
 
@@ -188,7 +188,7 @@ def test_teacher_can_train_on_other_data_settings_than_the_student(tmp_path):
 def test_recipe_teachers_are_keyed_by_their_settings_not_by_sections_left_at_defaults():
     """A teacher run by its own recipe (`teacher.recipe`) is stored under a key of that run's settings; sections at
     their schema defaults are left out, so a section added to the schema later keeps stored teachers reusable."""
-    from distill.teachers import recipe_teacher_path
+    from distill.teachers.resolve import recipe_teacher_path
 
     def key(overrides: list[str]) -> str:
         return recipe_teacher_path(TeacherSettings(recipe="dpo_tiny", overrides=overrides)).parent.name

@@ -38,7 +38,7 @@ def check_component(checker: Checker, kind: type, value: dict, path: str) -> dic
 
 
 def _loss_term(checker: Checker, value: dict, path: str) -> dict[str, Any]:
-    from distill.losses_registry import LOSSES
+    from distill.tasks.loss_terms import LOSSES
 
     key = path.rsplit(".", 1)[-1]
     loss_name = value.get("loss", key)

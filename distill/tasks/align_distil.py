@@ -10,7 +10,7 @@ from torch import nn
 
 from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
 from distill.tasks.dpo import pair_logps
-from distill.tasks.teacher import freeze
+from distill.tasks.frozen import freeze
 from losses import AlignDistilLoss
 
 Batch = dict[str, torch.Tensor]

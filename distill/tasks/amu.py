@@ -12,7 +12,7 @@ from torch import nn
 from distill.data.feature_cache import CachedTrainingData, FewShotFeatures
 from distill.models.features import feature_extractor
 from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
-from distill.tasks.teacher import freeze
+from distill.tasks.frozen import freeze
 from losses import AMULogitBias, AMULoss
 
 BRANCHES = ("acc", "zero_shot_acc", "aux_acc")  # accuracy of the AMU prediction, CLIP alone, the auxiliary head alone

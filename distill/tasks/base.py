@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
-from distill.tasks.teacher import drop_teacher_keys, freeze
+from distill.tasks.frozen import drop_teacher_keys, freeze
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
@@ -92,7 +92,7 @@ class DistillationTask(L.LightningModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
 
     def configure_model(self) -> None:
-        # Under distill's FSDP strategy (distill.fsdp) the student is sharded and the frozen models placed here,
+        # Under distill's FSDP strategy (distill.engine.fsdp) the student is sharded and the frozen models placed here,
         # before the optimizer is built; other strategies have nothing to do.
         shard_task = getattr(self.trainer.strategy, "shard_task", None)
         if shard_task is not None:

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.tasks.base import DistillationTask, LossTerms, OptimizerFactory, SchedulerFactory
-from distill.teacher_cache import TeacherCache
+from distill.teachers.output_cache import TeacherCache
 
 
 class DistillationModule(DistillationTask):

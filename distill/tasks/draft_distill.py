@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from distill.generate.speculative import evaluate_speculative, prompts_from_rows
 from distill.models.draft import EagleDraft
-from distill.speculative import evaluate_speculative, prompts_from_rows
 from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
 from distill.tasks.causal_lm import vision_inputs
 from losses import DraftDistillLoss

@@ -12,7 +12,7 @@ import yaml
 
 from distill.cli import main
 from distill.config import load_recipe
-from distill.teachers import stored_teacher_path
+from distill.teachers.resolve import stored_teacher_path
 from tests.helpers import tiny_recipe, write_recipe
 
 DISTILL = str(Path(sys.executable).parent / "distill")
@@ -83,7 +83,7 @@ def test_recipes_and_losses_are_listed(capsys):
 
 
 def test_help_comes_from_docstrings(capsys):
-    from distill.cli import cmd_fit
+    from distill.cli.main import cmd_fit
 
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])

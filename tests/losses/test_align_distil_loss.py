@@ -304,6 +304,6 @@ def test_constructor_defaults_and_registry_name() -> None:
         AlignDistilLoss, ["beta", "beta2", "temperature", "variant"]
     )
     assert [p.default for p in params] == [0.1, 10.0, 1.0, "adaptive"]
-    from distill.losses_registry import LOSSES
+    from distill.tasks.loss_terms import LOSSES
 
     assert LOSSES.get("align_distil") is AlignDistilLoss

@@ -203,6 +203,6 @@ def test_invalid_arguments_and_shapes_raise_value_error() -> None:
 def test_constructor_defaults_and_registered_as_the_dpo_objective() -> None:
     params = contract.assert_constructor_annotated_and_documented(DPOLoss, ["beta"])
     assert [p.default for p in params] == [0.1]
-    from distill.losses_registry import LOSSES
+    from distill.tasks.loss_terms import LOSSES
 
     assert LOSSES.get("dpo") is DPOLoss  # the objective of `task: dpo` recipes (not a teacher-student logit term)

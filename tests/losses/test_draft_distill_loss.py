@@ -222,6 +222,6 @@ def test_shape_mismatches_raise_value_error_naming_the_shapes() -> None:
 def test_constructor_defaults_and_registry_name() -> None:
     params = contract.assert_constructor_annotated_and_documented(DraftDistillLoss, ["ce_weight", "feature_weight"])
     assert [p.default for p in params] == [0.1, 1.0]
-    from distill.losses_registry import LOSSES
+    from distill.tasks.loss_terms import LOSSES
 
     assert LOSSES.get("draft_distill") is DraftDistillLoss

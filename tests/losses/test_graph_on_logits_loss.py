@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from distill.losses_registry import LOSSES
+from distill.tasks.loss_terms import LOSSES
 from losses import GraphOnLogitsLoss, zscore
 from losses.graph_on_logits import sorted_l1, topk_transform, weighted_degrees
 from tests.losses.contract import (

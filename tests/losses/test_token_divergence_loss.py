@@ -263,6 +263,6 @@ def test_constructor_defaults_and_registry_name() -> None:
         TokenDivergenceLoss, ["divergence", "beta", "temperature", "ignore_index", "chunk_size"]
     )
     assert [p.default for p in params] == ["forward_kl", 0.5, 1.0, -100, None]
-    from distill.losses_registry import LOSSES
+    from distill.tasks.loss_terms import LOSSES
 
     assert LOSSES.get("token_kl") is TokenDivergenceLoss

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoints import load_weights
 from distill.models import MODELS, create_model
+from distill.models.weights import load_weights
 
 ZOO = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.build import build_model
 from distill.config.components import INJECTED_MODEL_ARGS
 from distill.data import CaptionsDataModule, create_datamodule
+from distill.engine.wiring import build_model
 from distill.errors import DistillError
 from distill.models import create_model
 from tests.config.recipe_texts import load_error

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from distill.build import build_module
 from distill.config import from_dict
 from distill.data.feature_cache import ViewOfEpoch
-from distill.pipeline import fit, prepare_data
-from distill.teachers import resolve_teacher, stored_teacher_path
+from distill.engine.pipeline import fit, prepare_data
+from distill.engine.wiring import build_module
+from distill.teachers.resolve import resolve_teacher, stored_teacher_path
 from losses.amu import class_means
 from tests.helpers import FAST_TRAINER
 

@@ -8,11 +8,11 @@ import csv
 import pytest
 import torch
 
-from distill.checkpoints import read_checkpoint
 from distill.config import from_dict
+from distill.engine.pipeline import fit
 from distill.models import create_model
 from distill.models.draft import EagleDraft
-from distill.pipeline import fit
+from distill.models.weights import read_checkpoint
 from distill.tasks.draft_distill import DraftDistillModule
 from losses import DraftDistillLoss
 from tests.helpers import FAST_TRAINER
@@ -137,7 +137,7 @@ def test_a_vlm_target_trains_the_draft_on_pooled_visual_tokens_and_text_labels_o
 
 def test_an_output_that_differs_from_greedy_is_reported_loudly(monkeypatch):
     import distill.tasks.draft_distill as task
-    from distill.speculative import SpeculativeReport
+    from distill.generate.speculative import SpeculativeReport
 
     module = tiny_module()
     monkeypatch.setattr(module, "held_out_prompts", lambda: [{"input_ids": torch.ones(1, 4, dtype=torch.long)}])

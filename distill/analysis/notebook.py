@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from distill.runs import new_run_dir
+from distill.engine.runs import new_run_dir
 
 OUT_ENV = "DISTILL_NOTEBOOK_OUT"
 

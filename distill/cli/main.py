@@ -23,7 +23,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
     """
     from distill.config import load_recipe, to_yaml
-    from distill.runs import RECIPE_FILE, is_global_zero, last_checkpoint, latest_run_dir
+    from distill.engine.runs import RECIPE_FILE, is_global_zero, last_checkpoint, latest_run_dir
 
     resume_dir = None
     if args.resume is not None:
@@ -43,8 +43,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.print:
         print(to_yaml(loaded.resolved), end="")
         return
-    from distill.pipeline import fit
-    from distill.report import print_summary
+    from distill.cli.report import print_summary
+    from distill.engine.pipeline import fit
 
     result = fit(loaded, resume=resume_dir)
     if is_global_zero():  # once, not once per rank
@@ -54,8 +54,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace, stage: str) -> None:
     from distill.config import from_dict, load_recipe
     from distill.config.load import apply_overrides
-    from distill.pipeline import evaluate, recipe_of_checkpoint
-    from distill.runs import is_global_zero
+    from distill.engine.pipeline import evaluate, recipe_of_checkpoint
+    from distill.engine.runs import is_global_zero
 
     checkpoint = Path(args.checkpoint)
     if args.recipe is not None:
@@ -83,7 +83,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     Overrides apply to the comparison's base recipe, e.g. `trainer.max_epochs=5`.
     """
-    from distill.compare import load_comparison, print_comparison, run_comparison
+    from distill.engine.compare import load_comparison, print_comparison, run_comparison
 
     comparison, variants, path = load_comparison(args.recipe, args.overrides)
     folder, results = run_comparison(comparison, variants, path, seeds=args.seeds)
@@ -100,7 +100,7 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 def cmd_losses(args: argparse.Namespace) -> None:
     """List the loss terms a recipe can use under `loss.terms`, with their arguments and defaults."""
-    from distill.losses_registry import LOSSES
+    from distill.tasks.loss_terms import LOSSES
 
     for name, cls in LOSSES.items():
         summary = (inspect.getdoc(cls) or "").splitlines()[0]

@@ -10,13 +10,13 @@ from typing import Any
 import yaml
 from torch import nn
 
-from distill.build import build_datamodule
-from distill.checkpoints import extract_state_dict, read_checkpoint
 from distill.config import from_dict
+from distill.engine.runs import RECIPE_FILE
+from distill.engine.wiring import build_datamodule
+from distill.generate.speculative import prompts_from_rows
 from distill.models import create_model
-from distill.runs import RECIPE_FILE
-from distill.speculative import prompts_from_rows
-from distill.teachers import resolve_teacher
+from distill.models.weights import extract_state_dict, read_checkpoint
+from distill.teachers.resolve import resolve_teacher
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from distill.analysis import Reliability
+from distill.analysis.predictions import Reliability
 
 
 def _pyplot() -> Any:

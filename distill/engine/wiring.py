@@ -9,15 +9,15 @@ from typing import Any
 
 from torch import nn
 
-from distill.checkpoints import load_weights
 from distill.config.schema import LossSettings, Recipe
 from distill.data import ClassificationDataModule, create_datamodule
+from distill.engine.optim import build_optimizer, build_scheduler
 from distill.errors import DistillError
-from distill.losses_registry import LOSSES
 from distill.models import create_model
-from distill.optim import build_optimizer, build_scheduler
+from distill.models.weights import load_weights
 from distill.tasks.base import DistillationTask
 from distill.tasks.classification import DistillationModule
+from distill.tasks.loss_terms import LOSSES
 
 
 def build_datamodule(spec: dict[str, Any]) -> ClassificationDataModule:
@@ -61,7 +61,7 @@ def build_module(
     if recipe.task == "draft_distill":
         return build_draft_module(recipe, resolved, data, teacher, teacher_source)
     if recipe.task == "amu":
-        from distill.build_amu import build_amu_module
+        from distill.tasks.amu_build import build_amu_module
 
         objective = only_term(recipe, "amu")
         return build_amu_module(
@@ -117,7 +117,7 @@ def build_module(
         from distill.tasks.causal_lm import CausalLMDistillationModule
 
         return CausalLMDistillationModule(**common)
-    from distill.cache_setup import open_teacher_cache
+    from distill.teachers.cache_setup import open_teacher_cache
 
     cache = open_teacher_cache(recipe, data, teacher_source) if teacher is not None else None
     return DistillationModule(

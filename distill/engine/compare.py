@@ -20,8 +20,8 @@ from rich.table import Table
 from distill.config.load import LoadedRecipe, from_dict, locate, merge_overrides, read_yaml, to_plain
 from distill.config.schema import setting
 from distill.config.validate import Checker
+from distill.engine.runs import new_run_dir
 from distill.errors import RecipeError
-from distill.runs import new_run_dir
 
 SUMMARY_FILE = "summary.json"
 
@@ -60,7 +60,7 @@ def run_comparison(
     comparison: Comparison, variants: dict[str, LoadedRecipe], path: Path, seeds: list[int] | None = None
 ) -> tuple[Path, dict[str, list[dict[str, float]]]]:
     """Fit every variant for every seed in one comparison folder; return it and the test metrics by variant."""
-    from distill.pipeline import fit
+    from distill.engine.pipeline import fit
 
     seeds = seeds or comparison.seeds
     first = next(iter(variants.values())).recipe

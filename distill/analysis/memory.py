@@ -90,10 +90,10 @@ def worker(tokens: int, vocab: int, method: str, divergence: str) -> None:
 def measure(tokens: int, vocab: int, method: str, divergence: str) -> dict:
     """Peak extra memory (MiB), time (s) and loss of one forward + backward, measured in a fresh process."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    args = [sys.executable, "-m", "distill.memory", str(tokens), str(vocab), method, divergence]
+    args = [sys.executable, "-m", "distill.analysis.memory", str(tokens), str(vocab), method, divergence]
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-if __name__ == "__main__":  # a worker: python -m distill.memory N V METHOD DIVERGENCE
+if __name__ == "__main__":  # a worker: python -m distill.analysis.memory N V METHOD DIVERGENCE
     worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -8,7 +8,7 @@ from typing import Any
 from distill.config.schema import Recipe
 from distill.data.device_images import source_of
 from distill.errors import DistillError
-from distill.teacher_cache import TeacherCache, file_sha256, tensor_sha256
+from distill.teachers.output_cache import TeacherCache, file_sha256, tensor_sha256
 
 
 def open_teacher_cache(recipe: Recipe, data: Any, teacher_source: dict[str, Any] | None) -> TeacherCache | None:

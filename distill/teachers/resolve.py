@@ -10,12 +10,12 @@ from typing import Any
 
 from torch import nn
 
-from distill.build import build_model
-from distill.checkpoints import atomic_save, extract_state_dict, load_weights, read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict, plain, teacher_data
 from distill.config.schema import Recipe
+from distill.engine.runs import external_launch
+from distill.engine.wiring import build_model
 from distill.errors import DistillError
-from distill.runs import external_launch
+from distill.models.weights import atomic_save, extract_state_dict, load_weights, read_checkpoint
 
 TEACHER_FILE = "teacher.pt"
 # A teacher trained first by `teacher.train` learns with the task named here (default: the recipe's own task).
@@ -80,7 +80,7 @@ def recipe_teacher_path(teacher: Any) -> Path:
 def train_from_recipe(teacher: Any, weights: Path) -> None:
     """Run `teacher.recipe` as an ordinary run and keep its best student as the teacher."""
     from distill.config.load import load_recipe
-    from distill.pipeline import fit
+    from distill.engine.pipeline import fit
 
     print(f"No stored teacher for recipe {teacher.recipe} {' '.join(teacher.overrides)}: running it first")
     run = load_recipe(teacher.recipe, [*teacher.overrides, f"run.root={weights.parent}", "run.name=train"])
@@ -143,7 +143,7 @@ def teacher_recipe(loaded: LoadedRecipe, run_root: Path, which: str = "teacher")
 
 def train_teacher(loaded: LoadedRecipe, weights: Path, which: str = "teacher") -> None:
     """Train the teacher with the same machinery as any run, then keep its best weights at `weights`."""
-    from distill.pipeline import fit  # the teacher run is an ordinary run
+    from distill.engine.pipeline import fit  # the teacher run is an ordinary run
 
     print(f"No stored teacher for these settings: training it first ({weights.parent})")
     result = fit(teacher_recipe(loaded, weights.parent, which))

@@ -16,13 +16,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from distill.build import MONITOR, build_datamodule, build_module
-from distill.checkpoints import read_checkpoint
 from distill.config.load import LoadedRecipe, from_dict, save_recipe
 from distill.config.schema import SpeedSettings
-from distill.errors import DistillError
-from distill.quiet import quiet_expected_messages, release
-from distill.runs import (
+from distill.engine.quiet import quiet_expected_messages, release
+from distill.engine.runs import (
     RECIPE_FILE,
     RUN_DIR_ENV,
     build_trainer,
@@ -31,7 +28,10 @@ from distill.runs import (
     run_folder,
     with_strategy,
 )
-from distill.teachers import reference_path, resolve_teacher
+from distill.engine.wiring import MONITOR, build_datamodule, build_module
+from distill.errors import DistillError
+from distill.models.weights import read_checkpoint
+from distill.teachers.resolve import reference_path, resolve_teacher
 
 RESULTS_FILE = "results.json"
 

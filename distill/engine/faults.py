@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from distill.checkpoints import atomic_save, read_checkpoint
 from distill.errors import DistillError
+from distill.models.weights import atomic_save, read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from distill.config.schema import FSDPSettings
+from distill.engine.quiet import held_back_info
 from distill.errors import DistillError
-from distill.quiet import held_back_info
 
 RECIPE_FILE = "recipe.yaml"
 CHECKPOINT_DIR = "checkpoints"
@@ -99,7 +99,7 @@ def latest_run_dir(root: str, name: str) -> Path:
 
 def last_checkpoint(run_dir: Path) -> Path:
     """The checkpoint to resume from: last.ckpt, or when it cannot be read, the previous one kept beside it."""
-    from distill.faults import PREVIOUS_CHECKPOINT, readable_checkpoint
+    from distill.engine.faults import PREVIOUS_CHECKPOINT, readable_checkpoint
 
     folder = run_dir / CHECKPOINT_DIR
     path = folder / "last.ckpt"
@@ -144,10 +144,10 @@ def progress_bar(enabled: bool) -> list[Callback]:
 
 
 def with_strategy(trainer_args: dict[str, Any], fsdp: FSDPSettings | None = None) -> dict[str, Any]:
-    """The recipe's trainer arguments, with `strategy: fsdp` made distill's sharded strategy (see distill.fsdp)."""
+    """The recipe's trainer arguments, with `strategy: fsdp` made distill's sharded strategy (engine.fsdp)."""
     if trainer_args.get("strategy") != "fsdp":
         return dict(trainer_args)
-    from distill.fsdp import ShardedDistillation
+    from distill.engine.fsdp import ShardedDistillation
 
     return {**trainer_args, "strategy": ShardedDistillation(frozen=(fsdp or FSDPSettings()).frozen)}
 
@@ -170,7 +170,7 @@ def make_trainer(
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    from distill.faults import AtomicCheckpointIO, KeepPrevious, StopOnNonFiniteLoss
+    from distill.engine.faults import AtomicCheckpointIO, KeepPrevious, StopOnNonFiniteLoss
 
     args = with_strategy(trainer_args, fsdp)
     safety = [KeepPrevious(run_dir / CHECKPOINT_DIR), StopOnNonFiniteLoss()]

@@ -12,9 +12,9 @@ from torch.utils.data import Dataset, Subset
 
 from distill.config.schema import Recipe
 from distill.data.feature_cache import compute_features
+from distill.engine.optim import build_optimizer
 from distill.errors import DistillError
 from distill.models.features import feature_extractor
-from distill.optim import build_optimizer
 from distill.tasks.base import DistillationTask
 from losses import AMULogitBias
 

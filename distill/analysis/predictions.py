@@ -1,5 +1,5 @@
 """What the notebooks (and users) look at after a run: predictions of a trained student, calibration, and how the
-distillation losses respond as a student moves away from its teacher. No plotting here (see distill.plots)."""
+distillation losses respond as a student moves away from its teacher. No plotting here (see distill.analysis.plots)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distill.build import build_datamodule, build_model
-from distill.checkpoints import extract_state_dict, load_weights, read_checkpoint
 from distill.config import load_recipe
-from distill.runs import RECIPE_FILE
+from distill.engine.runs import RECIPE_FILE
+from distill.engine.wiring import build_datamodule, build_model
+from distill.models.weights import extract_state_dict, load_weights, read_checkpoint
 from losses import DKDLoss, KDLoss, PlackettLuceLoss, TokenDivergenceLoss, ZScoreKDLoss
 
 

@@ -1,0 +1,1 @@
+"""Generation with a trained draft: greedy speculative decoding (lossless) and its measurement."""
