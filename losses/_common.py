@@ -105,3 +105,19 @@ def batch_mean(per_sample: torch.Tensor, valid: torch.Tensor | None = None) -> t
         return per_sample.sum() / max(per_sample.numel(), 1)
     total = torch.where(valid, per_sample, 0.0).sum()
     return total / valid.sum().clamp(min=1).to(per_sample.dtype)
+
+
+def as_mask(mask: torch.Tensor, shape: tuple[int, ...], name: str = "mask") -> torch.Tensor:
+    """`mask` as a bool tensor of `shape`. Bool, integer and floating masks are accepted as long as they hold only
+    0 and 1 (code in the EAGLE lineage passes float loss masks); any other value (0.5, 2, -1, NaN) is refused with a
+    ValueError naming it, rather than silently read as "set"."""
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} {tuple(mask.shape)} does not match the (B, T) {tuple(shape)} of its logits")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype.is_complex:
+        raise ValueError(f"{name} must be bool, integer or float 0/1, got {mask.dtype}")
+    stray = (mask != 0) & (mask != 1)
+    if bool(stray.any()):
+        raise ValueError(f"{name} must hold only 0 and 1 (bool, integer or float), got {mask[stray][0].item()!r}")
+    return mask != 0

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses._common import batch_mean, check_positive, compute_dtype, kl_rows
+from losses._common import as_mask, batch_mean, check_positive, compute_dtype, kl_rows
+from losses.consumes import OBJECTIVE, Consumes
 
 __all__ = ["ALPHA_FLOOR", "AlignDistilLoss", "AlignDistilVariant", "adaptive_coefficient"]
 
@@ -127,10 +128,13 @@ class AlignDistilLoss(nn.Module):
 
     Shapes:
         student_logits: (B, T, V), any float dtype. dpo_logits, second_logits: (B, T, V), detached here.
-        mask: (B, T) bool or integer, set at the response positions to distil. The logits must already be ALIGNED
-            with the tokens they predict (the caller shifts them); the authors leave out the first response token.
+        mask: (B, T) bool, integer or float 0/1, set at the response positions to distil. The logits must already be
+            ALIGNED with the tokens they predict (the caller shifts them); the authors leave out the first response
+            token.
         Returns a scalar.
     """
+
+    consumes = Consumes(OBJECTIVE)
 
     def __init__(
         self,
@@ -151,16 +155,12 @@ class AlignDistilLoss(nn.Module):
         return f"beta={self.beta}, beta2={self.beta2}, temperature={self.temperature}, variant={self.variant!r}"
 
     @staticmethod
-    def _check(student: torch.Tensor, dpo: torch.Tensor, second: torch.Tensor, mask: torch.Tensor) -> None:
+    def _check(student: torch.Tensor, dpo: torch.Tensor, second: torch.Tensor) -> None:
         if student.dim() != 3:
             raise ValueError(f"student logits must be (B, T, V), got {tuple(student.shape)}")
         for name, teacher in (("DPO", dpo), ("second model's", second)):
             if teacher.shape != student.shape:
                 raise ValueError(f"{name} logits {tuple(teacher.shape)} != student logits {tuple(student.shape)}")
-        if mask.shape != student.shape[:2]:
-            raise ValueError(f"mask {tuple(mask.shape)} does not match the student logits {tuple(student.shape)}")
-        if mask.dtype.is_floating_point or mask.dtype.is_complex:
-            raise ValueError(f"mask must be bool or integer, got {mask.dtype}")
 
     def teacher_distribution(
         self, dpo_rows: torch.Tensor, second_rows: torch.Tensor
@@ -180,9 +180,9 @@ class AlignDistilLoss(nn.Module):
         second_logits: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        self._check(student_logits, dpo_logits, second_logits, mask)
+        self._check(student_logits, dpo_logits, second_logits)
         dtype = compute_dtype(student_logits)
-        valid = mask.bool()  # (B, T)
+        valid = as_mask(mask, student_logits.shape[:2])  # (B, T)
         counts = valid.sum(dim=-1)  # (B,) masked positions per sequence
         batch_index = valid.nonzero()[:, 0]  # (N,) the sequence of each masked position
         dpo_rows, second_rows = dpo_logits[valid].to(dtype), second_logits[valid].to(dtype)  # (N, V) each

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import check_int, check_non_negative, check_target, compute_dtype, zscore
+from losses.consumes import OBJECTIVE, Consumes
 
 __all__ = ["AMULogitBias", "AMULoss", "amu_uncertainty", "class_means"]
 
@@ -138,6 +139,8 @@ class AMULoss(nn.Module):
     Shapes:
         fused_logits, aux_logits: (B, C); target: (B,) class indices. Returns a scalar.
     """
+
+    consumes = Consumes(OBJECTIVE)
 
     def __init__(self, lam: float = 0.35) -> None:
         super().__init__()

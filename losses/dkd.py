@@ -30,6 +30,7 @@ from losses._common import (
     prepare_logits,
     zscore,
 )
+from losses.consumes import CLASS_LOGITS, Consumes
 
 __all__ = ["DKDLoss", "decoupled_log_probs"]
 
@@ -79,6 +80,8 @@ class DKDLoss(nn.Module):
         at 1 / warmup_epochs, not 0); fractional values are allowed. None: no warm-up factor (1).
         Returns a scalar, the unweighted term averaged over the batch.
     """
+
+    consumes = Consumes(CLASS_LOGITS, extra=("epoch",))
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import batch_mean, check_int, check_positive, compute_dtype
+from losses.consumes import OBJECTIVE, Consumes
 
 __all__ = ["DPOLoss", "implicit_rewards", "sequence_logps"]
 
@@ -78,6 +79,8 @@ class DPOLoss(nn.Module):
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: (B,) each.
         Returns a scalar, the mean over the pairs.
     """
+
+    consumes = Consumes(OBJECTIVE)
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__()

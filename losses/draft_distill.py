@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses._common import check_non_negative, prepare_logits
+from losses._common import as_mask, check_non_negative, prepare_logits
+from losses.consumes import OBJECTIVE, Consumes
 
 __all__ = ["MASK_EPS", "DraftDistillLoss"]
 
@@ -48,10 +49,13 @@ class DraftDistillLoss(nn.Module):
         draft_logits, target_logits: (B, T, V), any float dtype; the LM head applied to the draft's and the target's
             features.
         draft_hidden, target_hidden: (B, T, H), the draft's predicted and the target's real last hidden states.
-        mask: (B, T) bool or integer, set at the response tokens to distil (not prompt, image tokens or padding).
+        mask: (B, T) bool, integer or float 0/1, set at the response tokens to distil (not prompt, image tokens or
+            padding).
         Position t of the draft must already be ALIGNED with position t of the targets (the caller shifts).
         Returns a scalar (`parts`: two scalars).
     """
+
+    consumes = Consumes(OBJECTIVE)
 
     def __init__(self, ce_weight: float = 0.1, feature_weight: float = 1.0) -> None:
         super().__init__()
@@ -69,7 +73,6 @@ class DraftDistillLoss(nn.Module):
         target_logits: torch.Tensor,
         draft_hidden: torch.Tensor,
         target_hidden: torch.Tensor,
-        mask: torch.Tensor,
     ) -> None:
         if draft_logits.dim() != 3 or draft_hidden.dim() != 3:
             raise ValueError(
@@ -84,10 +87,6 @@ class DraftDistillLoss(nn.Module):
             raise ValueError(
                 f"hidden states {tuple(draft_hidden.shape)} and logits {tuple(draft_logits.shape)} differ in (B, T)"
             )
-        if mask.shape != draft_logits.shape[:2]:
-            raise ValueError(f"mask {tuple(mask.shape)} is not the (B, T) of the logits {tuple(draft_logits.shape)}")
-        if mask.dtype.is_floating_point or mask.dtype.is_complex:
-            raise ValueError(f"mask must be bool or integer, got {mask.dtype}")
 
     def parts(
         self,
@@ -98,8 +97,8 @@ class DraftDistillLoss(nn.Module):
         mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The unweighted (CE, SmoothL1) scalars, each divided by `mask.sum() + MASK_EPS`; same arguments as forward."""
-        self._check(draft_logits, target_logits, draft_hidden, target_hidden, mask)
-        valid = mask.bool()  # (B, T)
+        self._check(draft_logits, target_logits, draft_hidden, target_hidden)
+        valid = as_mask(mask, draft_logits.shape[:2])  # (B, T)
         # the masked rows only, in the compute dtype, the target detached: (N, V) and (N, H) for N masked positions
         draft_rows, target_rows = prepare_logits(draft_logits[valid], target_logits[valid])
         draft_feats, target_feats = prepare_logits(draft_hidden[valid], target_hidden[valid])

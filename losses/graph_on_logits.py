@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses._common import batch_mean, check_flag, check_int, compute_dtype
+from losses._common import as_mask, batch_mean, check_flag, check_int, compute_dtype
+from losses.consumes import SEQUENCE_LOGITS, Consumes
 
 __all__ = ["GraphOnLogitsLoss", "Transform", "sorted_l1", "topk_transform", "weighted_degrees"]
 
@@ -106,11 +107,6 @@ def sorted_l1(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (s - t).abs().sum(dim=-1)
 
 
-def _check_mask(mask: torch.Tensor | None, logits: torch.Tensor, name: str) -> None:
-    if mask is not None and mask.shape != logits.shape[:2]:
-        raise ValueError(f"{name} {tuple(mask.shape)} does not match the (B, T) of its logits {tuple(logits.shape)}")
-
-
 class GraphOnLogitsLoss(nn.Module):
     """Graph-on-Logits Distillation: sorted L1 between the weighted degrees of teacher and student logit graphs.
 
@@ -137,9 +133,12 @@ class GraphOnLogitsLoss(nn.Module):
 
     Shapes:
         student_logits: (B, Ts, Vs); teacher_logits: (B, Tt, Vt).
-        student_mask: (B, Ts), teacher_mask: (B, Tt): True/1 at the positions to distill, or None for all.
+        student_mask: (B, Ts), teacher_mask: (B, Tt): 1 at the positions to distill (bool, integer or float 0/1),
+            or None for all.
         Returns a scalar, the unweighted term averaged over the samples.
     """
+
+    consumes = Consumes(SEQUENCE_LOGITS)
 
     def __init__(self, top_k: int = 10, transform: Transform = "zscore", normalize: bool = True) -> None:
         super().__init__()
@@ -168,8 +167,10 @@ class GraphOnLogitsLoss(nn.Module):
             raise ValueError(
                 f"batch sizes differ: student {student_logits.shape[0]}, teacher {teacher_logits.shape[0]}"
             )
-        _check_mask(student_mask, student_logits, "student_mask")
-        _check_mask(teacher_mask, teacher_logits, "teacher_mask")
+        if student_mask is not None:
+            student_mask = as_mask(student_mask, student_logits.shape[:2], "student_mask")
+        if teacher_mask is not None:
+            teacher_mask = as_mask(teacher_mask, teacher_logits.shape[:2], "teacher_mask")
         teacher = teacher_logits.detach().to(compute_dtype(student_logits))
         f_s = weighted_degrees(
             *topk_transform(student_logits, self.top_k, self.transform), student_mask, self.normalize

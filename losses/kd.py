@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import batch_mean, check_flag, check_positive, kl_rows, prepare_logits, zscore
+from losses.consumes import CLASS_LOGITS, Consumes
 
 __all__ = ["KDLoss", "check_positive"]
 
@@ -28,6 +29,8 @@ class KDLoss(nn.Module):
         student_logits: (B, C); teacher_logits: (B, C); target: ignored (accepted so all logit losses share a call).
         Returns a scalar, the unweighted term averaged over the batch.
     """
+
+    consumes = Consumes(CLASS_LOGITS)
 
     def __init__(self, temperature: float = 4.0, standardize: bool = False) -> None:
         super().__init__()

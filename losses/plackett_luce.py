@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from losses._common import batch_mean, check_int, check_positive, check_target, prepare_logits
+from losses.consumes import CLASS_LOGITS, Consumes
 
 __all__ = ["PlackettLuceLoss", "teacher_ranking"]
 
@@ -50,6 +51,8 @@ class PlackettLuceLoss(nn.Module):
         student_logits: (B, C); teacher_logits: (B, C); target: (B,) integer labels (required).
         Returns a scalar, the unweighted term averaged over the samples that are not ignored.
     """
+
+    consumes = Consumes(CLASS_LOGITS)
 
     def __init__(self, temperature: float = 1.0, ignore_index: int = -100) -> None:
         super().__init__()

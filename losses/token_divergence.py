@@ -29,6 +29,7 @@ from torch import nn
 
 from losses._common import check_int
 from losses.chunked import fused_masked_sum_and_count, masked_sum_and_count
+from losses.consumes import TOKEN_LOGITS, Consumes
 
 __all__ = ["DIVERGENCES", "PAD_MASS_TOLERANCE", "DivergenceName", "TokenDivergenceLoss", "token_divergence_rows"]
 
@@ -197,6 +198,8 @@ class TokenDivergenceLoss(nn.Module):
         `logits[:, :-1]` with `labels[:, 1:]`. Any leading shape works, e.g. (N, V) logits with (N,) labels.
         Returns a scalar: the mean per-token divergence over the valid tokens.
     """
+
+    consumes = Consumes(TOKEN_LOGITS)
 
     def __init__(
         self,

@@ -291,8 +291,8 @@ def test_shape_mismatches_raise_value_error() -> None:
         loss_fn(x, x, torch.zeros(2, 4, 5), mask)
     with pytest.raises(ValueError, match="mask"):
         loss_fn(x, x, x, torch.ones(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="bool or integer"):
-        loss_fn(x, x, x, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        loss_fn(x, x, x, torch.full((2, 3), 0.5))
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
         loss_fn(torch.zeros(6, 5), torch.zeros(6, 5), torch.zeros(6, 5), torch.ones(6, dtype=torch.bool))
     with pytest.raises(ValueError, match="second model"):

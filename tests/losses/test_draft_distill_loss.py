@@ -211,7 +211,7 @@ def test_shape_mismatches_raise_value_error_naming_the_shapes() -> None:
         ((z, z, h, torch.zeros(2, 3, 3), mask), r"target hidden \(2, 3, 3\) != draft hidden \(2, 3, 4\)"),
         ((z, z, torch.zeros(2, 4, 4), torch.zeros(2, 4, 4), mask), r"\(2, 4, 4\) and logits \(2, 3, 5\)"),
         ((z, z, h, h, torch.ones(2, 4, dtype=torch.bool)), r"mask \(2, 4\)"),
-        ((z, z, h, h, torch.ones(2, 3)), "bool or integer"),
+        ((z, z, h, h, torch.full((2, 3), 2.0)), "only 0 and 1"),
         ((z[0], z[0], h[0], h[0], mask[0]), r"\(B, T, V\)"),
     ]
     for args, message in cases:

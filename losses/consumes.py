@@ -1,0 +1,51 @@
+"""What a loss consumes, declared on its class (`consumes = Consumes(...)`), so that a training loop can feed any
+loss without reading its signature, and can refuse a loss it has nothing to feed with.
+
+The kinds, each with the call it stands for:
+
+- `CLASS_LOGITS`: `loss(student_logits (B, C), teacher_logits (B, C), target (B,))`, one distribution per sample.
+- `TOKEN_LOGITS`: `loss(student_logits (B, T, V), teacher_logits (B, T, V'), labels (B, T))`, one distribution per
+  position, both models reading the same tokens (the same tokenizer); `labels` is -100 where a position is not
+  distilled (prompt, padding).
+- `SEQUENCE_LOGITS`: `loss(student_logits (B, T, V), teacher_logits (B, T', V'), student_mask (B, T),
+  teacher_mask (B, T'))`, each side over its own positions and vocabulary (tokenizers may differ).
+- `OBJECTIVE`: the whole objective of one kind of training (DPO, AlignDistil, draft distillation, AMU), called with
+  arguments of its own.
+
+`extra` names keyword inputs a loss takes beyond its kind's, e.g. `("epoch",)` for a warm-up over epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLASS_LOGITS = "class_logits"
+TOKEN_LOGITS = "token_logits"
+SEQUENCE_LOGITS = "sequence_logits"
+OBJECTIVE = "objective"
+
+# The positional inputs after (student_logits, teacher_logits) of each kind.
+KIND_INPUTS: dict[str, tuple[str, ...]] = {
+    CLASS_LOGITS: ("target",),
+    TOKEN_LOGITS: ("labels",),
+    SEQUENCE_LOGITS: ("student_mask", "teacher_mask"),
+}
+
+KIND_DESCRIPTIONS = {
+    CLASS_LOGITS: "class logits with labels",
+    TOKEN_LOGITS: "token logits of one tokenizer with a label mask",
+    SEQUENCE_LOGITS: "per-position logits with a mask on each side (any tokenizers)",
+    OBJECTIVE: "the whole objective of a task",
+}
+
+
+@dataclass(frozen=True)
+class Consumes:
+    """What a loss's `forward` takes: one of the kinds above, plus `extra` keyword inputs."""
+
+    kind: str
+    extra: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KIND_DESCRIPTIONS:
+            raise ValueError(f"kind must be one of {sorted(KIND_DESCRIPTIONS)}, got {self.kind!r}")
