@@ -1,4 +1,4 @@
-"""GLD (methods.md section 6) against Gromov-Wasserstein on small co-activation graphs, measured side by side.
+"""GLD (docs/methods.md, section 6) against Gromov-Wasserstein on small co-activation graphs, measured side by side.
 
     python benchmarks/gld_vs_gromov_wasserstein.py [--pairs 20] [--seed 0]
 

@@ -75,6 +75,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def remove(self, name: str) -> T:
+        """Take `name` out again (tests that register an entry of their own); returns the entry."""
+        return self._entries.pop(name)
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 

@@ -1,4 +1,4 @@
-"""Pieces shared by the logit losses, written once (style.md item 3): argument checks, the fp32 compute dtype with a
+"""Pieces shared by the logit losses, written once: argument checks, the fp32 compute dtype with a
 detached teacher, logit standardization, the per-row KL divergence and the (masked) batch mean."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check_target(logits: torch.Tensor, target: torch.Tensor | None, loss: str) -
 
 
 def zscore(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Standardize logits per sample over the last (class) dim: `(l - mean) / (std + eps)` (methods.md section 2).
+    """Standardize logits per sample over the last (class) dim: `(l - mean) / (std + eps)` (docs/methods.md, section 2).
 
     The std is the unbiased one (divide by C - 1, `torch.std`'s default), as the authors' code uses; `eps` is added
     to the std, not the variance. `torch.std` has a zero (not NaN) backward for a constant row, which then maps to

@@ -1,5 +1,5 @@
 """AlignDistil (Zhang et al., ACL 2025): token-level alignment as distillation from a teacher composed of DPO models;
-methods.md section 7, following the authors' released trainers (`aligndistil_offpolicy_trainer.py`,
+docs/methods.md, section 7, following the authors' released trainers (`aligndistil_offpolicy_trainer.py`,
 `aligndistil_trainer.py` in songmzhang/AlignDistil, OpenRLHF based).
 
 Per response position, from the logits `z_dpo` of the DPO model and `z_2` of a second model (the reverse-DPO model or
@@ -24,7 +24,7 @@ __all__ = ["ALPHA_FLOOR", "AlignDistilLoss", "AlignDistilVariant", "adaptive_coe
 
 AlignDistilVariant = Literal["adaptive", "fixed", "fixed_adaptive"]
 
-# Added to every adaptive coefficient (methods.md section 7; `tvd * beta2 + 1e-3` in the authors' code): keeps
+# Added to every adaptive coefficient (docs/methods.md, section 7; `tvd * beta2 + 1e-3` in the authors' code): keeps
 # `beta / alpha_t` finite where the two models agree.
 ALPHA_FLOOR = 1e-3
 
@@ -32,7 +32,7 @@ ALPHA_FLOOR = 1e-3
 def adaptive_coefficient(
     dpo_logits: torch.Tensor, second_logits: torch.Tensor, beta2: float, temperature: float = 1.0
 ) -> torch.Tensor:
-    """`alpha_t = beta2 * sum_v |p_dpo - p_2| + 1e-3` per position (methods.md section 7), without gradient.
+    """`alpha_t = beta2 * sum_v |p_dpo - p_2| + 1e-3` per position (docs/methods.md, section 7), without gradient.
 
     `p = softmax(logits / temperature)`; the L1 distance lies in [0, 2] and is not clipped, so `alpha_t` lies in
     `[1e-3, 2 * beta2 + 1e-3]`. `AlignDistilLoss` calls this at temperature 1, as section 7 and the authors' code do
@@ -92,7 +92,8 @@ class AlignDistilLoss(nn.Module):
     """AlignDistil's per-token reverse KL to a teacher composed of a DPO model and a second model.
 
     At each response position t (where `mask` is set), with `z_dpo`, `z_2` the two frozen models' logits, each
-    variant builds teacher logits `z*` and a weight `c_t` (methods.md section 7; the authors' `--reward_boost_type`):
+    variant builds teacher logits `z*` and a weight `c_t` (docs/methods.md, section 7; the authors'
+    `--reward_boost_type`):
 
     - `"adaptive"` (default; `aligndistil`): AlignDistil itself. `z_2` is the REVERSE-DPO model.
       `alpha_t = beta2 * sum_v |p_dpo - p_rev| + 1e-3`, `z* = z_dpo + alpha_t * (z_dpo - z_rev)` (token-adaptive

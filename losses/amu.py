@@ -1,4 +1,4 @@
-"""AMU-Tuning (Tang et al., CVPR 2024), methods.md section 9: a logit bias for few-shot CLIP learned on the
+"""AMU-Tuning (Tang et al., CVPR 2024), docs/methods.md, section 9: a logit bias for few-shot CLIP learned on the
 features of an auxiliary model, fused with CLIP's zero-shot logits by a confidence factor.
 
 `AMULogitBias` is the trainable head (a bias-free linear classifier on normalized auxiliary features, initialized to

@@ -1,4 +1,4 @@
-"""Masked, chunked per-token losses with the gradient computed in the forward pass (style.md item 3: written once).
+"""Masked, chunked per-token losses with the gradient computed in the forward pass (written once).
 
 A per-token loss over a vocabulary (`RowLoss`: student rows, teacher rows -> per-row loss and its closed-form
 gradient w.r.t. the student rows) is run here over the positions whose label is not `ignore_index`, a chunk of tokens

@@ -1,4 +1,4 @@
-"""Decoupled Knowledge Distillation, DKD (Zhao et al., CVPR 2022); methods.md section 4.
+"""Decoupled Knowledge Distillation, DKD (Zhao et al., CVPR 2022); docs/methods.md, section 4.
 
 Checked against the authors' code (megvii-research/mdistiller, `mdistiller/distillers/DKD.py`, and its copy with
 logit standardization in sunshangquan/logit-standardization-KD). Deliberate differences, none of which changes the

@@ -1,5 +1,5 @@
 """Direct preference optimization (Rafailov et al., 2023), the loss that trains AlignDistil's DPO and reverse-DPO
-teachers; methods.md section 7 (last paragraph).
+teachers; docs/methods.md, section 7 (last paragraph).
 
 Not a teacher-student logit term: the policy's and the frozen reference's summed response log-probabilities come in
 (`sequence_logps` computes them from logits), one scalar comes out.
@@ -63,7 +63,7 @@ def implicit_rewards(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: 
 
 
 class DPOLoss(nn.Module):
-    """The sigmoid DPO loss on summed response log-probabilities (methods.md section 7):
+    """The sigmoid DPO loss on summed response log-probabilities (docs/methods.md, section 7):
 
     `L = mean_B -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`
 

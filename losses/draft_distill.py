@@ -1,4 +1,4 @@
-"""Online draft distillation for speculative decoding (SpecVLM, 2025; EAGLE lineage); methods.md section 8.
+"""Online draft distillation for speculative decoding (SpecVLM, 2025; EAGLE lineage); docs/methods.md, section 8.
 
 A one-layer draft predicts the frozen target model's next last hidden state `f_{t+1}`; both go through the target's
 frozen LM head. The draft is trained on `ce_weight * CE + feature_weight * SmoothL1`: the soft cross-entropy from the
@@ -16,7 +16,7 @@ from losses.consumes import OBJECTIVE, Consumes
 
 __all__ = ["MASK_EPS", "DraftDistillLoss"]
 
-# Added to the number of masked positions in both parts' denominators (methods.md section 8, as in SpecVLM/EAGLE):
+# Added to the number of masked positions in both parts' denominators (docs/methods.md, section 8, as in SpecVLM/EAGLE):
 # an all-masked batch gives 0 / 1e-5 = 0, not 0 / 0.
 MASK_EPS = 1e-5
 

@@ -1,4 +1,4 @@
-"""Graph-on-Logits Distillation, GLD (InfiGFusion, 2025); methods.md section 6.
+"""Graph-on-Logits Distillation, GLD (InfiGFusion, 2025); docs/methods.md, section 6.
 
 Per sequence, the kept (top-k, transformed) logits of each position define a co-activation graph over the vocabulary,
 `A = sum_t m_t z~_t z~_t^T / n`. GLD compares the teacher's and the student's graphs through their sorted weighted
@@ -129,7 +129,8 @@ class GraphOnLogitsLoss(nn.Module):
         top_k: channels kept per position (>= 1); a vocabulary smaller than this keeps all its channels.
         transform: applied per position over the vocabulary before the top-k: "zscore" (default, the paper's),
             "softmax" (probabilities: nonnegative graph) or "none" (raw logits).
-        normalize: divide each graph by its number of valid positions (methods.md step 2); False keeps the sum.
+        normalize: divide each graph by its number of valid positions (docs/methods.md, section 6, step 2); False
+            keeps the sum.
 
     Shapes:
         student_logits: (B, Ts, Vs); teacher_logits: (B, Tt, Vt).

@@ -1,4 +1,4 @@
-"""Vanilla knowledge distillation (Hinton et al., 2015); methods.md section 1, with the optional logit
+"""Vanilla knowledge distillation (Hinton et al., 2015); docs/methods.md, section 1, with the optional logit
 standardization of section 2."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Plackett-Luce Distillation, PLD (Bassam, Zhu, Bian, 2025); methods.md section 3."""
+"""Plackett-Luce Distillation, PLD (Bassam, Zhu, Bian, 2025); docs/methods.md, section 3."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token-level divergences between a teacher and a student language model; methods.md section 5.
+"""Token-level divergences between a teacher and a student language model; docs/methods.md, section 5.
 
 Forward KL, reverse KL, generalized JSD(beta) and total variation distance per token over the vocabulary, masked to
 the positions being distilled and normalized by the number of valid tokens. Masking, normalization and chunking live
@@ -64,7 +64,7 @@ def _reverse_kl(log_s: torch.Tensor, log_t: torch.Tensor, beta: float) -> tuple[
 
 
 def _jsd(log_s: torch.Tensor, log_t: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if beta == 0.0:  # m = p_s: the mixture formula is 0; methods.md defines this end as forward KL
+    if beta == 0.0:  # m = p_s: the mixture formula is 0; docs/methods.md, section 5, defines this end as forward KL
         return _forward_kl(log_s, log_t, beta)
     if beta == 1.0:  # m = p_t: likewise reverse KL
         return _reverse_kl(log_s, log_t, beta)
@@ -158,7 +158,7 @@ class TokenDivergenceLoss(nn.Module):
     - `reverse_kl`: `KL(p_s || p_t)` (mode seeking).
     - `jsd`: generalized Jensen-Shannon, `beta KL(p_t || m) + (1 - beta) KL(p_s || m)`, `m = beta p_t + (1 - beta)
       p_s`, as in GKD (Agarwal et al., 2024). The mixture formula tends to 0 at both ends, so beta = 0 is computed as
-      forward KL and beta = 1 as reverse KL (methods.md section 5). For 0 < beta < 1 its value lies in
+      forward KL and beta = 1 as reverse KL (docs/methods.md, section 5). For 0 < beta < 1 its value lies in
       `[0, h(beta)]`, `h(beta) = -beta log beta - (1 - beta) log(1 - beta) <= log 2`.
     - `tvd`: total variation distance `1/2 sum |p_t - p_s|`, in [0, 1].
 

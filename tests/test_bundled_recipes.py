@@ -10,8 +10,9 @@ import pytest
 from distill.cli import main
 from distill.config import bundled_recipes, load_recipe
 from distill.engine.compare import is_comparison, load_comparison
-from distill.engine.wiring import build_datamodule, build_model, build_terms
-from distill.models import create_model
+from distill.engine.wiring import create_data
+from distill.models import create_model, model_for_data
+from distill.tasks.loss_terms import build_terms
 
 # Values a template recipe leaves as ??? for the user to give.
 REQUIRED_BY_TEMPLATES = {
@@ -61,16 +62,16 @@ def check_builds(recipe, monkeypatch) -> None:
         return
     if recipe.data["name"] == "imagefolder":
         monkeypatch.setattr("distill.data.imagefolder.ImageFolderDataModule.__init__", fake_imagefolder_init)
-    data = build_datamodule(recipe.data)
-    teacher = build_model(recipe.teacher.model, data, "teacher") if recipe.teacher is not None else None
+    data = create_data(recipe.data)
+    teacher = model_for_data(recipe.teacher.model, data, "teacher") if recipe.teacher is not None else None
     if recipe.task == "draft_distill":  # the draft is sized from its target
         args = {k: v for k, v in recipe.student.items() if k != "name"}
         create_model(recipe.student["name"], target=teacher, **args)
     elif recipe.task != "amu":
-        build_model(recipe.student, data, "student")
+        model_for_data(recipe.student, data, "student")
     if recipe.second_teacher is not None:
-        build_model(recipe.second_teacher.model, data, "second_teacher")
-    build_terms(recipe.loss)
+        model_for_data(recipe.second_teacher.model, data, "second_teacher")
+    build_terms(recipe.loss.terms)
 
 
 def fake_imagefolder_init(self, **kwargs):

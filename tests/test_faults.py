@@ -145,11 +145,11 @@ def poison(model: torch.nn.Module) -> None:
 
 
 def test_a_nan_in_dpo_names_the_model_whose_log_probabilities_went_bad():
-    from distill.tasks.dpo import DPOModule
+    from distill.tasks.dpo import DPOTask
     from losses import DPOLoss
     from tests.tasks.test_align_distil_task import pair_batch, tiny_llama
 
-    module = DPOModule(tiny_llama(0), tiny_llama(1), DPOLoss())
+    module = DPOTask(tiny_llama(0), tiny_llama(1), DPOLoss())
     poison(module.teacher)  # the reference model
     loss = module.step(pair_batch())["loss"]
     message = stopped_message(module, loss)

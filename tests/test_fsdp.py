@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.engine.fsdp import ShardedDistillation, resolve_placement, shard_units, weight_bytes
 from distill.models import create_model
-from distill.tasks.classification import DistillationModule
+from distill.tasks.classification import ClassificationTask
 from losses import KDLoss
 from tests.test_strategies import distill, write_recipe
 
@@ -82,7 +82,7 @@ def train_two_steps(rank: int, folder: str, port: int, placement: str) -> None:
     torch.manual_seed(0)
     teacher = create_model("convnet", num_classes=10, in_chans=1, widths=[4, 8], hidden=8)
     student = create_model("mlp", num_classes=10, in_features=64, hidden=[16])
-    module = DistillationModule(student, teacher, num_classes=10, terms={"kd": (1.0, KDLoss())})
+    module = ClassificationTask(student, teacher, num_classes=10, terms={"kd": (1.0, KDLoss())})
     data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,)))
     trainer = L.Trainer(
         accelerator="cpu",

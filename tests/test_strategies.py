@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill.data.base import SeededShardSampler
 from distill.models import create_model
-from distill.tasks.classification import DistillationModule
+from distill.tasks.classification import ClassificationTask
 from losses import KDLoss
 
 DISTILL = str(Path(sys.executable).parent / "distill")
@@ -49,7 +49,7 @@ def gloo_world_of_one(tmp_path):
 def test_ddp_leaves_the_frozen_teacher_out(gloo_world_of_one):
     teacher = create_model("convnet", num_classes=10, in_chans=1, widths=[4, 8], hidden=8)
     student = create_model("mlp", num_classes=10, in_features=64, hidden=[16])
-    module = DistillationModule(student, teacher, num_classes=10, terms={"kd": (1.0, KDLoss())})
+    module = ClassificationTask(student, teacher, num_classes=10, terms={"kd": (1.0, KDLoss())})
     module.setup("fit")
     wrapped = DistributedDataParallel(module)
     teacher_names = {f"teacher.{n}" for n, _ in [*teacher.named_parameters(), *teacher.named_buffers()]}

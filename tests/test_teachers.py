@@ -1,4 +1,5 @@
-"""Where the teacher comes from: a checkpoint, or a teacher trained once, kept in a store keyed by its settings."""
+"""Where the teacher comes from: a checkpoint, or a teacher trained once, kept in a store keyed by its settings.
+Resolution plans (distill.teachers); the engine trains what the plan says is missing (distill.engine.pipeline)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,28 @@ from pathlib import Path
 import pytest
 import torch
 
-import distill.teachers.resolve as teachers
-from distill.config import LoadedRecipe, from_dict
-from distill.config.schema import TeacherSettings
-from distill.engine.pipeline import prepare_data
+import distill.engine.pipeline as pipeline
+from distill.config import LoadedRecipe, from_dict, load_recipe
+from distill.config.load import save_recipe
+from distill.engine.wiring import prepare_data
 from distill.models import create_model
 from distill.models.weights import read_checkpoint
-from distill.teachers.resolve import resolve_teacher, stored_teacher_path, teacher_key
+from distill.teachers.resolve import plan_frozen
+from distill.teachers.store import TEACHER_FILE, store_path, teacher_run
 from tests.helpers import tiny_recipe
+
+
+def stored_teacher_path(loaded: LoadedRecipe) -> Path:
+    return plan_frozen(loaded, "teacher", "classification").weights
+
+
+def teacher_key(loaded: LoadedRecipe) -> str:
+    return stored_teacher_path(loaded).parent.name.rsplit("-", 1)[1]
+
+
+def resolve_teacher(loaded: LoadedRecipe, data) -> tuple[torch.nn.Module | None, dict | None]:
+    frozen = pipeline.provide_frozen(loaded, data).get("teacher")
+    return (frozen.model, frozen.source) if frozen is not None else (None, None)
 
 
 def load(raw: dict) -> LoadedRecipe:
@@ -99,7 +114,7 @@ def test_stored_teacher_path_is_in_the_store(raw: dict, tmp_path: Path) -> None:
     path = stored_teacher_path(loaded)
     store = (tmp_path / "teachers").resolve()
     assert path.is_absolute() and path.is_relative_to(store)
-    assert path.name == teachers.TEACHER_FILE
+    assert path.name == TEACHER_FILE
     assert teacher_key(loaded) in path.parent.name
     other = stored_teacher_path(load(changed(raw, "data.split_seed", 1)))
     assert other.parent != path.parent and other.is_relative_to(store)
@@ -127,7 +142,7 @@ def test_teacher_from_a_checkpoint(raw: dict, tmp_path: Path, monkeypatch: pytes
     weights = create_model("convnet", 10, 1, widths=spec["widths"], hidden=spec["hidden"]).state_dict()
     torch.save({"model": weights, "epoch": 240}, tmp_path / "teacher_w.pt")
     monkeypatch.chdir(tmp_path)  # a relative path is resolved once, so the source works from anywhere
-    monkeypatch.setattr(teachers, "train_teacher", lambda *a: pytest.fail("a teacher with a checkpoint is trained"))
+    monkeypatch.setattr(pipeline, "train_frozen", lambda *a: pytest.fail("a teacher with a checkpoint is trained"))
     raw["teacher"] = {"model": spec, "checkpoint": "teacher_w.pt"}
     loaded = load(raw)
     model, source = resolve_teacher(loaded, prepare_data(loaded))
@@ -156,7 +171,7 @@ def test_teacher_is_trained_once_then_reused(raw: dict, monkeypatch: pytest.Monk
     def no_training(*args: object) -> None:
         raise AssertionError("the stored teacher was trained again")
 
-    monkeypatch.setattr(teachers, "train_teacher", no_training)
+    monkeypatch.setattr(pipeline, "train_frozen", no_training)
     stamp = path.stat().st_mtime_ns
     again, source_again = resolve_teacher(load(copy.deepcopy(raw)), data)
     assert source_again == source and path.stat().st_mtime_ns == stamp
@@ -177,8 +192,8 @@ def test_teacher_can_train_on_other_data_settings_than_the_student(tmp_path):
     subset["data"]["train_samples"] = 50
     subset["teacher"]["train"]["data"] = {"train_samples": None}
     assert teacher_key(from_dict(full, "test")) == teacher_key(from_dict(subset, "test"))
-    teacher_run = teachers.teacher_recipe(from_dict(subset, "test"), tmp_path)
-    assert teacher_run.recipe.data["train_samples"] is None
+    run = teacher_run(from_dict(subset, "test"), "teacher", "classification")
+    assert run.recipe.data["train_samples"] is None
     bad = copy.deepcopy(subset)
     bad["teacher"]["train"]["data"] = {"train_sample": None}
     with pytest.raises(Exception, match="unknown key 'teacher.train.data.train_sample'"):
@@ -188,13 +203,34 @@ def test_teacher_can_train_on_other_data_settings_than_the_student(tmp_path):
 def test_recipe_teachers_are_keyed_by_their_settings_not_by_sections_left_at_defaults():
     """A teacher run by its own recipe (`teacher.recipe`) is stored under a key of that run's settings; sections at
     their schema defaults are left out, so a section added to the schema later keeps stored teachers reusable."""
-    from distill.teachers.resolve import recipe_teacher_path
 
     def key(overrides: list[str]) -> str:
-        return recipe_teacher_path(TeacherSettings(recipe="dpo_tiny", overrides=overrides)).parent.name
+        run = load_recipe("dpo_tiny", overrides)
+        return store_path("runs/teachers", run.name, run.resolved).parent.name
 
     plain_key = key([])
     assert plain_key.startswith("dpo_tiny-") and key([]) == plain_key
     assert key(["data.swap=true"]) != plain_key and key(["optimizer.lr=0.001"]) != plain_key
-    assert key(["speculative.depth=4", "align_distil.top_p=1.0"]) == plain_key  # written out at their defaults
-    assert key(["speculative.depth=5"]) != plain_key and key(["run.name=elsewhere"]) == plain_key
+    assert key(["fsdp.frozen=auto", "speed.channels_last=false"]) == plain_key  # written out at their defaults
+    assert key(["fsdp.frozen=shard"]) != plain_key and key(["run.name=elsewhere"]) == plain_key
+    assert key(["data.num_workers=2", "trainer.enable_progress_bar=false"]) == plain_key  # speed and display
+
+
+def test_one_key_for_a_teacher_run_written_as_train_settings_or_as_a_recipe(raw: dict, tmp_path: Path) -> None:
+    """The store key is one function of the teacher run's recipe: the run made from `teacher.train`, written to a
+    file and named by `teacher.recipe`, is stored under the same key (the folder's label differs)."""
+    loaded = load(raw)
+    from_train = plan_frozen(loaded, "teacher", "classification")
+    save_recipe(from_train.run.resolved, tmp_path / "my_teacher.yaml")
+    as_recipe = changed(raw, "teacher", {**raw["teacher"], "train": None, "recipe": str(tmp_path / "my_teacher.yaml")})
+    from_recipe = plan_frozen(load(as_recipe), "teacher", "classification")
+    assert from_train.weights.parent.name == f"convnet-{teacher_key(loaded)}"
+    assert from_recipe.weights.parent.name == f"my_teacher-{teacher_key(loaded)}"
+
+
+def test_a_missing_teacher_is_a_plan_to_train_it_not_a_training(raw: dict) -> None:
+    plan = plan_frozen(load(raw), "teacher", "classification")
+    assert plan.needs_training and not plan.weights.exists()
+    assert plan.run.recipe.student == load(raw).recipe.teacher.model  # the teacher run trains the teacher's model
+    assert plan.run.recipe.loss.terms == {} and plan.run.recipe.teacher is None  # on labels alone
+    assert not plan.weights.parent.exists()  # planning wrote nothing

@@ -1,5 +1,5 @@
-"""A finished draft_distill run, loaded back: its target (the frozen teacher), the trained and a fresh draft, its
-data and speculative settings; for benchmarks and notebooks."""
+"""A finished draft_distill run, loaded back through the one run reader: its target (the frozen teacher), the trained
+draft and the draft as it started, its data and speculative settings; for benchmarks and notebooks."""
 
 from __future__ import annotations
 
@@ -7,29 +7,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
-from distill.config import from_dict
-from distill.engine.runs import RECIPE_FILE
-from distill.engine.wiring import build_datamodule
+from distill.engine.pipeline import restore
+from distill.engine.run_folder import RunFolder
 from distill.generate.speculative import prompts_from_rows
-from distill.models import create_model
-from distill.models.weights import extract_state_dict, read_checkpoint
-from distill.teachers.resolve import resolve_teacher
 
 
 @dataclass
 class DraftRun:
     target: nn.Module
     trained: nn.Module
-    untrained: nn.Module
+    untrained: nn.Module  # the draft at its initialization (the run's seed)
     data: Any
     settings: Any  # the recipe's `speculative` section
 
     @property
     def eos_id(self) -> int | None:
-        return getattr(getattr(self.data, "tokenizer", None), "eos_id", None)
+        return self.data.tokenizer.eos_id
 
     def prompts(self, count: int) -> list[dict]:
         """`count` held-out prompts: the first `prompt_tokens` tokens of validation rows."""
@@ -37,14 +32,6 @@ class DraftRun:
 
 
 def load_draft_run(run_dir: str | Path) -> DraftRun:
-    run_dir = Path(run_dir)
-    loaded = from_dict(yaml.safe_load((run_dir / RECIPE_FILE).read_text()), str(run_dir))
-    data = build_datamodule(loaded.recipe.data)
-    data.setup("fit")
-    target, _ = resolve_teacher(loaded, data)
-    target.eval()
-    spec = {k: v for k, v in loaded.recipe.student.items() if k != "name"}
-    untrained = create_model(loaded.recipe.student["name"], target=target, **spec).eval()
-    trained = create_model(loaded.recipe.student["name"], target=target, **spec).eval()
-    trained.load_state_dict(extract_state_dict(read_checkpoint(run_dir / "checkpoints" / "best.ckpt", "run")))
-    return DraftRun(target, trained, untrained, data, loaded.recipe.speculative)
+    restored = restore(RunFolder(run_dir).checkpoint("best"), keep_initial=True)
+    module = restored.module.eval()
+    return DraftRun(module.teacher, module.student, restored.initial_student, restored.data, restored.loaded.settings)

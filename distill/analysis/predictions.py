@@ -1,5 +1,6 @@
 """What the notebooks (and users) look at after a run: predictions of a trained student, calibration, and how the
-distillation losses respond as a student moves away from its teacher. No plotting here (see distill.analysis.plots)."""
+distillation losses respond as a student moves away from its teacher. No plotting here (see
+distill.analysis.plots)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distill.config import load_recipe
-from distill.engine.runs import RECIPE_FILE
-from distill.engine.wiring import build_datamodule, build_model
-from distill.models.weights import extract_state_dict, load_weights, read_checkpoint
+from distill.engine.pipeline import restore
+from distill.engine.run_folder import RunFolder
 from losses import DKDLoss, KDLoss, PlackettLuceLoss, TokenDivergenceLoss, ZScoreKDLoss
 
 
@@ -37,24 +36,16 @@ class Predictions:
 
 @torch.no_grad()
 def run_predictions(run_dir: str | Path, split: str = "test") -> Predictions:
-    """The best student of a classification run (and its teacher) on the run's `split`, rebuilt from its folder."""
-    run_dir = Path(run_dir)
-    loaded = load_recipe(str(run_dir / RECIPE_FILE))
-    data = build_datamodule(loaded.recipe.data)
-    data.setup("test")
-    checkpoint = read_checkpoint(run_dir / "checkpoints" / "best.ckpt", "run")
-    student = build_model(loaded.recipe.student, data, "student").eval()
-    student.load_state_dict(extract_state_dict(checkpoint))
-    teacher = None
-    stored = checkpoint.get("distill", {}).get("teacher")
-    if loaded.recipe.teacher is not None and stored and Path(str(stored.get("weights"))).is_file():
-        teacher = build_model(loaded.recipe.teacher.model, data, "teacher").eval()
-        load_weights(teacher, stored["weights"], "teacher")
+    """The best student of a classification run (and the teacher it learned from) on the run's `split`, rebuilt
+    from its folder."""
+    restored = restore(RunFolder(run_dir).checkpoint("best"))
+    module, data = restored.module.eval(), restored.data
     dataset = {"val": data.val_set, "test": data.test_set, "train": data.train_set}[split]
     samples = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([image for image, _ in samples])
     labels = torch.tensor([int(label) for _, label in samples])
-    return Predictions(student(images).softmax(1), labels, teacher(images).softmax(1) if teacher is not None else None)
+    teacher = module.teacher(images).softmax(1) if module.teacher is not None else None
+    return Predictions(module.student(images).softmax(1), labels, teacher)
 
 
 @dataclass

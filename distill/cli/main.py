@@ -1,4 +1,5 @@
-"""The `distill` command line. Each command's help is its function's docstring."""
+"""The `distill` command line: its parser and entry point. Each command's help is its function's docstring
+(`distill.cli.commands`)."""
 
 from __future__ import annotations
 
@@ -6,108 +7,14 @@ import argparse
 import inspect
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
+from distill.cli.commands import cmd_compare, cmd_fit, cmd_losses, cmd_recipes, cmd_tasks, cmd_test, cmd_validate
 from distill.errors import DistillError
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit status 2, like every other input error
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def cmd_fit(args: argparse.Namespace) -> None:
-    """Train a student as the recipe says; the teacher is trained first when the recipe asks for it.
-
-    Overrides are `key=value` pairs on any recipe key, e.g. `trainer.max_epochs=5 loss.terms.kd.temperature=2`.
-    The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
-    """
-    from distill.config import load_recipe, to_yaml
-    from distill.engine.runs import RECIPE_FILE, is_global_zero, last_checkpoint, latest_run_dir
-
-    resume_dir = None
-    if args.resume is not None:
-        if args.resume == "latest":
-            if args.recipe is None:
-                raise DistillError("--resume without a run folder needs --recipe to find the latest run")
-            named = load_recipe(args.recipe, args.overrides)
-            resume_dir = latest_run_dir(named.recipe.run.root, named.recipe.run.name or named.name)
-        else:
-            resume_dir = Path(args.resume)
-        last_checkpoint(resume_dir)  # a clear error before anything else when there is nothing to resume
-        loaded = load_recipe(str(resume_dir / RECIPE_FILE), args.overrides)
-    elif args.recipe is None:
-        raise DistillError("fit needs --recipe NAME_OR_PATH (see `distill recipes`)")
-    else:
-        loaded = load_recipe(args.recipe, args.overrides)
-    if args.print:
-        print(to_yaml(loaded.resolved), end="")
-        return
-    from distill.cli.report import print_summary
-    from distill.engine.pipeline import fit
-
-    result = fit(loaded, resume=resume_dir)
-    if is_global_zero():  # once, not once per rank
-        print_summary(loaded.name, result.metrics, str(result.run_dir))
-
-
-def _evaluate(args: argparse.Namespace, stage: str) -> None:
-    from distill.config import from_dict, load_recipe
-    from distill.config.load import apply_overrides
-    from distill.engine.pipeline import evaluate, recipe_of_checkpoint
-    from distill.engine.runs import is_global_zero
-
-    checkpoint = Path(args.checkpoint)
-    if args.recipe is not None:
-        loaded = load_recipe(args.recipe, args.overrides)
-    else:
-        loaded = from_dict(apply_overrides(recipe_of_checkpoint(checkpoint), args.overrides), f"{checkpoint} recipe")
-    metrics = evaluate(loaded, checkpoint, stage)
-    for key, value in sorted(metrics.items()) if is_global_zero() else ():
-        print(f"{key}\t{value:.4f}")
-
-
-def cmd_validate(args: argparse.Namespace) -> None:
-    """Evaluate a checkpoint on the validation split (the recipe stored in the checkpoint unless --recipe is given)."""
-    _evaluate(args, "validate")
-
-
-def cmd_test(args: argparse.Namespace) -> None:
-    """Evaluate a checkpoint on the test split (the recipe stored in the checkpoint unless --recipe is given)."""
-    _evaluate(args, "test")
-
-
-def cmd_compare(args: argparse.Namespace) -> None:
-    """Run every variant of a comparison recipe over several seeds and print one table of student accuracy and
-    agreement with the teacher (mean ± standard deviation over seeds).
-
-    Overrides apply to the comparison's base recipe, e.g. `trainer.max_epochs=5`.
-    """
-    from distill.engine.compare import load_comparison, print_comparison, run_comparison
-
-    comparison, variants, path = load_comparison(args.recipe, args.overrides)
-    folder, results = run_comparison(comparison, variants, path, seeds=args.seeds)
-    print_comparison(f"{path.stem}: {comparison.description}", results, folder)
-
-
-def cmd_recipes(args: argparse.Namespace) -> None:
-    """List the bundled recipes with their one-line descriptions."""
-    from distill.config.load import bundled_recipes, read_yaml
-
-    for name, path in bundled_recipes().items():
-        print(f"{name:32s} {read_yaml(path).get('description', '')}")
-
-
-def cmd_losses(args: argparse.Namespace) -> None:
-    """List the loss terms a recipe can use under `loss.terms`, with their arguments and defaults."""
-    from distill.tasks.loss_terms import LOSSES
-
-    for name, cls in LOSSES.items():
-        summary = (inspect.getdoc(cls) or "").splitlines()[0]
-        params = [
-            f"{p.name}={p.default!r}" for p in inspect.signature(cls).parameters.values() if p.default is not p.empty
-        ]
-        print(f"{name:12s} {cls.__module__}.{cls.__name__}({', '.join(params)})\n{'':12s} {summary}")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -165,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key")
     _add(sub, "recipes", cmd_recipes)
     _add(sub, "losses", cmd_losses)
+    _add(sub, "tasks", cmd_tasks)
     return parser
 
 

@@ -1,54 +1,62 @@
-"""The summary printed at the end of a run."""
+"""Tables printed at the end of a run, an evaluation or a comparison; each task says which rows it has."""
 
 from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-ROWS = (
-    ("teacher accuracy", "test/teacher_acc", "percent"),
-    ("student accuracy", "test/acc", "percent"),
-    ("agreement", "test/agreement", "percent"),
-    ("teacher loss", "test/teacher_loss", "number"),
-    ("teacher perplexity", "test/teacher_ppl", "number"),
-    ("student loss", "test/loss", "number"),
-    ("student perplexity", "test/ppl", "number"),
-    ("KL(teacher || student) per token", "test/kl", "number"),
-    ("preference accuracy, policy", "test/pref_acc", "percent"),
-    ("preference accuracy, reference", "test/ref_pref_acc", "percent"),
-    ("implicit reward accuracy", "test/reward_acc", "percent"),
-    ("mean implicit reward margin", "test/margin", "number"),
-    ("preference accuracy, student", "test/student_pref_acc", "percent"),
-    ("preference accuracy, DPO model", "test/dpo_pref_acc", "percent"),
-    ("preference accuracy, second model", "test/second_pref_acc", "percent"),
-    ("log-prob margin chosen - rejected, student", "test/student_margin", "number"),
-    ("log-prob margin chosen - rejected, DPO model", "test/dpo_margin", "number"),
-    ("preference accuracy, reference", "test/reference_pref_acc", "percent"),
-    ("log-prob margin chosen - rejected, reference", "test/reference_margin", "number"),
-    ("implicit reward accuracy, student", "test/student_reward_acc", "percent"),
-    ("mean implicit reward margin, student", "test/student_reward_margin", "number"),
-    ("implicit reward accuracy, DPO model", "test/dpo_reward_acc", "percent"),
-    ("mean implicit reward margin, DPO model", "test/dpo_reward_margin", "number"),
-    ("speculative decoding: accepted length (tokens/round)", "test/accepted_length", "number"),
-    ("speculative decoding: speedup over greedy", "test/speedup", "number"),
-    ("speculative decoding: lossless prompts", "test/lossless", "percent"),
-)
+from distill.tasks.spec import SummaryRow
+
+SPLITS = {"test": "test split", "val": "validation split"}
 
 
-def print_summary(title: str, metrics: dict[str, float], run_dir: str) -> None:
+def console() -> Console:
+    return Console(width=None if Console().is_terminal else 160)  # a log file gets each row on one line
+
+
+def print_summary(
+    title: str, metrics: Mapping[str, float], rows: Sequence[SummaryRow], folder: str | Path, split: str = "test"
+) -> None:
+    """The task's `rows` that were measured, for the `split` ("test" or "val"), then where the run lives."""
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("test split", justify="right")
-    classification = "test/acc" in metrics
-    for label, key, kind in ROWS:
-        if key not in metrics or (key == "test/loss" and classification):
-            continue
-        value = f"{100 * metrics[key]:.2f}%" if kind == "percent" else f"{metrics[key]:.4f}"
-        if key == "test/agreement" and not classification:
-            label = "next-token agreement"
-        if key == "test/loss" and "test/reward_acc" in metrics:
-            label = "DPO loss"
-        table.add_row(label, value)
-    console = Console()
-    console.print(table)
-    console.print(f"run folder: {run_dir}", soft_wrap=True)
+    table.add_column(SPLITS[split], justify="right")
+    for row in rows:
+        value = metrics.get(f"{split}/{row.metric}")
+        if value is not None:
+            table.add_row(row.label, row.cell(value))
+    out = console()
+    out.print(table)
+    out.print(f"run folder: {folder}", soft_wrap=True)
+
+
+def mean_spread(values: list[float], percent: bool) -> str:
+    scale, digits = (100, 2) if percent else (1, 4)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * spread:.{digits}f}"
+
+
+def print_comparison(
+    title: str, results: Mapping[str, list[dict[str, float]]], rows: Sequence[SummaryRow], folder: Path
+) -> None:
+    """One line per variant, one column per summary row that some run measured: mean ± sd over its seeds."""
+    runs = [r for variant in results.values() for r in variant]
+    columns = [row for row in rows if any(f"test/{row.metric}" in r for r in runs)]
+    table = Table(title=title)
+    table.add_column("variant")
+    for row in columns:
+        table.add_column(f"{row.label}{' %' if row.percent else ''} (mean ± sd)", justify="right")
+    table.add_column("seeds", justify="right")
+    for name, variant in results.items():
+        cells = []
+        for row in columns:
+            values = [r[f"test/{row.metric}"] for r in variant if f"test/{row.metric}" in r]
+            cells.append(mean_spread(values, row.percent) if values else "-")
+        table.add_row(name, *cells, str(len(variant)))
+    out = console()
+    out.print(table)
+    out.print(f"runs and summary.json: {folder}", soft_wrap=True)

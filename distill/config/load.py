@@ -15,8 +15,10 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 
 from distill.config.components import check_component
 from distill.config.schema import REQUIRED, RESERVED_TRAINER_KEYS, TRAINER_DEFAULTS, DatasetSpec, Recipe
-from distill.config.validate import Checker
+from distill.config.validate import MISSING, Checker
 from distill.errors import DistillError, RecipeError, did_you_mean
+
+SEED_RANGE = (0, 2**32 - 1)  # what the random number generators accept
 
 
 @dataclass
@@ -24,10 +26,16 @@ class LoadedRecipe:
     recipe: Recipe  # typed settings
     resolved: dict[str, Any]  # the same, as plain data with every default filled in (what is printed and saved)
     path: Path | None  # the file it came from
+    settings: Any = None  # the task's own section (its spec's settings dataclass), or None
 
     @property
     def name(self) -> str:
         return self.path.stem if self.path else "recipe"
+
+    def replaced(self, **sections: Any) -> LoadedRecipe:
+        """The same recipe with whole top-level sections replaced (checked again)."""
+        source = f"{self.path or 'recipe'} ({', '.join(sections)} set)"
+        return from_dict({**self.resolved, **sections}, source, self.path)
 
 
 def bundled_dir() -> Path:
@@ -122,38 +130,77 @@ def apply_overrides(config: Any, overrides: list[str]) -> dict[str, Any]:
 def from_dict(raw: dict[str, Any], source: str, path: Path | None = None) -> LoadedRecipe:
     """Check a plain recipe dict and build the typed settings."""
     checker = Checker(source, component=check_component)
-    recipe = check_recipe(raw, checker, require=True)
-    return LoadedRecipe(recipe=recipe, resolved=plain(dataclasses.asdict(recipe)), path=path)
+    recipe, settings, key = check_recipe(raw, checker, require=True)
+    resolved = plain(dataclasses.asdict(recipe))
+    if key is not None:  # the task's own section, printed right after `task`
+        items = list(resolved.items())
+        at = [k for k, _ in items].index("task") + 1
+        resolved = dict([*items[:at], (key, plain(dataclasses.asdict(settings))), *items[at:]])
+    return LoadedRecipe(recipe=recipe, resolved=resolved, path=path, settings=settings)
 
 
-def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> Recipe:
+def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> tuple[Recipe, Any, str | None]:
+    """The typed recipe, its task's own settings and their recipe key (None, None when the task has none)."""
+    raw = dict(raw)
+    spec, section = take_task_section(raw, checker)
     recipe: Recipe = checker.dataclass(Recipe, raw, "", require=REQUIRED if require else ())
+    key = spec.settings_key if spec is not None else None
+    settings = checker.dataclass(spec.settings, section, key) if key is not None else None
     recipe.trainer = check_trainer(checker, recipe.trainer, "trainer")
     for which in ("teacher", "second_teacher"):
-        section = getattr(recipe, which)
-        if section is None or section.train is None:
+        frozen = getattr(recipe, which)
+        if frozen is None or frozen.train is None:
             continue
-        train = section.train
+        train = frozen.train
         train.trainer = check_trainer(checker, train.trainer, f"{which}.train.trainer")
         if train.data and recipe.data is not None:  # written out in full: the teacher's data, every default shown
             data = teacher_data(recipe.data, train.data)
             train.data = dict(checker.value(DatasetSpec, data, f"{which}.train.data"))
     if require:
-        check_teacher(checker, recipe)
-        check_objective(checker, recipe)
-    return recipe
+        check_seeds(checker, recipe)
+        from distill.tasks.loss_terms import check_terms
+
+        check_frozen(checker, recipe, spec)
+        check_terms(spec, recipe.loss.terms, checker.fail)
+        if spec.check is not None:
+            spec.check(recipe, checker.fail)
+    return recipe, settings, key
 
 
-def check_objective(checker: Checker, recipe: Recipe) -> None:
-    """`dpo`, `align_distil`, `draft_distill` and `amu` are the whole objective of their tasks, and only of those."""
-    losses = {spec["loss"] for spec in recipe.loss.terms.values()}
-    for objective in ("dpo", "align_distil", "draft_distill", "amu"):
-        if recipe.task == objective and losses != {objective}:
-            raise checker.fail("loss.terms", f"of a {objective} recipe must be exactly one term: {objective}")
-        if recipe.task != objective and objective in losses:
-            raise checker.fail(
-                "loss.terms", f"uses {objective}, the objective of task: {objective}, in a {recipe.task} recipe"
-            )
+def take_task_section(raw: dict[str, Any], checker: Checker) -> tuple[Any, dict[str, Any]]:
+    """The recipe's task (its `TaskSpec`) and its own section, taken out of `raw`. A section of another task is
+    refused; with the task still to be given (`???`), the sections are taken out unchecked and the spec is None."""
+    from distill.tasks.spec import TASKS, task_spec
+
+    task = raw.get("task", Recipe.task)
+    if not isinstance(task, str):
+        return None, {}  # the Recipe check names the wrong type
+    sections = {spec.settings_key: spec for _, spec in TASKS.items() if spec.settings_key is not None}
+    if checker.allow_missing and (task == MISSING or task.startswith("${")):
+        for key in sections:
+            raw.pop(key, None)
+        return None, {}
+    try:
+        spec = task_spec(task)
+    except DistillError:
+        raise checker.fail("task", f"must be a registered task, got {task!r}{did_you_mean(task, TASKS)}") from None
+    for key, other in sections.items():
+        if key in raw and key != spec.settings_key:
+            raise checker.fail(key, f"is the section of task {other.name}; this recipe's task is {spec.name}")
+    section = raw.pop(spec.settings_key, None) if spec.settings_key is not None else None
+    return spec, section if section is not None else {}
+
+
+def check_seeds(checker: Checker, recipe: Recipe) -> None:
+    low, high = SEED_RANGE
+    seeds = {"seed": recipe.seed}
+    for which in ("teacher", "second_teacher"):
+        section = getattr(recipe, which)
+        if section is not None and section.train is not None:
+            seeds[f"{which}.train.seed"] = section.train.seed
+    for path, seed in seeds.items():
+        if not low <= seed <= high:
+            raise checker.fail(path, f"must be in [{low}, {high}], got {seed}")
 
 
 def teacher_data(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -172,18 +219,22 @@ def check_trainer(checker: Checker, given: dict[str, Any], path: str) -> dict[st
     return {**TRAINER_DEFAULTS, **given}
 
 
-def check_teacher(checker: Checker, recipe: Recipe) -> None:
-    teacher = recipe.teacher
-    if teacher is None:
-        if recipe.loss.terms:
-            raise checker.fail("teacher", "is missing: loss.terms distill from a teacher; add a teacher section")
-        return
-    for name in ("teacher", "second_teacher"):
-        check_teacher_source(checker, getattr(recipe, name), name)
-    if recipe.task == "align_distil" and recipe.second_teacher is None:
-        raise checker.fail("second_teacher", "is required by align_distil: the reverse-DPO model or the reference")
-    if recipe.task == "amu" and recipe.second_teacher is None:
-        raise checker.fail("second_teacher", "is required by amu: the auxiliary model whose features the head reads")
+def check_frozen(checker: Checker, recipe: Recipe, spec: Any) -> None:
+    """The frozen-model sections the task reads (its spec's `frozen` roles), each with a source of weights."""
+    from distill.tasks.spec import FROZEN_SECTIONS
+
+    for section in FROZEN_SECTIONS:
+        given, role = getattr(recipe, section), spec.frozen.get(section)
+        if given is not None and role is None:
+            raise checker.fail(section, f"is not read by task {spec.name}: remove it")
+        if given is None and role is not None and role.required:
+            raise checker.fail(section, f"is required by {spec.name}: {role.what}")
+    if recipe.teacher is None and recipe.loss.terms and spec.objective is None:
+        raise checker.fail("teacher", "is missing: loss.terms distill from a teacher; add a teacher section")
+    for section in FROZEN_SECTIONS:
+        check_teacher_source(checker, getattr(recipe, section), section)
+    if recipe.teacher is not None and recipe.teacher.cache is not None and not spec.reads_teacher_cache:
+        raise checker.fail("teacher.cache", f"is not read by task {spec.name}: its teacher runs on every batch")
 
 
 def check_teacher_source(checker: Checker, teacher: Any, path: str) -> None:

@@ -1,5 +1,8 @@
 """The typed settings a recipe maps onto. Every field is documented: `help` becomes the CLI's reference.
 
+A task may have a section of its own (`align_distil:`, `speculative:`, `amu:`): its settings dataclass lives in the
+task's module and is declared by its `TaskSpec`; the loader checks it there (`distill.config.load`).
+
 Components (a dataset, a model, a loss term) are written `{name: ..., <its own arguments>}` and are
 checked against the named constructor's signature (see `distill.config.components`).
 """
@@ -95,24 +98,6 @@ class TeacherSettings:
 
 
 @dataclass
-class AlignDistilSettings:
-    mode: Literal["off_policy", "on_policy"] = setting(
-        "off_policy", "distill on the dataset's chosen responses or on samples"
-    )
-    temperature: float = setting(1.0, "on-policy sampling temperature")
-    top_p: float = setting(1.0, "on-policy nucleus sampling")
-    max_new_tokens: int = setting(64, "on-policy response length")
-
-
-@dataclass
-class SpeculativeSettings:
-    depth: int = setting(4, "draft tokens proposed per speculative-decoding round (a chain)")
-    prompts: int = setting(8, "held-out prompts decoded after each validation (0: none)")
-    prompt_tokens: int = setting(32, "tokens of each prompt: the start of a validation row")
-    max_new_tokens: int = setting(64, "tokens generated per prompt")
-
-
-@dataclass
 class SpeedSettings:
     channels_last: bool = setting(False, "student and teacher (and on-device batches) in channels_last memory format")
     compile_student: bool = setting(False, "torch.compile the student (in place: checkpoint keys unchanged)")
@@ -129,17 +114,10 @@ class FSDPSettings:
 
 
 @dataclass
-class AMUSettings:
-    views: int = setting(10, "passes over the few-shot set whose features are cached (the first unaugmented)")
-
-
-@dataclass
 class Recipe:
     description: str = setting("", "one line: what this recipe does (shown by `distill recipes`)")
-    task: Literal["classification", "causal_lm", "dpo", "align_distil", "draft_distill", "amu"] = setting(
-        "classification", "what is trained"
-    )
-    seed: int = setting(0, "global seed: same seed, same metrics on CPU")
+    task: str = setting("classification", "what is trained: a registered task (`distill tasks` lists them)")
+    seed: int = setting(0, "global seed in [0, 2^32 - 1]: same seed, same metrics on CPU")
     run: RunSettings = setting(RunSettings(), "where the run folder goes")
     data: DatasetSpec | None = setting(None, "the dataset")
     student: ModelSpec | None = setting(None, "the student's architecture")
@@ -150,13 +128,8 @@ class Recipe:
     )
     teacher: TeacherSettings | None = setting(None, "the frozen teacher (none: train the student alone)")
     second_teacher: TeacherSettings | None = setting(
-        None, "a second frozen model (AlignDistil: the reverse-DPO model, or the reference; AMU: the auxiliary model)"
+        None, "a second frozen model, for the tasks that read one (the task says what it is)"
     )
-    align_distil: AlignDistilSettings = setting(AlignDistilSettings(), "AlignDistil's mode and on-policy sampling")
-    speculative: SpeculativeSettings = setting(
-        SpeculativeSettings(), "draft_distill: how held-out prompts are decoded to measure the draft"
-    )
-    amu: AMUSettings = setting(AMUSettings(), "amu: the few-shot feature cache")
     speed: SpeedSettings = setting(SpeedSettings(), "memory format and compilation (precision: trainer.precision)")
     fsdp: FSDPSettings = setting(FSDPSettings(), "how `trainer.strategy: fsdp` lays out the frozen models")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")

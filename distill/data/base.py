@@ -111,6 +111,9 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
     num_classes: int
     in_chans: int
     image_size: int
+    class_names: list[str] | None = None  # subclasses with readable names set them (zero-shot prompts)
+    on_device = False  # only the CIFAR-100 module keeps its set on the accelerator
+    channels_last = False
 
     def __init__(
         self, *, batch_size: int = 64, num_workers: int = 0, shots: int | None = None, shot_seed: int = 0

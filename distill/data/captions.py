@@ -149,6 +149,7 @@ class CaptionsDataModule(SeededLoaders, L.LightningDataModule):
         self.seed = 0  # shuffling seed: set from the recipe's `seed` by the framework
         self.tokenizer: Tokenizer = make_tokenizer("bytes")
         self.pad_id = self.tokenizer.pad_id
+        self.has_teacher_tokenizer = False  # teacher and student read the same tokens
         self.image_token_id = IMAGE_TOKEN_ID
         self.vocab_size = IMAGE_TOKEN_ID + 1
         self._splits: tuple[CaptionRows, CaptionRows] | None = None

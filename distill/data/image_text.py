@@ -89,6 +89,7 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
         self.seed = 0  # shuffling seed: set from the recipe's `seed` by the framework
         self.tokenizer = ProcessorTokenizer(self.processor.tokenizer, processor)
         self.pad_id, self.vocab_size = self.tokenizer.pad_id, self.tokenizer.vocab_size
+        self.has_teacher_tokenizer = False  # teacher and student read the same tokens
         self.image_token_id: int | None = getattr(self.processor, "image_token_id", None)
         self.dropped_rows: dict[str, int] = {}  # per split: records with no response token within seq_len
         self._splits: tuple[ImageTextRows, ImageTextRows] | None = None

@@ -139,6 +139,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         self.tokenizer: Tokenizer = make_tokenizer(tokenizer, self._training_texts, tokenizer_cache)
         self.vocab_size = self.tokenizer.vocab_size
         self.pad_id = self.tokenizer.pad_id
+        self.has_teacher_tokenizer = False  # teacher and student read the same tokens
 
     def model_args(self, role: str) -> dict[str, int]:
         """What a model is sized by: the vocabulary (student and teachers share the tokenizer)."""

@@ -8,20 +8,19 @@ teacher: it is trained once (or read from its checkpoint) and reused from the te
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from rich.console import Console
-from rich.table import Table
 
 from distill.config.load import LoadedRecipe, from_dict, locate, merge_overrides, read_yaml, to_plain
 from distill.config.schema import setting
 from distill.config.validate import Checker
+from distill.engine.pipeline import fit
 from distill.engine.runs import new_run_dir
 from distill.errors import RecipeError
+from distill.tasks import SummaryRow, task_spec
 
 SUMMARY_FILE = "summary.json"
 
@@ -60,8 +59,6 @@ def run_comparison(
     comparison: Comparison, variants: dict[str, LoadedRecipe], path: Path, seeds: list[int] | None = None
 ) -> tuple[Path, dict[str, list[dict[str, float]]]]:
     """Fit every variant for every seed in one comparison folder; return it and the test metrics by variant."""
-    from distill.engine.pipeline import fit
-
     seeds = seeds or comparison.seeds
     first = next(iter(variants.values())).recipe
     folder = new_run_dir(first.run.root, path.stem)
@@ -75,40 +72,6 @@ def run_comparison(
     return folder, results
 
 
-# (metric, column title, shown as a percentage); a column appears when the runs report that metric
-COLUMNS = (
-    ("test/acc", "student acc % (mean ± sd)", True),
-    ("test/agreement", "agreement % (mean ± sd)", True),
-    ("test/teacher_acc", "teacher acc %", True),
-    ("test/loss", "student val loss (mean ± sd)", False),
-    ("test/ppl", "perplexity", False),
-    ("test/kl", "KL(teacher || student)", False),
-    ("test/teacher_loss", "teacher val loss", False),
-)
-
-
-def mean_spread(values: list[float], percent: bool) -> str:
-    scale, digits = (100, 2) if percent else (1, 4)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{scale * statistics.mean(values):.{digits}f} ± {scale * spread:.{digits}f}"
-
-
-def print_comparison(title: str, results: dict[str, list[dict[str, float]]], folder: Path) -> None:
-    runs = [r for variant in results.values() for r in variant]
-    columns = [c for c in COLUMNS if any(c[0] in r for r in runs)]
-    if any(key == "test/acc" for key, _, _ in columns):
-        columns = [c for c in columns if c[0] != "test/loss"]  # classification: accuracy is the headline
-    table = Table(title=title)
-    table.add_column("variant")
-    for _, header, _ in columns:
-        table.add_column(header, justify="right")
-    table.add_column("seeds", justify="right")
-    for name, variant in results.items():
-        cells = []
-        for key, _, percent in columns:
-            values = [r[key] for r in variant if key in r]
-            cells.append(mean_spread(values, percent) if values else "-")
-        table.add_row(name, *cells, str(len(variant)))
-    console = Console(width=None if Console().is_terminal else 160)  # a log file gets the whole table on one line
-    console.print(table)
-    console.print(f"runs and summary.json: {folder}", soft_wrap=True)
+def summary_rows(variants: dict[str, LoadedRecipe]) -> tuple[SummaryRow, ...]:
+    """The rows a comparison's table shows: those of the variants' task (the first variant's, if they differ)."""
+    return task_spec(next(iter(variants.values())).recipe.task).summary

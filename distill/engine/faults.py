@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from distill.engine.run_folder import RunFolder
 from distill.errors import DistillError
 from distill.models.weights import atomic_save, read_checkpoint
 
@@ -40,24 +41,19 @@ def readable_checkpoint(candidates: list[Path]) -> tuple[Path, list[str]]:
     raise DistillError(f"--resume: no readable checkpoint in {candidates[0].parent} ({reasons})")
 
 
-PREVIOUS_CHECKPOINT = "previous.ckpt"  # last.ckpt as it was one save earlier
-
-
 class KeepPrevious(Callback):
     """Before each checkpoint save, keep the current last.ckpt as previous.ckpt, a hard link (checkpoints are
     replaced by rename, so the old file lives on): if the new one is ever unreadable, a resume falls back to it."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        last = self.folder / "last.ckpt"
-        if trainer.is_global_zero and last.is_file():
-            previous = self.folder / PREVIOUS_CHECKPOINT
-            temporary = self.folder / f".{PREVIOUS_CHECKPOINT}.tmp"
+        if trainer.is_global_zero and self.run.last.is_file():
+            temporary = self.run.previous.with_name(f".{self.run.previous.name}.tmp")
             temporary.unlink(missing_ok=True)
-            os.link(last, temporary)
-            os.replace(temporary, previous)
+            os.link(self.run.last, temporary)
+            os.replace(temporary, self.run.previous)
 
 
 def not_finite(name: str, value: torch.Tensor) -> str:
@@ -81,7 +77,7 @@ class StopOnNonFiniteLoss(Callback):
             return
         bad = [line for name, value in parts.items() if (line := not_finite(name, value.detach()))]
         terms = f" (not finite: {', '.join(bad)})" if bad else ""
-        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        last = RunFolder(trainer.default_root_dir).last
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
         raise DistillError(
             f"training step {trainer.global_step} (epoch {trainer.current_epoch}): the loss is "

@@ -108,9 +108,8 @@ class ShardedDistillation(ModelParallelStrategy):
         if is_sharded(task.student):
             return
         mesh, precision = self.device_mesh["data_parallel"], str(self.precision_plugin.precision)
-        shard(task.student, mesh, precision)
-        if any(p.requires_grad for p in task.terms.parameters()):
-            shard(task.terms, mesh, precision)  # their gradients must be averaged over the ranks too
+        for module in task.trainable_modules().values():  # the student, and loss terms with weights of their own
+            shard(module, mesh, precision)
         device_bytes = device_memory_bytes(self.root_device, self.num_processes)
         for name, model in task.frozen_models().items():
             self.placements[name] = resolve_placement(self.frozen, model, device_bytes)

@@ -1,10 +1,12 @@
-"""Runs: `fit` (train, keep checkpoints, report on the test split) and `evaluate` (validate/test a checkpoint).
+"""Runs: `fit` (train, keep checkpoints, test the best) and `evaluate` (validate or test a checkpoint), built by the
+one wiring (`distill.engine.wiring`), so evaluation builds exactly what training built.
 
 These are what the CLI calls; notebooks and scripts can call them too.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -16,24 +18,18 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from distill.config.load import LoadedRecipe, from_dict, save_recipe
-from distill.config.schema import SpeedSettings
+from distill.config.load import LoadedRecipe, save_recipe
+from distill.data.interface import DataSource
 from distill.engine.quiet import quiet_expected_messages, release
-from distill.engine.runs import (
-    RECIPE_FILE,
-    RUN_DIR_ENV,
-    build_trainer,
-    last_checkpoint,
-    make_trainer,
-    run_folder,
-    with_strategy,
-)
-from distill.engine.wiring import MONITOR, build_datamodule, build_module
+from distill.engine.run_folder import RunCheckpoint, RunFolder
+from distill.engine.runs import RUN_DIR_ENV, external_launch, last_checkpoint, run_folder
+from distill.engine.trainer import evaluation_trainer, make_trainer
+from distill.engine.wiring import build_task, prepare_data, spec_of
 from distill.errors import DistillError
-from distill.models.weights import read_checkpoint
-from distill.teachers.resolve import reference_path, resolve_teacher
-
-RESULTS_FILE = "results.json"
+from distill.tasks import FrozenModel, task_spec
+from distill.tasks.base import DistillationTask
+from distill.teachers.resolve import FrozenPlan, load_frozen, plan_frozen, reference_weights
+from distill.teachers.store import keep
 
 
 @dataclass
@@ -44,18 +40,9 @@ class FitResult:
     resolved: dict[str, Any]
 
 
-def prepare_data(loaded: LoadedRecipe) -> L.LightningDataModule:
-    data = build_datamodule(loaded.recipe.data)
-    data.seed = loaded.recipe.seed
-    if loaded.recipe.speed.channels_last and hasattr(data, "channels_last"):
-        data.channels_last = True  # on-device batches in the layout the models will have
-    data.prepare_data()
-    data.setup("fit")  # surfaces missing or broken data before anything is written
-    return data
-
-
 def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callback] = ()) -> FitResult:
-    """Train the student of `loaded` (training its teacher first if needed) in a new run folder, or resume one."""
+    """Train the student of `loaded` (training its frozen models first where needed) in a new run folder, or resume
+    one."""
     quiet_expected_messages()
     recipe = loaded.recipe
     checkpoint = last_checkpoint(resume) if resume is not None else None
@@ -65,36 +52,70 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     try:
         # built first: constructing it checks the trainer settings before any teacher is trained
         trainer = make_trainer(
-            recipe.trainer, run_dir, MONITOR[recipe.task], callbacks=list(callbacks), fsdp=recipe.fsdp
+            recipe.trainer, run_dir, spec_of(loaded).monitor_metric, callbacks=list(callbacks), fsdp=recipe.fsdp
         )
-        teacher, teacher_source = resolve_teacher(loaded, data)
-        second_teacher, _ = resolve_teacher(loaded, data, "second_teacher")
-        init = reference_path(loaded) if recipe.init == "reference" else recipe.init
-        L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the teacher
-        module = build_module(recipe, loaded.resolved, data, teacher, teacher_source, second_teacher, init)
-        apply_speed_settings(module, recipe.speed)
+        module = assemble(loaded, data, training=True)
     except DistillError:
         if fresh:
             shutil.rmtree(run_dir)  # made for this run a moment ago: bad input leaves nothing behind
         raise
+    run = RunFolder(run_dir)
     if fresh:
-        save_recipe(loaded.resolved, run_dir / RECIPE_FILE)
-    if hasattr(module, "training_data"):  # a task that trains on data of its own (amu: cached features)
-        data = module.training_data(data)
+        save_recipe(loaded.resolved, run.recipe_file)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes of the other ranks, if the strategy starts them, use it
     release(trainer.device_info)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
-        best = Path(trainer.checkpoint_callback.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+        trainer.fit(module, datamodule=module.training_data(data), ckpt_path=checkpoint, weights_only=True)
+        best = Path(trainer.checkpoint_callback.best_model_path or run.last)
         (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
     finally:
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
     metrics = {k: float(v) for k, v in metrics.items()}
     if trainer.is_global_zero:
-        (run_dir / RESULTS_FILE).write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
+        run.results_file.write_text(json.dumps({"best_checkpoint": str(best), "test": metrics}, indent=2))
     leave_process_group()
     return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
+
+
+def assemble(loaded: LoadedRecipe, data: DataSource, training: bool) -> DistillationTask:
+    """The task of `loaded` on `data`: its frozen models (trained first when their weights are not stored yet) and
+    the student's first weights, built by the task's spec."""
+    frozen = provide_frozen(loaded, data)  # first: training them may store the reference `init` names
+    init = reference_weights(loaded, teacher_task) if loaded.recipe.init == "reference" else loaded.recipe.init
+    return build_task(loaded, data, frozen, init, training)
+
+
+def provide_frozen(loaded: LoadedRecipe, data: DataSource) -> dict[str, FrozenModel]:
+    """Each frozen model the task reads, with its weights; a teacher whose weights are not stored yet is trained
+    first by its own run (an ordinary `fit`) and kept in the store."""
+    frozen = {}
+    for role in spec_of(loaded).frozen:
+        plan = plan_frozen(loaded, role, teacher_task(loaded.recipe.task))
+        if plan is None:
+            continue
+        if plan.needs_training:
+            train_frozen(plan)
+        frozen[role] = FrozenModel(load_frozen(plan, data), plan.source)
+    return frozen
+
+
+def teacher_task(task: str) -> str:
+    """The task a teacher trained for `task` (from `teacher.train`) learns with."""
+    spec = task_spec(task)
+    return spec.teacher_task or spec.name
+
+
+def train_frozen(plan: FrozenPlan) -> None:
+    """Run the plan's teacher run and keep its best student as the frozen model's weights."""
+    if external_launch() is not None:  # every process of the job would train it at once
+        raise DistillError(
+            f"{plan.role}: not trained yet ({plan.weights} is missing) and processes started by torchrun or SLURM do "
+            f"not train one: run `distill fit` once in a single process first, or give {plan.role}.checkpoint"
+        )
+    print(f"No stored {plan.role} for these settings: training it first ({plan.weights.parent})")
+    result = fit(plan.run.replaced(run={"root": str(plan.weights.parent), "name": "train"}))
+    keep(result.best_checkpoint, plan.weights, {"recipe": result.resolved, "metrics": result.metrics})
 
 
 def leave_process_group() -> None:
@@ -105,44 +126,46 @@ def leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def recipe_of_checkpoint(path: Path) -> dict[str, Any]:
-    meta = read_checkpoint(path).get("distill")
-    if not isinstance(meta, dict) or not isinstance(meta.get("recipe"), dict):
-        raise DistillError(f"--checkpoint: {path} was not written by distill fit; pass --recipe to say how to build it")
-    return meta["recipe"]
+@dataclass
+class Restored:
+    """A finished run's task, rebuilt by the one wiring with the checkpoint's weights loaded, and its data."""
+
+    module: DistillationTask
+    data: DataSource
+    loaded: LoadedRecipe
+    checkpoint: RunCheckpoint
+    initial_student: torch.nn.Module | None = None  # the student before training (`keep_initial`)
 
 
-def evaluate(loaded: LoadedRecipe, checkpoint: Path, stage: Literal["validate", "test"]) -> dict[str, float]:
-    """Validate or test the student in `checkpoint` with the data and teacher of `loaded` (no training)."""
-    quiet_expected_messages()
-    recipe = loaded.recipe
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
+def restore(
+    checkpoint: RunCheckpoint, loaded: LoadedRecipe | None = None, training: bool = False, keep_initial: bool = False
+) -> Restored:
+    """The task of `checkpoint` (with `loaded`, default the checkpoint's own recipe, pinned to the frozen weights it
+    learned from), its trained state loaded. With `keep_initial` a copy of the student as it started (the run's
+    seed) is kept too, for comparisons before and after training."""
+    loaded = loaded or checkpoint.loaded()
+    L.seed_everything(loaded.recipe.seed, workers=True, verbose=False)
     data = prepare_data(loaded)
-    meta = read_checkpoint(checkpoint, "--checkpoint").get("distill") or {}
-    teacher, source = None, meta.get("teacher")
-    if loaded.resolved["teacher"] and source and str(source["weights"]).startswith("hf:"):
-        teacher, source = resolve_teacher(loaded, data)  # a pretrained model: its weights come with it
-    elif loaded.resolved["teacher"] and source and Path(source["weights"]).is_file():
-        # the exact teacher weights the student was distilled from, never a retrained one
-        pinned = {**loaded.resolved["teacher"], "checkpoint": source["weights"]}
-        teacher, source = resolve_teacher(from_dict({**loaded.resolved, "teacher": pinned}, "checkpoint"), data)
-    module = build_module(recipe, loaded.resolved, data, teacher, source)
-    device_keys = ("accelerator", "devices", "num_nodes", "precision", "strategy")
-    device_args = with_strategy({k: v for k, v in recipe.trainer.items() if k in device_keys}, recipe.fsdp)
-    trainer = build_trainer(**device_args, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module = assemble(loaded, data, training)
+    initial = copy.deepcopy(module.student).eval() if keep_initial else None
+    try:
+        module.load_trained_state(checkpoint.state)
+    except (ValueError, RuntimeError) as exc:  # other keys, or other shapes
+        reason = str(exc).strip().splitlines()[-1].strip()
+        raise DistillError(f"{checkpoint.path} does not fit the recipe's student: {reason}") from None
+    return Restored(module, data, loaded, checkpoint, initial)
+
+
+def evaluate(
+    checkpoint: RunCheckpoint, stage: Literal["validate", "test"], loaded: LoadedRecipe | None = None
+) -> dict[str, float]:
+    """Validate or test the student in `checkpoint`, built as it was trained (`loaded` defaults to the recipe it
+    was trained with), with the frozen models it learned from."""
+    quiet_expected_messages()
+    restored = restore(checkpoint, loaded)
+    recipe = restored.loaded.recipe
+    trainer = evaluation_trainer(recipe.trainer, recipe.fsdp)
     run = trainer.validate if stage == "validate" else trainer.test
-    (metrics,) = run(module, datamodule=data, ckpt_path=str(checkpoint), weights_only=True, verbose=False)
+    (metrics,) = run(restored.module, datamodule=restored.data, verbose=False)
     leave_process_group()
     return {k: float(v) for k, v in metrics.items()}
-
-
-def apply_speed_settings(module: L.LightningModule, speed: SpeedSettings) -> None:
-    """channels_last and torch.compile as the recipe's `speed` section asks (in place: state-dict keys unchanged)."""
-    models = {name: getattr(module, name, None) for name in ("student", "teacher")}
-    if speed.channels_last:
-        for model in models.values():
-            if model is not None:
-                model.to(memory_format=torch.channels_last)
-    for name, wanted in (("student", speed.compile_student), ("teacher", speed.compile_teacher)):
-        if wanted and models[name] is not None:
-            models[name].compile()

@@ -1,24 +1,15 @@
-"""Run folders and the Trainer a run uses."""
+"""Where a run writes: a new `runs/<name>/version_N` folder, the shared folder of a torchrun/SLURM job, or the
+folder of a run being resumed; and the checkpoint a resume starts from."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any
 
-import lightning as L
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
-
-from distill.config.schema import FSDPSettings
-from distill.engine.quiet import held_back_info
+from distill.engine.run_folder import RunFolder
 from distill.errors import DistillError
 
-RECIPE_FILE = "recipe.yaml"
-CHECKPOINT_DIR = "checkpoints"
 RUN_DIR_ENV = "DISTILL_RUN_DIR"  # tells the processes started for the other ranks which run folder is theirs
 
 
@@ -91,21 +82,21 @@ def launched_run_dir() -> Path | None:
 
 def latest_run_dir(root: str, name: str) -> Path:
     parent = Path(root).expanduser() / name
-    runs = [p for p in parent.glob("*") if (p / RECIPE_FILE).is_file()]  # version_N, or torchrun_/slurm_ job folders
+    runs = [RunFolder(p) for p in parent.glob("*")]
+    runs = [run for run in runs if run.recipe_file.is_file()]  # version_N, or torchrun_/slurm_ job folders
     if not runs:
         raise DistillError(f"--resume: no earlier run of '{name}' under {parent}")
-    return max(runs, key=lambda p: (p / RECIPE_FILE).stat().st_mtime_ns)
+    return max(runs, key=lambda run: run.recipe_file.stat().st_mtime_ns).path
 
 
 def last_checkpoint(run_dir: Path) -> Path:
     """The checkpoint to resume from: last.ckpt, or when it cannot be read, the previous one kept beside it."""
-    from distill.engine.faults import PREVIOUS_CHECKPOINT, readable_checkpoint
+    from distill.engine.faults import readable_checkpoint
 
-    folder = run_dir / CHECKPOINT_DIR
-    path = folder / "last.ckpt"
-    if not path.is_file():
-        raise DistillError(f"--resume: {run_dir} has no checkpoint to resume from ({path} is missing)")
-    chosen, skipped = readable_checkpoint([path, folder / PREVIOUS_CHECKPOINT])
+    run = RunFolder(run_dir)
+    if not run.last.is_file():
+        raise DistillError(f"--resume: {run_dir} has no checkpoint to resume from ({run.last} is missing)")
+    chosen, skipped = readable_checkpoint([run.last, run.previous])
     for reason in skipped:
         print(f"warning: {reason}; resuming from {chosen} instead")
     return chosen
@@ -116,92 +107,3 @@ def is_global_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
-
-
-def log_version(run_dir: Path) -> str:
-    """`logs` for a run's first session; `logs/resume_K` for the K-th resumed one, so no session's log is lost."""
-    if not (run_dir / "logs").exists():
-        return "logs"
-    return f"logs/resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}"
-
-
-def loggers(run_dir: Path) -> list[Logger]:
-    version = log_version(run_dir)
-    found: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version=version)]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        found.append(TensorBoardLogger(save_dir=run_dir / "tensorboard", name="", version=version))
-    return found
-
-
-def progress_bar(enabled: bool) -> list[Callback]:
-    if enabled and importlib.util.find_spec("rich"):
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        return [RichProgressBar(leave=True)]
-    return []
-
-
-def with_strategy(trainer_args: dict[str, Any], fsdp: FSDPSettings | None = None) -> dict[str, Any]:
-    """The recipe's trainer arguments, with `strategy: fsdp` made distill's sharded strategy (engine.fsdp)."""
-    if trainer_args.get("strategy") != "fsdp":
-        return dict(trainer_args)
-    from distill.engine.fsdp import ShardedDistillation
-
-    return {**trainer_args, "strategy": ShardedDistillation(frozen=(fsdp or FSDPSettings()).frozen)}
-
-
-def make_trainer(
-    trainer_args: dict[str, Any],
-    run_dir: Path,
-    monitor: tuple[str, str] = ("val/acc", "max"),
-    callbacks: list[Callback] = (),
-    fsdp: FSDPSettings | None = None,
-) -> L.Trainer:
-    """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder."""
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename="best",
-        monitor=monitor[0],
-        mode=monitor[1],
-        save_last=True,
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    from distill.engine.faults import AtomicCheckpointIO, KeepPrevious, StopOnNonFiniteLoss
-
-    args = with_strategy(trainer_args, fsdp)
-    safety = [KeepPrevious(run_dir / CHECKPOINT_DIR), StopOnNonFiniteLoss()]
-    own = [checkpoint, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
-    with held_back_info() as device_info:
-        trainer = build_trainer(
-            **args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own, plugins=[AtomicCheckpointIO()]
-        )
-    trainer.device_info = device_info  # printed (distill.quiet.release) once the run's inputs have all been checked
-    return trainer
-
-
-def build_trainer(**args: Any) -> L.Trainer:
-    """`L.Trainer(**args)`, with settings it cannot use (an unknown strategy, DeepSpeed off CUDA...) answered in one
-    line. distill's loaders shard the data themselves (distill.data.sharding), so Lightning's sampler is off."""
-    try:
-        trainer = L.Trainer(**args, use_distributed_sampler=False)
-    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:  # unknown or unusable strategy
-        raise DistillError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
-    check_accelerator_fits(trainer)
-    return trainer
-
-
-def check_accelerator_fits(trainer: L.Trainer) -> None:
-    """Refuse now what Lightning would refuse only once training starts (with a traceback, after the run folder was
-    written): DeepSpeed off CUDA."""
-    from lightning.pytorch.accelerators import CUDAAccelerator
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    if isinstance(trainer.strategy, DeepSpeedStrategy) and not isinstance(trainer.accelerator, CUDAAccelerator):
-        accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
-        raise DistillError(
-            f"trainer: DeepSpeed runs on CUDA GPUs only, and the accelerator is {accelerator}; use ddp or fsdp here"
-        )

@@ -1,4 +1,4 @@
-"""Speculative decoding with an EAGLE-style draft, greedy verification (methods.md section 8).
+"""Speculative decoding with an EAGLE-style draft, greedy verification (docs/methods.md, section 8).
 
 Each round the draft proposes `depth` tokens one after another (a chain), reading its own predicted features after
 the first; the target scores the last emitted token and the proposals in one forward pass and keeps the longest

@@ -10,7 +10,7 @@ from distill.models.registry import MODELS
 
 @MODELS.register("amu_head")
 def amu_head(num_classes: int = 10, alpha: float = 0.5, uncertainty: str = "kurtosis", power: float = 0.4) -> None:
-    """The AMU logit-bias head (methods.md section 9), built by task amu from the few-shot features.
+    """The AMU logit-bias head (docs/methods.md, section 9), built by task amu from the few-shot features.
 
     Args:
         num_classes: set from the dataset.

@@ -1,4 +1,4 @@
-"""CLIP through open_clip as a frozen zero-shot classifier (methods.md section 9): class text embeddings averaged
+"""CLIP through open_clip as a frozen zero-shot classifier (docs/methods.md, section 9): class text embeddings averaged
 over prompt templates make a linear head on the normalized image embedding.
 
 `open_clip:<architecture>` names any open_clip model (`pretrained` picks its weights, e.g. RN50 + 'openai', which

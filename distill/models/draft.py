@@ -1,4 +1,4 @@
-"""An EAGLE-style draft model for speculative decoding (methods.md section 8).
+"""An EAGLE-style draft model for speculative decoding (docs/methods.md, section 8).
 
 The draft reads the target's last hidden state `f_t` (the LM head's input) and the embedding of the next token
 `x_{t+1}`, and predicts `f_{t+1}`; the target's frozen LM head turns the prediction into next-token logits. It is one

@@ -1,20 +1,39 @@
-"""AlignDistil (methods.md section 7): distill a token-adaptive teacher built from a DPO model and a second frozen
-model (the reverse-DPO model, or the reference) into the student, off-policy or on-policy."""
+"""AlignDistil (docs/methods.md, section 7): distill a token-adaptive teacher built from a DPO model and a second
+frozen model (the reverse-DPO model, or the reference) into the student, off-policy or on-policy
+(`task: align_distil`)."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
+from distill.config.schema import setting
+from distill.data.interface import TokenData
+from distill.errors import DistillError
+from distill.tasks.base import DistillationTask, mean_metrics
+from distill.tasks.context import BuildContext
 from distill.tasks.dpo import pair_logps
-from distill.tasks.frozen import freeze
+from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import AlignDistilLoss
 
 Batch = dict[str, torch.Tensor]
 MODELS = ("student", "teacher", "second_teacher")  # the teacher is the DPO model
+
+
+@dataclass
+class AlignDistilSettings:
+    """The recipe's `align_distil:` section."""
+
+    mode: Literal["off_policy", "on_policy"] = setting(
+        "off_policy", "distill on the dataset's chosen responses or on samples"
+    )
+    temperature: float = setting(1.0, "on-policy sampling temperature")
+    top_p: float = setting(1.0, "on-policy nucleus sampling")
+    max_new_tokens: int = setting(64, "on-policy response length")
 
 
 def distilled_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -30,7 +49,7 @@ def logits_of(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> t
     return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
 
 
-class AlignDistilModule(DistillationTask):
+class AlignDistilTask(DistillationTask):
     """The student learns from `objective(student_logits, dpo_logits, second_logits, mask)`.
 
     Off-policy it reads the dataset's chosen responses; on-policy it samples one response per prompt with
@@ -53,10 +72,7 @@ class AlignDistilModule(DistillationTask):
         max_new_tokens: on-policy response length.
         eos_id: ends a sampled response; pad_id fills after it.
         pad_id: padding id for sampled rows.
-        optimizer: builds the optimizer from the trainable parameters.
-        scheduler: builds a per-step schedule, or None.
-        teacher_source: where the DPO model came from, stored in checkpoints.
-        recipe: the resolved recipe, stored in checkpoints.
+        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
     def __init__(
@@ -71,19 +87,13 @@ class AlignDistilModule(DistillationTask):
         max_new_tokens: int = 64,
         eos_id: int = 0,
         pad_id: int = 0,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        teacher_source: dict[str, Any] | None = None,
-        recipe: dict[str, Any] | None = None,
         reference: nn.Module | None = None,
+        **common: Any,
     ) -> None:
         if teacher is None or second_teacher is None:
             raise ValueError("AlignDistil needs the DPO model (teacher) and a second model (second_teacher)")
-        super().__init__(student, teacher, {}, 0.0, optimizer, scheduler, teacher_source, recipe)
-        self.second_teacher = freeze(second_teacher)
-        self.frozen_names.append("second_teacher")
-        self.reference = freeze(reference) if reference is not None else None
-        self.frozen_names.append("reference")
+        frozen = {"teacher": teacher, "second_teacher": second_teacher, "reference": reference}
+        super().__init__(student, frozen, **common)
         self.objective = objective
         self.mode = mode
         self.sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
@@ -151,3 +161,63 @@ class AlignDistilModule(DistillationTask):
     def record(self, stage: str, model: str, what: str, value: torch.Tensor) -> None:
         prog_bar = (model, what) == ("student", "pref_acc")
         self.log_mean(stage, f"{model}_{what}", value.mean(), value.numel(), prog_bar=prog_bar)
+
+
+def build(ctx: BuildContext) -> AlignDistilTask:
+    data = ctx.data
+    if not isinstance(data, TokenData):
+        raise DistillError(f"data: task align_distil reads preference pairs; {ctx.recipe.data['name']} has none")
+    student = ctx.student()
+    settings: AlignDistilSettings = ctx.settings
+    return AlignDistilTask(
+        student,
+        ctx.teacher,
+        ctx.model("second_teacher"),
+        ctx.objective(),
+        mode=settings.mode,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        eos_id=data.tokenizer.eos_id,
+        pad_id=data.pad_id,
+        reference=reference_model(student, ctx.init),
+        **ctx.common(),
+    )
+
+
+def reference_model(student: nn.Module, init: str | None) -> nn.Module | None:
+    """The reference model of the reward metrics: a copy of the student as it starts, when it starts from weights
+    read from a file (`init: reference`, resolved to its path, or a path); else None (not reported)."""
+    if init is None or init == "teacher":
+        return None
+    return copy.deepcopy(student)
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="align_distil",
+        description="AlignDistil: a token-adaptive teacher from a DPO model and a second model, distilled into the "
+        "student",
+        build=build,
+        monitor=("student_pref_acc", "max"),
+        summary=(
+            SummaryRow("preference accuracy, student", "student_pref_acc", percent=True),
+            SummaryRow("preference accuracy, DPO model", "dpo_pref_acc", percent=True),
+            SummaryRow("preference accuracy, second model", "second_pref_acc", percent=True),
+            SummaryRow("preference accuracy, reference", "reference_pref_acc", percent=True),
+            SummaryRow("log-prob margin chosen - rejected, student", "student_margin"),
+            SummaryRow("log-prob margin chosen - rejected, DPO model", "dpo_margin"),
+            SummaryRow("log-prob margin chosen - rejected, reference", "reference_margin"),
+            SummaryRow("implicit reward accuracy, student", "student_reward_acc", percent=True),
+            SummaryRow("mean implicit reward margin, student", "student_reward_margin"),
+            SummaryRow("implicit reward accuracy, DPO model", "dpo_reward_acc", percent=True),
+            SummaryRow("mean implicit reward margin, DPO model", "dpo_reward_margin"),
+        ),
+        frozen={
+            "teacher": FrozenRole("the DPO model"),
+            "second_teacher": FrozenRole("the reverse-DPO model or the reference"),
+        },
+        objective="align_distil",
+        settings=AlignDistilSettings,
+    )
+)

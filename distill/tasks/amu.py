@@ -1,24 +1,39 @@
-"""Few-shot CLIP with the AMU logit bias (methods.md section 9): a frozen zero-shot CLIP classifier (the teacher), a
-frozen auxiliary model (the second teacher) and a trainable AMU head (the student) on the auxiliary features."""
+"""Few-shot CLIP with the AMU logit bias (docs/methods.md, section 9; `task: amu`): a frozen zero-shot CLIP classifier
+(the teacher), a frozen auxiliary model (the second teacher) and a trainable AMU head (the student) on the auxiliary
+features, which both frozen models compute once over the few-shot set."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
-from distill.data.feature_cache import CachedTrainingData, FewShotFeatures
+from distill.config.schema import setting
+from distill.data.feature_cache import CachedTrainingData, FewShotFeatures, compute_features
+from distill.data.interface import ClassData
+from distill.errors import DistillError
 from distill.models.features import feature_extractor
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
-from distill.tasks.frozen import freeze
+from distill.tasks.base import DistillationTask, mean_metrics
+from distill.tasks.context import BuildContext
+from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import AMULogitBias, AMULoss
 
 BRANCHES = ("acc", "zero_shot_acc", "aux_acc")  # accuracy of the AMU prediction, CLIP alone, the auxiliary head alone
 
 
-class AMUModule(DistillationTask):
+@dataclass
+class AMUSettings:
+    """The recipe's `amu:` section."""
+
+    views: int = setting(10, "passes over the few-shot set whose features are cached (the first unaugmented)")
+
+
+class AMUTask(DistillationTask):
     """Trains `head(clip_logits, aux_features) -> (fused, aux)` with `objective(fused, aux, target)`.
 
     Training reads the few-shot set's cached features (`features`: `clip` and `aux` outputs per augmented view),
@@ -33,7 +48,7 @@ class AMUModule(DistillationTask):
         features: the cached few-shot features (None when only evaluating).
         batch_size: training batch size over the cached features.
         seed: shuffling seed of the cached features.
-        optimizer, scheduler, teacher_source, recipe: as every task.
+        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
     def __init__(
@@ -45,14 +60,9 @@ class AMUModule(DistillationTask):
         features: FewShotFeatures | None = None,
         batch_size: int = 8,
         seed: int = 0,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        teacher_source: dict[str, Any] | None = None,
-        recipe: dict[str, Any] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(head, clip, {}, 0.0, optimizer, scheduler, teacher_source, recipe)
-        self.second_teacher = freeze(aux)
-        self.frozen_names.append("second_teacher")
+        super().__init__(head, {"teacher": clip, "second_teacher": aux}, **common)
         self.aux_features = feature_extractor(self.second_teacher, "second_teacher")
         self.objective = objective
         self.features = features
@@ -62,7 +72,7 @@ class AMUModule(DistillationTask):
     def training_data(self, images: L.LightningDataModule) -> L.LightningDataModule:
         """Training batches from the cached features; validation and test from `images`."""
         if self.features is None:
-            raise ValueError("AMUModule needs the cached few-shot features to train")
+            raise ValueError("AMUTask needs the cached few-shot features to train")
         return CachedTrainingData(images, self.features, self.batch_size, self.seed)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -94,3 +104,81 @@ class AMUModule(DistillationTask):
             correct = (logits.argmax(dim=1) == target).float()
             self.log_mean(stage, name, correct.mean(), len(target), prog_bar=name == "acc")
         self.log_mean(stage, "loss", self.objective(fused, aux, target), len(target))
+
+
+def build(ctx: BuildContext) -> AMUTask:
+    """The few-shot features computed once by the frozen models (one unaugmented view when only evaluating), and
+    the head initialized from them."""
+    data = ctx.data
+    if not isinstance(data, ClassData):
+        raise DistillError(f"data: task amu needs labelled images; {ctx.recipe.data['name']} is not")
+    clip, aux = ctx.teacher, ctx.model("second_teacher")
+    clip.eval()
+    aux.eval()
+    device = feature_device(ctx.recipe.trainer)
+    extractors = {"clip": clip.to(device), "aux": feature_extractor(aux.to(device), "second_teacher")}
+    train = data.train_set
+    views = ctx.settings.views if ctx.training else 1
+    features = compute_features(
+        train, unaugmented(train, data.val_set), extractors, views, device=device, seed=ctx.recipe.seed
+    )
+    clip.cpu()
+    aux.cpu()
+    head_args = {k: v for k, v in ctx.recipe.student.items() if k != "name"}
+    head = AMULogitBias(features.outputs["aux"][0], features.labels, data.num_classes, **head_args)
+    return AMUTask(
+        head,
+        clip,
+        aux,
+        ctx.objective(),
+        features=features,
+        batch_size=data.batch_size,
+        seed=ctx.recipe.seed,
+        **ctx.common(),
+    )
+
+
+def unaugmented(train: Dataset, val: Dataset) -> Dataset:
+    """The training samples with the evaluation transform (a shallow copy: the images are shared), or `train` as it
+    is when the sets keep no `transform` to swap."""
+    base = train.dataset if isinstance(train, Subset) else train
+    if not hasattr(base, "transform") or not hasattr(val, "transform"):
+        return train
+    plain = copy.copy(base)
+    plain.transform = val.transform
+    if isinstance(train, Subset):
+        subset = Subset(plain, train.indices)
+        subset.labels = getattr(train, "labels", None)  # type: ignore[attr-defined]
+        return subset
+    return plain
+
+
+def feature_device(trainer: dict[str, Any]) -> torch.device:
+    """Where the features are computed: the GPU when the recipe trains on one (or on 'auto' with one present)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="amu",
+        description="few-shot CLIP: the AMU logit bias on an auxiliary model's features, beside zero-shot CLIP",
+        build=build,
+        monitor=("acc", "max"),
+        summary=(
+            SummaryRow("AMU accuracy (fused)", "acc", percent=True),
+            SummaryRow("zero-shot CLIP accuracy", "zero_shot_acc", percent=True),
+            SummaryRow("auxiliary head accuracy", "aux_acc", percent=True),
+            SummaryRow("AMU loss", "loss"),
+        ),
+        frozen={
+            "teacher": FrozenRole("the zero-shot CLIP classifier"),
+            "second_teacher": FrozenRole("the auxiliary model whose features the head reads"),
+        },
+        objective="amu",
+        teacher_task="classification",  # an auxiliary model trained from `teacher.train` learns the labels
+        settings=AMUSettings,
+    )
+)

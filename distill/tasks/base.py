@@ -1,11 +1,11 @@
-"""What every distillation task shares: a trainable student, a frozen teacher, weighted loss terms, the optimizer
-and schedule from the recipe, and student-only checkpoints."""
+"""What every task shares: a trainable student, frozen models, the optimizer and schedule from the recipe, and
+student-only checkpoints; and, for the tasks that train on weighted loss terms beside CE, those terms."""
 
 from __future__ import annotations
 
-import inspect
+import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -14,13 +14,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
-from distill.tasks.frozen import drop_teacher_keys, freeze
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-# (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
-SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
-LossTerms = dict[str, tuple[float, nn.Module]]
-
+from distill.tasks.context import OptimizerFactory, SchedulerFactory
+from distill.tasks.frozen import drop_frozen_keys, freeze
+from distill.tasks.loss_terms import LossTerms, call_term, consumes
 
 EVAL_STAGES = ("val", "test")
 
@@ -30,49 +26,61 @@ def mean_metrics(names: Iterable[str]) -> nn.ModuleDict:
     return nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in EVAL_STAGES for name in names})
 
 
-def terms_items(terms: LossTerms) -> list[tuple[str, nn.Module]]:
-    return [(name, module) for name, (_, module) in terms.items()]
+def optimizer_steps(trainer: L.Trainer) -> tuple[int, int]:
+    """`(optimizer steps per epoch, in the whole run)` as `trainer` will take them.
+
+    Counted from the length of the datamodule's training loader with the Trainer's public settings (the rules of
+    `Trainer.estimated_stepping_batches`), rather than through that property: it makes Lightning build its own
+    training loader and draw a first batch before a resumed run has restored its epoch, and a run would then train
+    its first epoch in the wrong order. tests/tasks/test_optimizer_steps.py holds the two equal.
+    """
+    if trainer.datamodule is None:  # loaders given directly: no epoch-seeded order to protect
+        total = int(trainer.estimated_stepping_batches)
+        return max(1, -(-total // max(1, trainer.max_epochs or 1))), total
+    batches = len(trainer.datamodule.train_dataloader())
+    limit = trainer.limit_train_batches
+    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+    if trainer.max_epochs == -1:
+        return per_epoch, trainer.max_steps
+    total = per_epoch * max(trainer.max_epochs or 1, 1)
+    return per_epoch, min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
 
 class DistillationTask(L.LightningModule):
-    """Base of the task modules. The teacher is frozen, pinned in eval mode, run under no_grad, kept out of the
-    optimizer and out of checkpoints (which record `teacher_source` instead).
+    """Base of the task modules. Frozen models (`frozen`: by role, e.g. `teacher`, `second_teacher`) are frozen,
+    pinned in eval mode, kept out of the optimizer and out of checkpoints, which record `sources` instead (where
+    each came from), with the resolved `recipe`.
 
-    A loss term is called `term(student_logits, teacher_logits, **inputs)` where `inputs` holds, of what the task
-    offers (`target`, `labels`, `student_mask`, `teacher_mask`, `epoch`...), the names its `forward` takes: loss
-    modules stay plain and the task needs no per-method branches.
+    Subclasses implement `training_step` and `evaluate_batch`; a subclass whose training reads other data than the
+    datamodule's (AMU: cached features) overrides `training_data`.
     """
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module | None,
-        terms: LossTerms | None,
-        ce_weight: float,
-        optimizer: OptimizerFactory | None,
-        scheduler: SchedulerFactory | None,
-        teacher_source: dict[str, Any] | None,
-        recipe: dict[str, Any] | None,
+        frozen: Mapping[str, nn.Module | None] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        sources: Mapping[str, dict[str, Any]] | None = None,
+        recipe: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        terms = terms or {}
-        if terms and teacher is None:
-            raise ValueError(f"loss terms {sorted(terms)} need a teacher")
         self.student = student
-        self.teacher = freeze(teacher) if teacher is not None else None
-        self.frozen_names = ["teacher"]  # frozen models, kept out of checkpoints; subclasses may add more
-        self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
-        self.weights = {name: weight for name, (weight, _) in terms.items()}
-        self.term_inputs = {
-            name: set(list(inspect.signature(m.forward).parameters)[2:]) for name, m in self.terms.items()
-        }
-        self.ce_weight = ce_weight
+        self.frozen_names: list[str] = []  # frozen models, kept out of checkpoints
+        for name, model in (frozen or {}).items():
+            self.add_frozen(name, model)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.SGD(params, lr=0.01))
         self.scheduler_factory = scheduler
-        self.teacher_source = teacher_source
+        self.sources = dict(sources or {})
         self.recipe = recipe
 
-    # -- teacher hygiene --------------------------------------------------------------------------------------------
+    def add_frozen(self, name: str, model: nn.Module | None) -> None:
+        """Hold `model` as the frozen model `name` (None: the role is empty)."""
+        setattr(self, name, freeze(model) if model is not None else None)
+        self.frozen_names.append(name)
+
+    # -- frozen-model hygiene ---------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationTask:
         super().train(mode)
         for model in self.frozen_models().values():
@@ -92,19 +100,26 @@ class DistillationTask(L.LightningModule):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, frozen)
 
     def configure_model(self) -> None:
-        # Under distill's FSDP strategy (distill.engine.fsdp) the student is sharded and the frozen models placed here,
+        # Under distill's FSDP strategy (engine.fsdp) the student is sharded and the frozen models placed here,
         # before the optimizer is built; other strategies have nothing to do.
         shard_task = getattr(self.trainer.strategy, "shard_task", None)
         if shard_task is not None:
             shard_task(self)
 
     def on_fit_start(self) -> None:
-        # Lightning warns about modules in eval mode at the start of training: the frozen teacher is, on purpose.
+        # Lightning warns about modules in eval mode at the start of training: the frozen models are, on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        params = list(self.student.parameters()) + list(self.terms.parameters())
-        return [p for p in params if p.requires_grad]
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules whose weights train (sharded by FSDP): the student, and trainable loss terms if any."""
+        return {"student": self.student}
+
+    def training_data(self, data: L.LightningDataModule) -> L.LightningDataModule:
+        """The datamodule training reads: the recipe's, unless the task trains on data of its own."""
+        return data
 
     # -- evaluation -------------------------------------------------------------------------------------------------
     def evaluate_batch(self, batch: Any, batch_idx: int, stage: str) -> None:
@@ -125,48 +140,86 @@ class DistillationTask(L.LightningModule):
         metric.update(value, weight=weight)
         self.log(f"{stage}/{name}", metric, prog_bar=prog_bar)
 
-    # -- loss -------------------------------------------------------------------------------------------------------
+    # -- optimization -----------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        steps_per_epoch, total_steps = optimizer_steps(self.trainer)
+        scheduler = self.scheduler_factory(optimizer, steps_per_epoch, total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: what trains, and where the frozen models came from ---------------------------------------------
+    def without_frozen(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` (this module's state dict) without the frozen models' entries."""
+        return drop_frozen_keys(state, tuple(f"{name}." for name in self.frozen_names))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.without_frozen(checkpoint["state_dict"])
+        checkpoint["distill"] = {"sources": self.sources, "recipe": self.recipe}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen models are not in the file: give strict loading the ones we already hold.
+        checkpoint["state_dict"] = {**checkpoint["state_dict"], **self.frozen_state()}
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v for name, model in self.frozen_models().items() for k, v in model.state_dict().items()}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what a checkpoint holds (the student and trainable terms) into this module; the frozen models stay
+        as they are. A checkpoint of another student raises a ValueError naming the keys that do not match."""
+        result = self.load_state_dict({**state, **self.frozen_state()}, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            missing, unexpected = result.missing_keys, result.unexpected_keys
+            raise ValueError(
+                f"{len(missing)} missing keys{f' (e.g. {missing[0]})' if missing else ''}, "
+                f"{len(unexpected)} unexpected{f' (e.g. {unexpected[0]})' if unexpected else ''}"
+            )
+
+
+class WeightedTermsTask(DistillationTask):
+    """A task that trains on `ce_weight * CE + sum_i weight_i * term_i`: terms whose kind (`losses.consumes`) the
+    task feeds, each called with that kind's inputs from what the task offers (`call_term`)."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        frozen: Mapping[str, nn.Module | None] | None = None,
+        terms: LossTerms | None = None,
+        ce_weight: float = 1.0,
+        accepts: frozenset[str] = frozenset(),
+        **common: Any,
+    ) -> None:
+        super().__init__(student, frozen, **common)
+        terms = terms or {}
+        if terms and getattr(self, "teacher", None) is None:
+            raise ValueError(f"loss terms {sorted(terms)} need a teacher")
+        for name, (_, module) in terms.items():
+            kind = consumes(module, name).kind
+            if kind not in accepts:
+                raise ValueError(f"loss term {name} consumes {kind}; {type(self).__name__} feeds {sorted(accepts)}")
+        self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
+        self.weights = {name: weight for name, (weight, _) in terms.items()}
+        self.ce_weight = ce_weight
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        trainable = super().trainable_modules()
+        if any(p.requires_grad for p in self.terms.parameters()):
+            trainable["terms"] = self.terms  # their gradients must be averaged over the ranks too
+        return trainable
+
     def term_values(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, inputs: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
-        """Each term's unweighted value; a term gets the entries of `inputs` its forward names."""
-        return {
-            name: term(
-                student_logits, teacher_logits, **{k: v for k, v in inputs.items() if k in self.term_inputs[name]}
-            )
-            for name, term in self.terms.items()
-        }
+        """Each term's unweighted value, called with the inputs of its declared kind."""
+        return {name: call_term(term, student_logits, teacher_logits, inputs) for name, term in self.terms.items()}
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         self.last_parts = parts  # named in the message if the loss is ever not finite
         weights = {"ce": self.ce_weight, **self.weights}
         return sum(weights[name] * value for name, value in parts.items())
 
-    # -- optimization -----------------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.trainable_parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        # Counting the steps made Lightning build the train loader and draw its first batch before a resumed run
-        # restores its epoch counter: drop that loader so the run builds it afresh, for the right epoch.
-        self.trainer.fit_loop._combined_loader = None
-        max_epochs = max(1, self.trainer.max_epochs or 1)
-        steps_per_epoch = max(1, -(-total_steps // max_epochs))
-        scheduler = self.scheduler_factory(optimizer, steps_per_epoch, total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # -- checkpoints: student only ----------------------------------------------------------------------------------
-    def without_frozen(self, state: dict[str, Any]) -> dict[str, Any]:
-        """`state` (this module's state dict) without the frozen models' entries."""
-        return drop_teacher_keys(state, prefix=tuple(f"{name}." for name in self.frozen_names))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.without_frozen(checkpoint["state_dict"])
-        checkpoint["distill"] = {"teacher": self.teacher_source, "recipe": self.recipe}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The frozen models are not in the file: give strict loading the ones we already hold.
-        for name, model in self.frozen_models().items():
-            frozen_state = {f"{name}.{k}": v for k, v in model.state_dict().items()}
-            checkpoint["state_dict"] = {**checkpoint["state_dict"], **frozen_state}
+    def log_parts(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        self.log("train/loss", loss, prog_bar=True)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value)

@@ -1,8 +1,9 @@
-"""Distillation between causal language models (Hugging Face `...ForCausalLM` modules)."""
+"""Distillation between causal language models (Hugging Face `...ForCausalLM` modules; `task: causal_lm`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,12 +11,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
+from distill.config.schema import Recipe
+from distill.data.interface import TokenData
+from distill.errors import DistillError
 from distill.models.vlm import VISION_INPUTS
-from distill.tasks.base import DistillationTask, LossTerms, OptimizerFactory, SchedulerFactory
+from distill.tasks.base import WeightedTermsTask
+from distill.tasks.context import BuildContext
+from distill.tasks.loss_terms import LOSSES, LossTerms, consumes
+from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from losses import TokenDivergenceLoss
+from losses.consumes import SEQUENCE_LOGITS, TOKEN_LOGITS
 
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
+ACCEPTS = frozenset({TOKEN_LOGITS, SEQUENCE_LOGITS})
 
 
 def vision_inputs(batch: Batch) -> Batch:
@@ -29,13 +38,14 @@ def next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return nll, (labels != -100).sum()
 
 
-class CausalLMDistillationModule(DistillationTask):
+class CausalLMTask(WeightedTermsTask):
     """Trains a causal-LM student on `ce_weight * CE(next token) + sum_i weight_i * term_i`.
 
     Logits are shifted once here (position t predicts token t+1), so every term sees aligned
-    `student_logits [B, T-1, V]`, `teacher_logits [B, T'-1, V']` and, by the names its forward takes,
-    `labels [B, T-1]` (-100 where not distilled: prompt and padding), `student_mask`/`teacher_mask` (the distilled
-    positions of each side; they differ when teacher and student tokenize differently) and `epoch`.
+    `student_logits [B, T-1, V]`, `teacher_logits [B, T'-1, V']` and, by the kind it consumes, `labels [B, T-1]`
+    (-100 where not distilled: prompt and padding; `losses.consumes.TOKEN_LOGITS`) or `student_mask`/`teacher_mask`
+    (the distilled positions of each side, which differ when teacher and student tokenize differently;
+    `SEQUENCE_LOGITS`), plus `epoch` when it declares it.
     Validation and test report the student's loss and perplexity, and, when both share a tokenizer, the per-token
     KL(teacher || student), next-token agreement and the teacher's own loss.
 
@@ -44,10 +54,7 @@ class CausalLMDistillationModule(DistillationTask):
         teacher: the frozen teacher, or None.
         terms: loss terms by name, each `(weight, module)`.
         ce_weight: weight of the next-token cross-entropy on the labels.
-        optimizer: builds the optimizer from the trainable parameters.
-        scheduler: builds a per-step schedule, or None for a constant learning rate.
-        teacher_source: where the teacher came from, stored in checkpoints in place of its weights.
-        recipe: the resolved recipe, stored in checkpoints.
+        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
     def __init__(
@@ -56,12 +63,9 @@ class CausalLMDistillationModule(DistillationTask):
         teacher: nn.Module | None,
         terms: LossTerms | None = None,
         ce_weight: float = 1.0,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        teacher_source: dict[str, Any] | None = None,
-        recipe: dict[str, Any] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(student, teacher, terms, ce_weight, optimizer, scheduler, teacher_source, recipe)
+        super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, **common)
         self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=512)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
 
@@ -92,9 +96,7 @@ class CausalLMDistillationModule(DistillationTask):
             parts["ce"] = nll / tokens.clamp(min=1)
         parts.update(self.term_values(student_logits, teacher_logits, inputs))
         loss = self.total_loss(parts)
-        self.log("train/loss", loss, prog_bar=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value)
+        self.log_parts(loss, parts)
         return loss
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
@@ -137,3 +139,42 @@ class CausalLMDistillationModule(DistillationTask):
                 f"{stage}/teacher_ppl": torch.exp(teacher_loss.clamp(max=math.log(1e6))),
             }
         self.log_dict(metrics, prog_bar=stage == "val")
+
+
+def build(ctx: BuildContext) -> CausalLMTask:
+    if not isinstance(ctx.data, TokenData):
+        raise DistillError(f"data: task causal_lm reads token rows; {ctx.recipe.data['name']} has none")
+    return CausalLMTask(ctx.student(), ctx.teacher, ctx.terms(), ctx.recipe.loss.ce_weight, **ctx.common())
+
+
+def check(recipe: Recipe, fail: Callable[[str, str], Exception]) -> None:
+    """Per-token terms need both models on the same tokens: refused beside a teacher tokenizer of its own."""
+    if not recipe.data.get("teacher_tokenizer"):
+        return
+    for name, term in recipe.loss.terms.items():
+        if consumes(LOSSES.get(term["loss"]), term["loss"]).kind == TOKEN_LOGITS:
+            raise fail(
+                f"loss.terms.{name}",
+                "compares teacher and student token by token, but data.teacher_tokenizer gives the teacher other "
+                "tokens: use gld, which works across tokenizers, or drop the teacher's own tokenizer",
+            )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="causal_lm",
+        description="causal language models: next-token CE plus token-level or sequence-level terms on the teacher",
+        build=build,
+        monitor=("loss", "min"),
+        summary=(
+            SummaryRow("teacher loss", "teacher_loss"),
+            SummaryRow("teacher perplexity", "teacher_ppl"),
+            SummaryRow("student loss", "loss"),
+            SummaryRow("student perplexity", "ppl"),
+            SummaryRow("KL(teacher || student) per token", "kl"),
+            SummaryRow("next-token agreement", "agreement", percent=True),
+        ),
+        accepts=ACCEPTS,
+        check=check,
+    )
+)

@@ -1,4 +1,5 @@
-"""Distillation for image classification: a trainable student, a frozen teacher, weighted loss terms."""
+"""Distillation for image classification: a trainable student, a frozen teacher, weighted loss terms on class
+logits (`task: classification`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from distill.tasks.base import DistillationTask, LossTerms, OptimizerFactory, SchedulerFactory
-from distill.teachers.output_cache import TeacherCache
+from distill.data.interface import ClassData
+from distill.errors import DistillError
+from distill.tasks.base import WeightedTermsTask
+from distill.tasks.context import BuildContext, TeacherOutputs
+from distill.tasks.loss_terms import LossTerms
+from distill.tasks.spec import SummaryRow, TaskSpec, register_task
+from losses.consumes import CLASS_LOGITS
 
 
-class DistillationModule(DistillationTask):
+class ClassificationTask(WeightedTermsTask):
     """Trains `student` on `ce_weight * CE + sum_i weight_i * term_i(student_logits, teacher_logits, target)`.
 
     The teacher is frozen, pinned in eval mode, run under no_grad, kept out of the optimizer and out of
-    checkpoints (which record `teacher_source` instead). Without a teacher the student trains on CE alone.
+    checkpoints (which record `sources` instead). Without a teacher the student trains on CE alone. Each term
+    consumes class logits (`losses.consumes.CLASS_LOGITS`): it is called `term(student_logits, teacher_logits,
+    target)`, plus `epoch` (1-based) when it declares it (DKD's warm-up).
 
     Args:
         student: the model being trained.
@@ -26,12 +34,9 @@ class DistillationModule(DistillationTask):
         terms: loss terms by name, each `(weight, module)`; a module's own parameters are trained too.
         ce_weight: weight of cross-entropy on the labels.
         label_smoothing: label smoothing of that cross-entropy.
-        optimizer: builds the optimizer from the trainable parameters.
-        scheduler: builds a per-step schedule, or None for a constant learning rate.
-        teacher_source: where the teacher came from, stored in checkpoints in place of its weights.
-        recipe: the resolved recipe, stored in checkpoints so `distill validate/test` can rebuild the run.
         teacher_cache: the teacher's outputs per (epoch, sample), read instead of running the teacher when a
             training batch carries its sample indices (`(x, y, indices)`, on-device data) and written otherwise.
+        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
     def __init__(
@@ -42,13 +47,10 @@ class DistillationModule(DistillationTask):
         terms: LossTerms | None = None,
         ce_weight: float = 1.0,
         label_smoothing: float = 0.0,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        teacher_source: dict[str, Any] | None = None,
-        recipe: dict[str, Any] | None = None,
-        teacher_cache: TeacherCache | None = None,
+        teacher_cache: TeacherOutputs | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(student, teacher, terms, ce_weight, optimizer, scheduler, teacher_source, recipe)
+        super().__init__(student, {"teacher": teacher}, terms, ce_weight, frozenset({CLASS_LOGITS}), **common)
         self.label_smoothing = label_smoothing
         self.teacher_cache = teacher_cache
         self.metrics = nn.ModuleDict(
@@ -97,8 +99,7 @@ class DistillationModule(DistillationTask):
         parts = {}
         if self.ce_weight:
             parts["ce"] = F.cross_entropy(student_logits.float(), target, label_smoothing=self.label_smoothing)
-        inputs = {"target": target} if epoch is None else {"target": target, "epoch": epoch}
-        return {**parts, **self.term_values(student_logits, teacher_logits, inputs)}
+        return {**parts, **self.term_values(student_logits, teacher_logits, {"target": target, "epoch": epoch})}
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         x, y = batch[:2]  # (B, C, H, W), (B,); on-device data adds the sample indices
@@ -109,9 +110,7 @@ class DistillationModule(DistillationTask):
         student_logits = self.student(x)  # (B, K)
         parts = self.loss_parts(student_logits, teacher_logits, y, epoch=self.current_epoch + 1)
         loss = self.total_loss(parts)
-        self.log("train/loss", loss, prog_bar=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value)
+        self.log_parts(loss, parts)
         self.metrics["train_acc"](student_logits, y)
         self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
         return loss
@@ -139,3 +138,36 @@ class DistillationModule(DistillationTask):
         if cached:
             self._teacher_val_preds[batch_idx] = preds
         return preds
+
+
+def build(ctx: BuildContext) -> ClassificationTask:
+    data = ctx.data
+    if not isinstance(data, ClassData):
+        raise DistillError(f"data: task classification needs labelled images; {ctx.recipe.data['name']} is not")
+    return ClassificationTask(
+        ctx.student(),
+        ctx.teacher,
+        num_classes=data.num_classes,
+        terms=ctx.terms(),
+        ce_weight=ctx.recipe.loss.ce_weight,
+        label_smoothing=ctx.recipe.loss.label_smoothing,
+        teacher_cache=ctx.teacher_outputs,
+        **ctx.common(),
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="classification",
+        description="image classification: CE on the labels plus weighted terms on the teacher's class logits",
+        build=build,
+        monitor=("acc", "max"),
+        summary=(
+            SummaryRow("teacher accuracy", "teacher_acc", percent=True),
+            SummaryRow("student accuracy", "acc", percent=True),
+            SummaryRow("agreement with the teacher", "agreement", percent=True),
+        ),
+        accepts=frozenset({CLASS_LOGITS}),
+        reads_teacher_cache=True,
+    )
+)

@@ -1,7 +1,7 @@
 """Direct preference optimization: the student is the policy, the frozen teacher is the reference model.
 
-Trains the DPO and reverse-DPO models that AlignDistil distills from (methods.md section 7); the reverse model
-is the same recipe with `data.swap=true`.
+Trains the DPO and reverse-DPO models that AlignDistil distills from (docs/methods.md, section 7); the reverse
+model is the same recipe with `data.swap=true`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
+from distill.data.interface import TokenData
+from distill.errors import DistillError
+from distill.tasks.base import DistillationTask, mean_metrics
+from distill.tasks.context import BuildContext
+from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import DPOLoss, implicit_rewards, sequence_logps
 
 Batch = dict[str, torch.Tensor]
@@ -31,7 +35,7 @@ def pair_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tens
     return logps.chunk(2)
 
 
-class DPOModule(DistillationTask):
+class DPOTask(DistillationTask):
     """Trains the policy (student, initialised from the reference) with `DPOLoss` against the frozen reference.
 
     Validation and test report, on held-out pairs: `loss`, `reward_acc` (share of pairs whose implicit reward
@@ -43,10 +47,7 @@ class DPOModule(DistillationTask):
         student: the policy.
         teacher: the frozen reference model.
         objective: the DPO loss.
-        optimizer: builds the optimizer from the trainable parameters.
-        scheduler: builds a per-step schedule, or None.
-        teacher_source: where the reference came from, stored in checkpoints.
-        recipe: the resolved recipe, stored in checkpoints.
+        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
     def __init__(
@@ -54,14 +55,11 @@ class DPOModule(DistillationTask):
         student: nn.Module,
         teacher: nn.Module,
         objective: DPOLoss,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        teacher_source: dict[str, Any] | None = None,
-        recipe: dict[str, Any] | None = None,
+        **common: Any,
     ) -> None:
         if teacher is None:
             raise ValueError("DPO needs the reference model as its teacher")
-        super().__init__(student, teacher, {}, 1.0, optimizer, scheduler, teacher_source, recipe)
+        super().__init__(student, {"teacher": teacher}, **common)
         self.objective = objective
         names = ("loss", "reward_acc", "margin", "pref_acc", "ref_pref_acc")
         self.means = mean_metrics(names)
@@ -99,3 +97,29 @@ class DPOModule(DistillationTask):
         pairs = values["margin"].numel()
         for name, value in values.items():
             self.log_mean(stage, name, value.mean(), pairs, prog_bar=name == "reward_acc")
+
+
+def build(ctx: BuildContext) -> DPOTask:
+    if not isinstance(ctx.data, TokenData):
+        raise DistillError(f"data: task dpo reads preference pairs; {ctx.recipe.data['name']} has none")
+    return DPOTask(ctx.student(), ctx.teacher, ctx.objective(), **ctx.common())
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="dpo",
+        description="direct preference optimization of the student against the frozen reference (the teacher)",
+        build=build,
+        monitor=("loss", "min"),
+        summary=(
+            SummaryRow("DPO loss", "loss"),
+            SummaryRow("preference accuracy, policy", "pref_acc", percent=True),
+            SummaryRow("preference accuracy, reference", "ref_pref_acc", percent=True),
+            SummaryRow("implicit reward accuracy", "reward_acc", percent=True),
+            SummaryRow("mean implicit reward margin", "margin"),
+        ),
+        frozen={"teacher": FrozenRole("the reference model")},
+        objective="dpo",
+        teacher_task="causal_lm",  # a reference trained from `teacher.train` learns the text
+    )
+)

@@ -1,24 +1,41 @@
-"""Online draft distillation for speculative decoding (methods.md section 8): the frozen target runs on every batch
-(nothing is precomputed or stored) and an EAGLE-style draft learns to predict its next hidden state."""
+"""Online draft distillation for speculative decoding (docs/methods.md, section 8; `task: draft_distill`): the frozen
+target runs on every batch (nothing is precomputed or stored) and an EAGLE-style draft learns to predict its next
+hidden state."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from distill.config.schema import setting
+from distill.data.interface import TokenData
+from distill.errors import DistillError
 from distill.generate.speculative import evaluate_speculative, prompts_from_rows
 from distill.models.draft import EagleDraft
-from distill.tasks.base import DistillationTask, OptimizerFactory, SchedulerFactory, mean_metrics
+from distill.tasks.base import DistillationTask, mean_metrics
 from distill.tasks.causal_lm import vision_inputs
+from distill.tasks.context import BuildContext
+from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import DraftDistillLoss
 
 Batch = dict[str, torch.Tensor]
 
 
-class DraftDistillModule(DistillationTask):
+@dataclass
+class SpeculativeSettings:
+    """The recipe's `speculative:` section: how held-out prompts are decoded to measure the draft."""
+
+    depth: int = setting(4, "draft tokens proposed per speculative-decoding round (a chain)")
+    prompts: int = setting(8, "held-out prompts decoded after each validation (0: none)")
+    prompt_tokens: int = setting(32, "tokens of each prompt: the start of a validation row")
+    max_new_tokens: int = setting(64, "tokens generated per prompt")
+
+
+class DraftDistillTask(DistillationTask):
     """The draft (student) learns `DraftDistillLoss` against the frozen target (teacher), online.
 
     Position t of the draft reads the target's `f_t` and the embedding of `x_{t+1}` (the language model's input
@@ -37,10 +54,7 @@ class DraftDistillModule(DistillationTask):
         prompt_tokens: tokens of each prompt.
         max_new_tokens: tokens generated per prompt.
         eos_id: stops generation; None: always `max_new_tokens`.
-        optimizer: builds the optimizer from the trainable parameters.
-        scheduler: builds a per-step schedule, or None.
-        teacher_source: where the target came from, stored in checkpoints.
-        recipe: the resolved recipe, stored in checkpoints.
+        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
     def __init__(
@@ -53,14 +67,11 @@ class DraftDistillModule(DistillationTask):
         prompt_tokens: int = 32,
         max_new_tokens: int = 64,
         eos_id: int | None = None,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        teacher_source: dict[str, Any] | None = None,
-        recipe: dict[str, Any] | None = None,
+        **common: Any,
     ) -> None:
         if teacher is None:
             raise ValueError("draft distillation needs the target model as its teacher")
-        super().__init__(student, teacher, {}, 0.0, optimizer, scheduler, teacher_source, recipe)
+        super().__init__(student, {"teacher": teacher}, **common)
         self.objective = objective
         self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}
         self.prompt_count, self.prompt_tokens = prompts, prompt_tokens
@@ -128,3 +139,37 @@ class DraftDistillModule(DistillationTask):
             return []
         prompts = prompts_from_rows(self.trainer.datamodule.val_set, self.prompt_count, self.prompt_tokens)
         return [{k: v.to(self.device) for k, v in prompt.items()} for prompt in prompts]
+
+
+def build(ctx: BuildContext) -> DraftDistillTask:
+    """A draft for the target (the teacher): sized from it; its embeddings and head stay the target's."""
+    if not isinstance(ctx.data, TokenData):
+        raise DistillError(f"data: task draft_distill reads token rows; {ctx.recipe.data['name']} has none")
+    target = ctx.teacher
+    draft = ctx.model_from_spec("student", target=target)
+    settings: SpeculativeSettings = ctx.settings
+    return DraftDistillTask(
+        draft, target, ctx.objective(), **vars(settings), eos_id=ctx.data.tokenizer.eos_id, **ctx.common()
+    )
+
+
+SPEC = register_task(
+    TaskSpec(
+        name="draft_distill",
+        description="an EAGLE-style draft for speculative decoding, distilled online from the frozen target",
+        build=build,
+        monitor=("agreement", "max"),
+        summary=(
+            SummaryRow("draft loss", "loss"),
+            SummaryRow("next-token agreement with the target", "agreement", percent=True),
+            SummaryRow("speculative decoding: accepted length (tokens/round)", "accepted_length"),
+            SummaryRow("speculative decoding: speedup over greedy", "speedup"),
+            SummaryRow("speculative decoding: lossless prompts", "lossless", percent=True),
+        ),
+        frozen={"teacher": FrozenRole("the target model the draft speculates for")},
+        objective="draft_distill",
+        teacher_task="causal_lm",  # a target trained from `teacher.train` learns the text
+        settings=SpeculativeSettings,
+        section="speculative",
+    )
+)

@@ -1,16 +1,16 @@
-"""Teacher hygiene shared by every task: frozen, in eval mode, without autograd."""
+"""Frozen-model hygiene shared by every task: no gradients, eval mode, and no place in checkpoints."""
 
 from __future__ import annotations
 
 from torch import nn
 
 
-def freeze(teacher: nn.Module) -> nn.Module:
-    """Stop gradients and put the teacher in eval mode (BatchNorm statistics and dropout frozen)."""
-    teacher.requires_grad_(False)
-    return teacher.eval()
+def freeze(model: nn.Module) -> nn.Module:
+    """Stop gradients and put the model in eval mode (BatchNorm statistics and dropout frozen)."""
+    model.requires_grad_(False)
+    return model.eval()
 
 
-def drop_teacher_keys(state_dict: dict, prefix: str | tuple[str, ...] = "teacher.") -> dict:
-    """The state dict without the entries under `prefix` (one or several): checkpoints hold the student only."""
-    return {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
+def drop_frozen_keys(state_dict: dict, prefixes: tuple[str, ...]) -> dict:
+    """The state dict without the entries under `prefixes`: checkpoints hold what trains, nothing frozen."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}

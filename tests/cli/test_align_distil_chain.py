@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distill.cli import main
+from tests.helpers import check_evaluation
 
 RUN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
 TEACHER_RUN = ["teacher.train.trainer.max_epochs=1", "teacher.train.trainer.limit_train_batches=2"]
@@ -34,3 +35,6 @@ def test_align_distil_chain_runs_end_to_end(mode, tmp_path_factory, capsys, monk
     assert all(k.startswith("student.") for k in checkpoint["state_dict"])  # neither frozen model is saved
     stored = list((tmp_path_factory.getbasetemp() / "runs" / "teachers").glob("*/teacher.pt"))
     assert len(stored) == 3  # the reference, the DPO model and the reverse-DPO model
+    if mode == "off_policy":  # validate and test: both frozen models and the reference as in training
+        rows = check_evaluation(run, capsys)
+        assert "preference accuracy, reference" in rows and "preference accuracy, second model" in rows

@@ -12,7 +12,7 @@ import yaml
 
 from distill.cli import main
 from distill.config import load_recipe
-from distill.teachers.resolve import stored_teacher_path
+from distill.teachers.resolve import plan_frozen
 from tests.helpers import tiny_recipe, write_recipe
 
 DISTILL = str(Path(sys.executable).parent / "distill")
@@ -35,7 +35,7 @@ def test_fit_writes_a_run_folder_reports_and_reuses_the_teacher(recipe_file, tmp
     assert 0.0 <= test["test/agreement"] <= 1.0
     saved = yaml.safe_load((run / "recipe.yaml").read_text())
     assert saved["optimizer"]["weight_decay"] == 5e-4  # defaults are written out, not hidden
-    teacher_file = stored_teacher_path(load_recipe(str(recipe_file)))  # the store is shared by the session
+    teacher_file = plan_frozen(load_recipe(str(recipe_file)), "teacher", "classification").weights  # session store
     assert teacher_file.is_file()
     stamp = teacher_file.stat().st_mtime_ns
     first_results = (run / "results.json").read_text()
@@ -53,11 +53,12 @@ def test_test_command_reproduces_the_fit_metrics(recipe_file, tmp_path, capsys):
     results = json.loads((run / "results.json").read_text())
     capsys.readouterr()
     assert main(["test", "--checkpoint", results["best_checkpoint"]]) == 0
-    printed = dict(line.split("\t") for line in capsys.readouterr().out.strip().splitlines())
-    for key in ("test/acc", "test/teacher_acc", "test/agreement"):
-        assert float(printed[key]) == pytest.approx(results["test"][key], abs=1e-4)
+    printed = capsys.readouterr().out
+    for label, key in (("student accuracy", "acc"), ("teacher accuracy", "teacher_acc"), ("agreement", "agreement")):
+        row = next(line for line in printed.splitlines() if label in line)
+        assert f"{100 * results['test'][f'test/{key}']:.2f}%" in row, row  # the same table as fit's
     assert main(["validate", "--checkpoint", results["best_checkpoint"]]) == 0
-    assert "val/acc" in capsys.readouterr().out
+    assert "validation split" in capsys.readouterr().out
 
 
 def test_print_shows_the_resolved_recipe_without_running(recipe_file, tmp_path, capsys):

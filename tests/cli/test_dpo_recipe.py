@@ -8,6 +8,7 @@ import json
 import torch
 
 from distill.cli import main
+from tests.helpers import check_evaluation
 
 TINY = [
     "data.max_pairs=120",
@@ -39,3 +40,4 @@ def test_dpo_and_reverse_dpo_share_the_reference_and_report_preference_metrics(t
     assert abs(results[0]["test/ref_pref_acc"] + results[1]["test/ref_pref_acc"] - 1.0) < 1e-6
     checkpoint = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(k.startswith("student.") for k in checkpoint["state_dict"])
+    check_evaluation(runs[1], capsys)  # validate and test rebuild the run with its stored reference

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distill.cli import main
+from tests.helpers import check_evaluation
 
 TINY = [
     "data.max_documents=60",
@@ -38,3 +39,4 @@ def test_llm_recipe_trains_teacher_then_student(recipe, tmp_path, monkeypatch, c
     assert checkpoint["global_step"] == 3
     assert all(k.startswith("student.") for k in checkpoint["state_dict"])
     assert list(tmp_path.glob("runs/teachers/llama-*/teacher.pt"))
+    check_evaluation(run, capsys)  # validate and test rebuild the run exactly (causal_lm)

@@ -1,4 +1,4 @@
-"""The contract every loss meets (style.md item 4), as checks that each loss's test file calls.
+"""The contract every loss meets (the loss contract, docs/design.md), as checks that each loss's test file calls.
 
 Each check takes the loss as a closure ``loss(student, teacher) -> scalar`` so that a loss with a target, an epoch or
 a switch binds those first; the checks build their own inputs from ``seed`` where the inputs are not the point of the
@@ -61,7 +61,7 @@ def assert_zero_with_finite_gradients(
 ) -> torch.Tensor:
     """The loss is exactly 0 and the student gets a finite gradient of its own shape; returns that gradient.
 
-    Without inputs the batch is empty: (0, 5) student and teacher logits, the all-masked case of style.md item 4.
+    Without inputs the batch is empty: (0, 5) student and teacher logits, the all-masked case of the loss contract.
     """
     student = torch.zeros(0, 5, requires_grad=True) if student is None else student
     teacher = torch.zeros(0, 5) if teacher is None else teacher

@@ -1,4 +1,4 @@
-"""AlignDistilLoss (methods.md section 7) through the per-loss template of style.md item 4, plus its adaptive
+"""AlignDistilLoss (docs/methods.md, section 7) through the loss contract (tests/losses/contract.py), plus its adaptive
 coefficient, its three teacher rules and its per-sequence normalization."""
 
 from __future__ import annotations

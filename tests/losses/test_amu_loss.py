@@ -1,5 +1,5 @@
-"""AMU-Tuning's head, uncertainty factor and loss (methods.md section 9), checked against the formula written
-naively in float64, on hand-made inputs, and for the loss contract of style.md item 4."""
+"""AMU-Tuning's head, uncertainty factor and loss (docs/methods.md, section 9), checked against the formula written
+naively in float64, on hand-made inputs, and for the loss contract (tests/losses/contract.py)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""DKDLoss (methods.md section 4) through the per-loss template of style.md item 4."""
+"""DKDLoss (docs/methods.md, section 4) through the loss contract (tests/losses/contract.py)."""
 
 from __future__ import annotations
 

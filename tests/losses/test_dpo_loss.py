@@ -1,5 +1,6 @@
-"""DPOLoss, sequence_logps and implicit_rewards (methods.md section 7, last paragraph) through the per-loss template of
-style.md item 4, adapted to a loss on per-sequence log-probabilities: the "teacher" is the frozen reference model."""
+"""DPOLoss, sequence_logps and implicit_rewards (docs/methods.md, section 7, last paragraph) through the loss contract
+(tests/losses/contract.py), adapted to a loss on per-sequence log-probabilities: the "teacher" is the frozen reference
+model."""
 
 from __future__ import annotations
 

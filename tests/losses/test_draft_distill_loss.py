@@ -1,5 +1,6 @@
-"""DraftDistillLoss (methods.md section 8, SpecVLM's draft loss) through the per-loss template of style.md item 4, plus
-its two parts, their weights and its indifference to what the masked-out positions hold."""
+"""DraftDistillLoss (docs/methods.md, section 8, SpecVLM's draft loss) through the loss contract
+(tests/losses/contract.py), plus its two parts, their weights and its indifference to what the masked-out
+positions hold."""
 
 from __future__ import annotations
 

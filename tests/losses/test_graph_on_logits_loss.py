@@ -1,6 +1,7 @@
-"""GraphOnLogitsLoss (methods.md section 6) through the per-loss template of style.md item 4, plus the consequences
-section 6 lists: zero for equal graphs, invariance to relabelling channels, different vocabularies and lengths,
-equality with the explicit dense graph, and the Gromov-Wasserstein lower bound (brute force over permutations)."""
+"""GraphOnLogitsLoss (docs/methods.md, section 6) through the loss contract (tests/losses/contract.py), plus the
+consequences section 6 lists: zero for equal graphs, invariance to relabelling channels, different vocabularies and
+lengths, equality with the explicit dense graph, and the Gromov-Wasserstein lower bound (brute force over
+permutations)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def masks(lengths: list[int], width: int) -> torch.Tensor:
     return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
 
 
-# ---------------------------------------------------------------- style.md item 4
+# ------------------------------------------------------------------ the loss contract
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -212,7 +213,7 @@ def test_bf16_inputs_give_fp32_result_of_the_rounded_values(transform: str) -> N
     assert student.grad.float().abs().sum() > 0
 
 
-# ---------------------------------------------------------------- methods.md section 6 consequences
+# ---------------------------------------------------------------- docs/methods.md, section 6 consequences
 
 
 @pytest.mark.parametrize("transform", TRANSFORMS)

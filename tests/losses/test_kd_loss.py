@@ -1,4 +1,4 @@
-"""KDLoss (methods.md section 1) through the per-loss template of style.md item 4."""
+"""KDLoss (docs/methods.md, section 1) through the loss contract (tests/losses/contract.py)."""
 
 from __future__ import annotations
 

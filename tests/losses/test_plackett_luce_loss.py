@@ -1,4 +1,4 @@
-"""PlackettLuceLoss (methods.md section 3) through the per-loss template of style.md item 4."""
+"""PlackettLuceLoss (docs/methods.md, section 3) through the loss contract (tests/losses/contract.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""TokenDivergenceLoss (methods.md section 5) through the per-loss template of style.md item 4, plus its chunking,
-fused LM head, padded vocabularies and normalization."""
+"""TokenDivergenceLoss (docs/methods.md, section 5) through the loss contract (tests/losses/contract.py), plus its
+chunking, fused LM head, padded vocabularies and normalization."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""zscore and ZScoreKDLoss (methods.md section 2) through the per-loss template of style.md item 4."""
+"""zscore and ZScoreKDLoss (docs/methods.md, section 2) through the loss contract (tests/losses/contract.py)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,8 @@ def test_zscore_rows_have_mean_zero_and_unbiased_std_one() -> None:
 
 
 def test_population_std_would_change_the_loss() -> None:
-    # methods.md: population std changes the loss by about 1% at C = 100; the loss must use the unbiased one.
+    # docs/methods.md, section 2: population std changes the loss by about 1% at C = 100; the loss must use the
+    # unbiased one.
     student = logits(16, 100, seed=5, dtype=torch.float64)
     teacher = logits(16, 100, seed=6, scale=5.0, dtype=torch.float64)
 

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 
 from distill.config.components import INJECTED_MODEL_ARGS
 from distill.data import CaptionsDataModule, create_datamodule
-from distill.engine.wiring import build_model
 from distill.errors import DistillError
-from distill.models import create_model
+from distill.models import create_model, model_for_data
 from tests.config.recipe_texts import load_error
 
 
@@ -32,7 +31,7 @@ def batch(captions) -> dict[str, torch.Tensor]:
 
 def tiny(captions: CaptionsDataModule) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model({"name": "llava_tiny"}, captions, "teacher").eval()
+    return model_for_data({"name": "llava_tiny"}, captions, "teacher").eval()
 
 
 @pytest.fixture(scope="module")

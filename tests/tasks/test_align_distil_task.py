@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distill.models import create_model
-from distill.tasks.align_distil import AlignDistilModule, distilled_positions
+from distill.tasks.align_distil import AlignDistilTask, distilled_positions
 from losses import AlignDistilLoss
 
 
@@ -22,8 +22,8 @@ def test_the_first_response_token_is_not_distilled():
     assert torch.equal(distilled_positions(labels), expected)
 
 
-def make_module(mode: str = "off_policy") -> AlignDistilModule:
-    return AlignDistilModule(
+def make_module(mode: str = "off_policy") -> AlignDistilTask:
+    return AlignDistilTask(
         tiny_llama(0), tiny_llama(1), tiny_llama(2), AlignDistilLoss(), mode=mode, max_new_tokens=6, eos_id=258
     )
 
@@ -78,12 +78,12 @@ def pair_batch() -> dict[str, torch.Tensor]:
     return out
 
 
-def computed(module: AlignDistilModule, name: str) -> float:
+def computed(module: AlignDistilTask, name: str) -> float:
     return float(module.means[name].compute())
 
 
 def test_reward_metrics_are_relative_to_the_reference_model():
-    module = AlignDistilModule(
+    module = AlignDistilTask(
         tiny_llama(0), tiny_llama(1), tiny_llama(2), AlignDistilLoss(beta=0.1), reference=tiny_llama(0), eos_id=258
     )
     module.evaluate_batch(pair_batch(), 0, "val")

@@ -8,9 +8,9 @@ from lightning.pytorch.callbacks import Callback
 
 from distill.config import from_dict
 from distill.data.feature_cache import ViewOfEpoch
-from distill.engine.pipeline import fit, prepare_data
-from distill.engine.wiring import build_module
-from distill.teachers.resolve import resolve_teacher, stored_teacher_path
+from distill.engine.pipeline import assemble, fit
+from distill.engine.wiring import prepare_data
+from distill.teachers.resolve import plan_frozen
 from losses.amu import class_means
 from tests.helpers import FAST_TRAINER
 
@@ -72,15 +72,14 @@ def test_only_the_head_trains_on_cached_features_and_the_checkpoint_holds_only_i
     state = torch.load(result.best_checkpoint, weights_only=True)["state_dict"]
     assert list(state) == ["student.weight"] and state["student.weight"].shape == (10, 8)
     # the auxiliary model was trained first and stored under its own key, not the teacher's
-    assert stored_teacher_path(from_dict(amu_recipe(tmp_path), "test"), "second_teacher").is_file()
+    assert plan_frozen(from_dict(amu_recipe(tmp_path), "test"), "second_teacher", "classification").weights.is_file()
 
 
 def test_the_head_starts_at_the_class_means_of_the_plain_few_shot_features(tmp_path):
     loaded = from_dict(amu_recipe(tmp_path), "test")
     data = prepare_data(loaded)
-    clip, source = resolve_teacher(loaded, data)
-    aux, _ = resolve_teacher(loaded, data, "second_teacher")
-    module = build_module(loaded.recipe, loaded.resolved, data, clip, source, aux)
+    module = assemble(loaded, data, training=True)
+    clip = module.teacher
     features = module.features
     assert features.outputs["clip"].shape == (3, 20, 10) and features.outputs["aux"].shape == (3, 20, 8)
     torch.testing.assert_close(module.student.weight.data, class_means(features.outputs["aux"][0], features.labels, 10))

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from distill.models import create_model
-from distill.tasks.causal_lm import CausalLMDistillationModule, next_token_nll
-from losses import GraphOnLogitsLoss, TokenDivergenceLoss
+from distill.tasks.causal_lm import CausalLMTask, next_token_nll
+from losses import SEQUENCE_LOGITS, TOKEN_LOGITS, Consumes, GraphOnLogitsLoss, TokenDivergenceLoss
 
 V = 259
 
@@ -29,33 +29,51 @@ def batch(seed: int = 0, b: int = 3, t: int = 12) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class Recorder(torch.nn.Module):
-    """A term that records what it is given."""
+class TokenRecorder(torch.nn.Module):
+    """A token-logit term (with the epoch) that records what it is given."""
+
+    consumes = Consumes(TOKEN_LOGITS, extra=("epoch",))
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = []
 
-    def forward(self, student_logits, teacher_logits, labels, student_mask, epoch):
-        self.calls.append((student_logits.shape, teacher_logits.shape, labels.clone(), student_mask.clone(), epoch))
+    def forward(self, student_logits, teacher_logits, labels, epoch):
+        self.calls.append((student_logits.shape, teacher_logits.shape, labels.clone(), epoch))
         return student_logits.float().mean() * 0
 
 
-def test_terms_get_shifted_logits_and_the_inputs_they_name():
-    recorder = Recorder()
-    module = CausalLMDistillationModule(tiny_llama(0), tiny_llama(1, 48), terms={"rec": (1.0, recorder)})
+class SequenceRecorder(torch.nn.Module):
+    """A sequence-logit term that records the two masks it is given."""
+
+    consumes = Consumes(SEQUENCE_LOGITS)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def forward(self, student_logits, teacher_logits, student_mask, teacher_mask):
+        self.calls.append((student_mask.clone(), teacher_mask.clone()))
+        return student_logits.float().mean() * 0
+
+
+def test_terms_get_shifted_logits_and_the_inputs_of_their_kind():
+    tokens, sequences = TokenRecorder(), SequenceRecorder()
+    terms = {"tokens": (1.0, tokens), "sequences": (1.0, sequences)}
+    module = CausalLMTask(tiny_llama(0), tiny_llama(1, 48), terms=terms)
     data = batch()
     module.training_step(data, 0)
-    (s_shape, t_shape, labels, student_mask, epoch) = recorder.calls[0]
+    (s_shape, t_shape, labels, epoch) = tokens.calls[0]
     assert s_shape == (3, 11, V) and t_shape == (3, 11, V)
-    assert torch.equal(labels, data["labels"][:, 1:]) and torch.equal(student_mask, labels != -100)
-    assert epoch == 1
+    assert torch.equal(labels, data["labels"][:, 1:]) and epoch == 1
+    (student_mask, teacher_mask) = sequences.calls[0]
+    assert torch.equal(student_mask, labels != -100) and torch.equal(teacher_mask, labels != -100)
 
 
 def test_loss_is_weighted_ce_plus_token_kl_on_shifted_positions():
     student, teacher = tiny_llama(0), tiny_llama(1, 48)
     kl = TokenDivergenceLoss("forward_kl")
-    module = CausalLMDistillationModule(student, teacher, terms={"token_kl": (0.7, kl)}, ce_weight=0.3)
+    module = CausalLMTask(student, teacher, terms={"token_kl": (0.7, kl)}, ce_weight=0.3)
     data = batch()
     loss = module.training_step(data, 0)
     s = student(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits[:, :-1]
@@ -71,7 +89,7 @@ def test_loss_is_weighted_ce_plus_token_kl_on_shifted_positions():
 
 def test_gld_gets_both_masks_with_different_tokenizations():
     student, teacher = tiny_llama(0), tiny_llama(1, 48)
-    module = CausalLMDistillationModule(student, teacher, terms={"gld": (0.01, GraphOnLogitsLoss())})
+    module = CausalLMTask(student, teacher, terms={"gld": (0.01, GraphOnLogitsLoss())})
     data = batch()
     teacher_side = batch(seed=5, t=20)
     data |= {f"teacher_{k}": v for k, v in teacher_side.items()}

@@ -11,12 +11,14 @@ from torch import nn
 
 from distill.data import create_datamodule
 from distill.models import create_model
-from distill.tasks.classification import DistillationModule
-from losses import KDLoss
+from distill.tasks.classification import ClassificationTask
+from losses import CLASS_LOGITS, TOKEN_LOGITS, Consumes, KDLoss, TokenDivergenceLoss
 
 
 class ScaledKD(nn.Module):
     """A loss term with a trainable parameter, to check that such parameters are trained and checkpointed."""
+
+    consumes = Consumes(CLASS_LOGITS)
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +40,7 @@ class TeacherWatch(Callback):
         assert all(p.grad is None for p in module.teacher.parameters())
 
 
-def make_module(teacher: nn.Module | None = None, **kwargs) -> DistillationModule:
+def make_module(teacher: nn.Module | None = None, **kwargs) -> ClassificationTask:
     torch.manual_seed(0)
     student = create_model("convnet", num_classes=10, in_chans=1, widths=[4, 8], hidden=0)
     terms = {"kd": (0.9, KDLoss(temperature=4.0)), "scaled": (0.5, ScaledKD())} if teacher is not None else {}
@@ -49,10 +51,10 @@ def make_module(teacher: nn.Module | None = None, **kwargs) -> DistillationModul
         terms=terms,
         ce_weight=0.1,
         optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
-        teacher_source={"weights": "teacher.pt"},
+        sources={"teacher": {"weights": "teacher.pt"}},
         recipe={"seed": 0},
     )
-    return DistillationModule(**{**defaults, **kwargs})
+    return ClassificationTask(**{**defaults, **kwargs})
 
 
 def make_teacher() -> nn.Module:
@@ -64,7 +66,7 @@ def make_teacher() -> nn.Module:
     return teacher
 
 
-def fit(module: DistillationModule, tmp_path, callbacks=(), max_epochs=1) -> L.Trainer:
+def fit(module: ClassificationTask, tmp_path, callbacks=(), max_epochs=1) -> L.Trainer:
     data = create_datamodule("digits", batch_size=32)
     trainer = L.Trainer(
         max_epochs=max_epochs,
@@ -115,7 +117,7 @@ def test_checkpoint_holds_the_student_and_loss_parameters_but_no_teacher(tmp_pat
     assert keys and not any(k.startswith("teacher.") for k in keys)
     assert {k.split(".")[0] for k in keys} == {"student", "terms"}
     assert "terms.scaled.log_scale" in keys
-    assert checkpoint["distill"] == {"teacher": {"weights": "teacher.pt"}, "recipe": {"seed": 0}}
+    assert checkpoint["distill"] == {"sources": {"teacher": {"weights": "teacher.pt"}}, "recipe": {"seed": 0}}
 
     fresh_teacher = make_teacher()
     restored = make_module(fresh_teacher)
@@ -175,7 +177,9 @@ def test_loss_goes_down_on_a_fixed_batch():
 
 
 class EpochAwareTerm(nn.Module):
-    """Records the epoch it is given (like DKD's warm-up)."""
+    """Records the epoch it is given (like DKD's warm-up), which it declares it takes."""
+
+    consumes = Consumes(CLASS_LOGITS, extra=("epoch",))
 
     def __init__(self) -> None:
         super().__init__()
@@ -191,3 +195,37 @@ def test_terms_that_take_the_epoch_receive_it_one_based(tmp_path):
     module = make_module(make_teacher(), terms={"kd": (1.0, KDLoss()), "aware": (1.0, term)})
     fit(module, tmp_path, max_epochs=2)
     assert sorted(set(term.seen)) == [1, 2]
+
+
+def test_a_term_the_task_cannot_feed_is_refused_when_built():
+    with pytest.raises(ValueError, match="token_kl consumes token_logits; ClassificationTask feeds"):
+        make_module(make_teacher(), terms={"token_kl": (1.0, TokenDivergenceLoss())})
+
+
+class Undeclared(nn.Module):
+    def forward(self, student_logits, teacher_logits, target=None):
+        return student_logits.sum() * 0.0
+
+
+def test_a_term_that_does_not_declare_what_it_consumes_is_refused():
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="does not declare what it consumes"):
+        make_module(make_teacher(), terms={"mine": (1.0, Undeclared())})
+
+
+class TargetOnly(nn.Module):
+    """Declares the class-logit kind without extras: it is called without the epoch."""
+
+    consumes = Consumes(CLASS_LOGITS)
+
+    def forward(self, student_logits, teacher_logits, target):
+        assert target.dtype == torch.long
+        return student_logits.sum() * 0.0
+
+
+def test_inputs_follow_the_declared_kind_not_the_signature(tmp_path):
+    module = make_module(make_teacher(), terms={"target_only": (1.0, TargetOnly())})
+    trainer = fit(module, tmp_path)
+    assert "train/target_only" in trainer.callback_metrics
+    assert TOKEN_LOGITS not in {term.consumes.kind for term in module.terms.values()}

@@ -13,7 +13,7 @@ from distill.engine.pipeline import fit
 from distill.models import create_model
 from distill.models.draft import EagleDraft
 from distill.models.weights import read_checkpoint
-from distill.tasks.draft_distill import DraftDistillModule
+from distill.tasks.draft_distill import DraftDistillTask
 from losses import DraftDistillLoss
 from tests.helpers import FAST_TRAINER
 
@@ -68,13 +68,13 @@ def test_the_draft_learns_online_and_decoding_stays_lossless(tmp_path):
     checkpoint = read_checkpoint(result.best_checkpoint)
     assert all(key.startswith("student.") for key in checkpoint["state_dict"])
     assert not any("embed" in key or "lm_head" in key for key in checkpoint["state_dict"])
-    assert checkpoint["distill"]["teacher"]["weights"].endswith("teacher.pt")
+    assert checkpoint["distill"]["sources"]["teacher"]["weights"].endswith("teacher.pt")
 
 
-def tiny_module() -> DraftDistillModule:
+def tiny_module() -> DraftDistillTask:
     torch.manual_seed(0)
     target = create_model("llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=1)
-    return DraftDistillModule(EagleDraft.for_target(target), target, DraftDistillLoss(), prompts=0)
+    return DraftDistillTask(EagleDraft.for_target(target), target, DraftDistillLoss(), prompts=0)
 
 
 def test_every_step_runs_the_frozen_target_and_trains_only_the_draft():
@@ -123,7 +123,7 @@ def test_a_vlm_target_trains_the_draft_on_pooled_visual_tokens_and_text_labels_o
     batch = next(iter(data.train_dataloader()))
     torch.manual_seed(0)
     target = create_model("llava_tiny", **data.model_args("teacher"))
-    module = DraftDistillModule(EagleDraft.for_target(target, visual_pool=4), target, DraftDistillLoss(), prompts=0)
+    module = DraftDistillTask(EagleDraft.for_target(target, visual_pool=4), target, DraftDistillLoss(), prompts=0)
     seen = []
     module.student.register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
     values = module.step(batch)

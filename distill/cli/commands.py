@@ -1,0 +1,129 @@
+"""The `distill` commands: each parses nothing and prints what the engine returns. Imports are lazy so that
+`distill --help` stays instant."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+from distill.errors import DistillError
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    """Train a student as the recipe says; the teacher is trained first when the recipe asks for it.
+
+    Overrides are `key=value` pairs on any recipe key, e.g. `trainer.max_epochs=5 loss.terms.kd.temperature=2`.
+    The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
+    """
+    from distill.config import load_recipe, to_yaml
+    from distill.engine.run_folder import RunFolder
+    from distill.engine.runs import is_global_zero, last_checkpoint, latest_run_dir
+
+    resume_dir = None
+    if args.resume is not None:
+        if args.resume == "latest":
+            if args.recipe is None:
+                raise DistillError("--resume without a run folder needs --recipe to find the latest run")
+            named = load_recipe(args.recipe, args.overrides)
+            resume_dir = latest_run_dir(named.recipe.run.root, named.recipe.run.name or named.name)
+        else:
+            resume_dir = Path(args.resume)
+        last_checkpoint(resume_dir)  # a clear error before anything else when there is nothing to resume
+        loaded = RunFolder(resume_dir).recipe(args.overrides)
+    elif args.recipe is None:
+        raise DistillError("fit needs --recipe NAME_OR_PATH (see `distill recipes`)")
+    else:
+        loaded = load_recipe(args.recipe, args.overrides)
+    if args.print:
+        print(to_yaml(loaded.resolved), end="")
+        return
+    from distill.cli.report import print_summary
+    from distill.engine.pipeline import fit
+    from distill.tasks import task_spec
+
+    result = fit(loaded, resume=resume_dir)
+    if is_global_zero():  # once, not once per rank
+        print_summary(loaded.name, result.metrics, task_spec(loaded.recipe.task).summary, result.run_dir)
+
+
+def _evaluate(args: argparse.Namespace, stage: str) -> None:
+    from distill.cli.report import print_summary
+    from distill.config import from_dict, load_recipe
+    from distill.engine.pipeline import evaluate
+    from distill.engine.run_folder import RunCheckpoint, RunFolder
+    from distill.engine.runs import is_global_zero
+    from distill.tasks import task_spec
+
+    checkpoint = RunCheckpoint.read(args.checkpoint)
+    if args.recipe is not None:  # another recipe, with the frozen models still those the student learned from
+        given = load_recipe(args.recipe, args.overrides)
+        loaded = from_dict(checkpoint.pinned(given.resolved), f"{given.path} (pinned to {checkpoint.path})", given.path)
+    else:
+        loaded = checkpoint.loaded(args.overrides)
+    metrics = evaluate(checkpoint, stage, loaded)
+    if is_global_zero():
+        split = "val" if stage == "validate" else "test"
+        title = f"{stage} of {checkpoint.path.name}"
+        print_summary(title, metrics, task_spec(loaded.recipe.task).summary, RunFolder.of(checkpoint.path).path, split)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    """Evaluate a checkpoint on the validation split (the recipe stored in the checkpoint unless --recipe is given)."""
+    _evaluate(args, "validate")
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    """Evaluate a checkpoint on the test split (the recipe stored in the checkpoint unless --recipe is given)."""
+    _evaluate(args, "test")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Run every variant of a comparison recipe over several seeds and print one table of student accuracy and
+    agreement with the teacher (mean ± standard deviation over seeds).
+
+    Overrides apply to the comparison's base recipe, e.g. `trainer.max_epochs=5`.
+    """
+    from distill.cli.report import print_comparison
+    from distill.engine.compare import load_comparison, run_comparison, summary_rows
+
+    comparison, variants, path = load_comparison(args.recipe, args.overrides)
+    folder, results = run_comparison(comparison, variants, path, seeds=args.seeds)
+    print_comparison(f"{path.stem}: {comparison.description}", results, summary_rows(variants), folder)
+
+
+def cmd_recipes(args: argparse.Namespace) -> None:
+    """List the bundled recipes with their one-line descriptions."""
+    from distill.config.load import bundled_recipes, read_yaml
+
+    for name, path in bundled_recipes().items():
+        print(f"{name:32s} {read_yaml(path).get('description', '')}")
+
+
+def cmd_losses(args: argparse.Namespace) -> None:
+    """List the loss terms a recipe can use under `loss.terms`, with their arguments and defaults."""
+    from distill.tasks import TASKS, task_spec
+    from distill.tasks.loss_terms import LOSSES
+
+    task_spec("classification")  # registers the bundled tasks
+    for name, cls in LOSSES.items():
+        summary = (inspect.getdoc(cls) or "").splitlines()[0]
+        params = [
+            f"{p.name}={p.default!r}" for p in inspect.signature(cls).parameters.values() if p.default is not p.empty
+        ]
+        kind = cls.consumes.kind
+        tasks = [t for t, spec in TASKS.items() if kind in spec.accepts or spec.objective == name]
+        print(f"{name:12s} {cls.__module__}.{cls.__name__}({', '.join(params)})")
+        print(f"{'':12s} {summary}\n{'':12s} consumes {kind}; tasks: {', '.join(tasks)}")
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    """List the tasks a recipe can name under `task`, with what each trains on and the frozen models it reads."""
+    from distill.tasks import TASKS, task_spec
+
+    task_spec("classification")  # registers the bundled tasks
+    for name, spec in TASKS.items():
+        frozen = ", ".join(f"{role}{'' if r.required else ' (optional)'}: {r.what}" for role, r in spec.frozen.items())
+        kinds = ", ".join(sorted(spec.accepts))
+        trains = f"objective {spec.objective}" if spec.objective else f"CE + terms of kinds {kinds}"
+        print(f"{name:14s} {spec.description}\n{'':14s} {trains}; {frozen}")

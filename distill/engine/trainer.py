@@ -1,0 +1,128 @@
+"""The Lightning Trainer a run uses: the recipe's arguments, distill's checkpoints, loggers, fault handling and
+progress bar; and the plain one evaluation uses."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from distill.config.schema import FSDPSettings
+from distill.engine.quiet import held_back_info
+from distill.engine.run_folder import BEST, RunFolder
+from distill.errors import DistillError
+
+DEVICE_KEYS = ("accelerator", "devices", "num_nodes", "precision", "strategy")  # what evaluation takes of `trainer`
+
+
+def log_version(run_dir: Path) -> str:
+    """`logs` for a run's first session; `logs/resume_K` for the K-th resumed one, so no session's log is lost."""
+    if not (run_dir / "logs").exists():
+        return "logs"
+    return f"logs/resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}"
+
+
+def loggers(run_dir: Path) -> list[Logger]:
+    version = log_version(run_dir)
+    found: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version=version)]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        found.append(TensorBoardLogger(save_dir=run_dir / "tensorboard", name="", version=version))
+    return found
+
+
+def progress_bar(enabled: bool) -> list[Callback]:
+    if enabled and importlib.util.find_spec("rich"):
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        class ProgressBar(RichProgressBar):
+            """Lightning's rich bar without `v_num`: the logger's version is the run folder's `logs`, not news."""
+
+            def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
+                metrics = super().get_metrics(trainer, module)
+                metrics.pop("v_num", None)
+                return metrics
+
+        return [ProgressBar(leave=True)]
+    return []
+
+
+def with_strategy(trainer_args: dict[str, Any], fsdp: FSDPSettings | None = None) -> dict[str, Any]:
+    """The recipe's trainer arguments, with `strategy: fsdp` made distill's sharded strategy (engine.fsdp)."""
+    if trainer_args.get("strategy") != "fsdp":
+        return dict(trainer_args)
+    from distill.engine.fsdp import ShardedDistillation
+
+    return {**trainer_args, "strategy": ShardedDistillation(frozen=(fsdp or FSDPSettings()).frozen)}
+
+
+def make_trainer(
+    trainer_args: dict[str, Any],
+    run_dir: Path,
+    monitor: tuple[str, str] = ("val/acc", "max"),
+    callbacks: list[Callback] = (),
+    fsdp: FSDPSettings | None = None,
+) -> L.Trainer:
+    """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder."""
+    folder = RunFolder(run_dir)
+    checkpoint = ModelCheckpoint(
+        dirpath=folder.checkpoints,
+        filename=Path(BEST).stem,
+        monitor=monitor[0],
+        mode=monitor[1],
+        save_last=True,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    from distill.engine.faults import AtomicCheckpointIO, KeepPrevious, StopOnNonFiniteLoss
+
+    args = with_strategy(trainer_args, fsdp)
+    safety = [KeepPrevious(folder), StopOnNonFiniteLoss()]
+    own = [checkpoint, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
+    with held_back_info() as device_info:
+        trainer = build_trainer(
+            **args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own, plugins=[AtomicCheckpointIO()]
+        )
+    trainer.device_info = device_info  # printed (distill.quiet.release) once the run's inputs have all been checked
+    return trainer
+
+
+def build_trainer(**args: Any) -> L.Trainer:
+    """`L.Trainer(**args)`, with settings it cannot use (an unknown strategy, DeepSpeed off CUDA...) answered in one
+    line. distill's loaders shard the data themselves (distill.data.sharding), so Lightning's sampler is off."""
+    try:
+        trainer = L.Trainer(**args, use_distributed_sampler=False)
+    except (ValueError, TypeError, RuntimeError, MisconfigurationException) as exc:  # unknown or unusable strategy
+        raise DistillError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+    check_accelerator_fits(trainer)
+    return trainer
+
+
+def check_accelerator_fits(trainer: L.Trainer) -> None:
+    """Refuse now what Lightning would refuse only once training starts (with a traceback, after the run folder was
+    written): DeepSpeed off CUDA."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if isinstance(trainer.strategy, DeepSpeedStrategy) and not isinstance(trainer.accelerator, CUDAAccelerator):
+        accelerator = type(trainer.accelerator).__name__.removesuffix("Accelerator").lower()
+        raise DistillError(
+            f"trainer: DeepSpeed runs on CUDA GPUs only, and the accelerator is {accelerator}; use ddp or fsdp here"
+        )
+
+
+def evaluation_trainer(trainer_args: dict[str, Any], fsdp: FSDPSettings | None = None) -> L.Trainer:
+    """A Trainer for `validate`/`test` of a checkpoint: the recipe's devices, precision and strategy; no logger,
+    checkpoints or progress bar; Lightning's lines about the devices it found held back (nothing to act on)."""
+    args = with_strategy({k: v for k, v in trainer_args.items() if k in DEVICE_KEYS}, fsdp)
+    with held_back_info():
+        return build_trainer(
+            **args, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+        )

@@ -1,0 +1,138 @@
+"""The build context: everything a task's `build` function receives, made once by the engine for fit, validate and
+test alike (so evaluation builds a task exactly as training did)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from distill.config.schema import Recipe
+from distill.data.interface import DataSource
+from distill.errors import DistillError
+from distill.models import create_model, model_for_data
+from distill.models.weights import load_weights
+from distill.tasks.loss_terms import LossTerms, build_loss, build_terms
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
+SchedulerFactory = Callable[[torch.optim.Optimizer, int, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+class TeacherOutputs(Protocol):
+    """A store of the teacher's outputs per (epoch, sample), read instead of running the teacher (teacher.cache)."""
+
+    def read(self, epoch: int, indices: torch.Tensor) -> torch.Tensor | None: ...
+
+    def write(self, epoch: int, indices: torch.Tensor, logits: torch.Tensor) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class FrozenModel:
+    """A frozen model with its weights loaded, and what it is: `{"model": spec, "weights": path or hub name}`,
+    recorded in checkpoints so that evaluation uses exactly these weights."""
+
+    model: nn.Module
+    source: dict[str, Any]
+
+
+@dataclass
+class BuildContext:
+    """What a task is built from.
+
+    Args:
+        recipe: the checked recipe.
+        resolved: the same as plain data, stored in checkpoints.
+        data: the datamodule (set up).
+        settings: the task's own recipe section (its spec's `settings` dataclass), or None.
+        frozen: the frozen models by role (`teacher`, `second_teacher`), weights loaded.
+        optimizer: builds the optimizer from the trainable parameters.
+        scheduler: builds the per-step schedule, or None for a constant learning rate.
+        init: the student's first weights: None (fresh), "teacher" (a copy) or a weights file.
+        teacher_outputs: the teacher-output cache of `teacher.cache`, for tasks that read it.
+        training: False when the task is built to evaluate a checkpoint (a task may skip training-only work).
+    """
+
+    recipe: Recipe
+    resolved: dict[str, Any]
+    data: DataSource
+    settings: Any
+    frozen: dict[str, FrozenModel]
+    optimizer: OptimizerFactory
+    scheduler: SchedulerFactory | None
+    init: str | None = None
+    teacher_outputs: TeacherOutputs | None = None
+    training: bool = True
+    extra_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.init not in (None, "teacher"):  # recorded, so that evaluation starts a reference from the same file
+            self.extra_sources["student_init"] = {"weights": str(self.init)}
+
+    # -- frozen models ------------------------------------------------------------------------------------------------
+    def model(self, role: str) -> nn.Module | None:
+        frozen = self.frozen.get(role)
+        return frozen.model if frozen is not None else None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self.model("teacher")
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        """Where every frozen model (and the student's starting weights, when read from a file) came from."""
+        return {**{role: frozen.source for role, frozen in self.frozen.items()}, **self.extra_sources}
+
+    # -- the student ----------------------------------------------------------------------------------------------
+    def student(self) -> nn.Module:
+        """The recipe's student, sized by the data, starting from `init`."""
+        student = model_for_data(self.recipe.student, self.data, "student")
+        self.initialize(student)
+        return student
+
+    def initialize(self, student: nn.Module) -> None:
+        """The student's first weights: fresh (None), a copy of the teacher's ('teacher'), or read from a file."""
+        if self.init is None:
+            return
+        if self.init == "teacher":
+            if self.teacher is None:
+                raise DistillError("init: 'teacher' needs a teacher section")
+            try:
+                student.load_state_dict(self.teacher.state_dict())
+            except RuntimeError as exc:
+                raise DistillError(
+                    f"init: the student cannot start from the teacher: {str(exc).splitlines()[0]}"
+                ) from None
+            student.requires_grad_(True)
+            return
+        load_weights(student, self.init, "init")
+
+    def model_from_spec(self, what: str, **injected: Any) -> nn.Module:
+        """The recipe's student built by its registry name with `injected` arguments (e.g. a draft's target)."""
+        spec = self.recipe.student
+        try:
+            return create_model(spec["name"], **injected, **{k: v for k, v in spec.items() if k != "name"})
+        except DistillError as exc:
+            raise DistillError(f"{what}: {exc}") from None
+
+    # -- losses and what every task module takes ---------------------------------------------------------------------
+    def terms(self) -> LossTerms:
+        return build_terms(self.recipe.loss.terms)
+
+    def objective(self) -> nn.Module:
+        """The task's one objective (its spec says which; the recipe check made it the only term)."""
+        (term,) = self.recipe.loss.terms.values()
+        return build_loss(term)
+
+    def common(self) -> dict[str, Any]:
+        """The arguments every task module takes: optimizer and schedule factories, sources, the recipe."""
+        return {
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "sources": self.sources(),
+            "recipe": self.resolved,
+        }
