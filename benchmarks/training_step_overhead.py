@@ -2,7 +2,7 @@
 
 Both run resnet32x4 (teacher, frozen, no autograd) -> resnet8x4 (student) with 0.1 * CE + 0.9 * KD (T = 4) and SGD
 (lr 0.05, momentum 0.9, wd 5e-4) on the same 32x32 batches of 64 (random images: the data is not what is timed).
-The framework side is `DistillationModule` under a Lightning Trainer (no logger, checkpointing or progress bar,
+The framework side is `ClassificationTask` under a Lightning Trainer (no logger, checkpointing or progress bar,
 which a real run adds once per epoch or per N steps); the step time is the time between consecutive batch starts,
 so it includes everything Lightning does between batches. Rounds alternate between the two; the table gives the
 median step time of each and their ratio.
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.engine.quiet import quiet_expected_messages
 from distill.models import create_model
-from distill.tasks.classification import DistillationModule
+from distill.tasks.classification import ClassificationTask
 from losses import KDLoss
 
 WARMUP = 2  # steps left out of the median (first-call allocations)
@@ -77,7 +77,7 @@ class BatchStarts(Callback):
 
 def framework(loader: DataLoader) -> list[float]:
     teacher, student = models()
-    module = DistillationModule(
+    module = ClassificationTask(
         student, teacher, num_classes=100, terms={"kd": (0.9, KDLoss(temperature=4.0))}, ce_weight=0.1, optimizer=sgd
     )
     starts = BatchStarts()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from distill.cli import main
 from tests.helpers import check_evaluation
+
+DISTILL = str(Path(sys.executable).parent / "distill")
 
 TINY = [
     "data.max_documents=60",
@@ -40,3 +45,8 @@ def test_llm_recipe_trains_teacher_then_student(recipe, tmp_path, monkeypatch, c
     assert all(k.startswith("student.") for k in checkpoint["state_dict"])
     assert list(tmp_path.glob("runs/teachers/llama-*/teacher.pt"))
     check_evaluation(run, capsys)  # validate and test rebuild the run exactly (causal_lm)
+    if recipe == "llm_kd_tiny":  # as a user runs it: the table on stdout, nothing else (no device lines, warnings)
+        best = json.loads((run / "results.json").read_text())["best_checkpoint"]
+        done = subprocess.run([DISTILL, "test", "--checkpoint", best], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert done.stdout.splitlines()[0].strip() == "test of best.ckpt" and "student perplexity" in done.stdout

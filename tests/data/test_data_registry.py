@@ -107,3 +107,41 @@ def test_loads_with_worker_processes():
     assert not loader.persistent_workers  # workers restart each epoch, reseeded from (seed, epoch)
     assert datamodule.val_dataloader().persistent_workers
     assert sum(len(labels) for _, labels in loader) == len(datamodule.train_set)
+
+
+def built(name: str, tmp_path):
+    """Each registered dataset, built offline (small)."""
+    from distill.data.synthetic import write_fake_cifar100, write_fake_imagefolder
+
+    if name == "cifar100":
+        write_fake_cifar100(tmp_path, n_train=20, n_test=10, seed=0)
+        return create_datamodule("cifar100", root=str(tmp_path), num_workers=0)
+    if name == "imagefolder":
+        write_fake_imagefolder(tmp_path)
+        return create_datamodule("imagefolder", root=str(tmp_path), num_workers=0)
+    if name == "text":
+        return create_datamodule("text", max_documents=20)
+    if name == "captions":
+        return create_datamodule("captions", num_images=20)
+    return create_datamodule(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("digits", "ClassData"),
+        ("cifar100", "ClassData"),
+        ("imagefolder", "ClassData"),
+        ("text", "TokenData"),
+        ("preference", "TokenData"),
+        ("captions", "TokenData"),
+    ],  # image_text needs a processor: tests/data/test_image_text_data.py checks it
+)
+def test_every_dataset_meets_the_typed_interface_the_tasks_read(name, kind, tmp_path):
+    from distill.data import interface
+
+    data = built(name, tmp_path)
+    assert isinstance(data, interface.DataSource)
+    assert isinstance(data, getattr(interface, kind))
+    other = {"ClassData": interface.TokenData, "TokenData": interface.ClassData}[kind]
+    assert not isinstance(data, other)

@@ -42,7 +42,10 @@ def make(source, processor, **kwargs):
 
 
 def test_is_registered_and_exposes_the_tokenizer(source, processor):
+    from distill.data.interface import ClassData, TokenData
+
     data = make(source, processor)
+    assert isinstance(data, TokenData) and not isinstance(data, ClassData)  # the interface the tasks read
     assert isinstance(data, ImageTextDataModule) and DATASETS.get("image_text") is ImageTextDataModule
     assert (data.tokenizer.eos_id, data.pad_id, data.image_token_id) == (EOS_ID, PAD_ID, IMAGE_ID)
     assert data.vocab_size == len(AutoProcessor.from_pretrained(processor[3:]).tokenizer) == 25
