@@ -49,7 +49,7 @@ def build_task(
     'teacher' or None). With `training` False the task is built to evaluate a checkpoint.
     """
     recipe = loaded.recipe
-    spec = task_spec(recipe.task)
+    spec = spec_of(loaded)
     teacher = frozen.get("teacher")
     outputs = None
     if training and spec.reads_teacher_cache and teacher is not None:
@@ -70,10 +70,6 @@ def build_task(
     module = spec.build(context)
     apply_speed_settings(module, recipe.speed)
     return module
-
-
-def monitor(loaded: LoadedRecipe) -> tuple[str, str]:
-    return spec_of(loaded).monitor_metric
 
 
 def spec_of(loaded: LoadedRecipe) -> TaskSpec:
