@@ -186,6 +186,10 @@ def take_task_section(raw: dict[str, Any], checker: Checker) -> tuple[Any, dict[
         raise checker.fail("task", f"must be a registered task, got {task!r}{did_you_mean(task, TASKS)}") from None
     for key, other in sections.items():
         if key in raw and key != spec.settings_key:
+            # recipes saved by earlier versions hold every task's section at its defaults: those are dropped
+            if raw[key] == plain(dataclasses.asdict(other.settings())):
+                del raw[key]
+                continue
             raise checker.fail(key, f"is the section of task {other.name}; this recipe's task is {spec.name}")
     section = raw.pop(spec.settings_key, None) if spec.settings_key is not None else None
     return spec, section if section is not None else {}

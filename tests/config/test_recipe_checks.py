@@ -305,3 +305,23 @@ def test_teacher_can_be_trained_first(tmp_path: Path) -> None:
     assert train["optimizer"]["name"] == "adamw"
     assert train["optimizer"]["lr"] == 0.05
     assert train["trainer"] == {**TRAINER_DEFAULTS, "max_epochs": 2}
+
+
+def test_a_recipe_saved_by_an_earlier_version_with_every_tasks_section_still_loads(tmp_path):
+    """Saved recipes used to hold the sections of every task at their defaults (so a run could be resumed after
+    an upgrade); those are dropped, while a section of another task with a value of its own is refused."""
+    from distill.config import from_dict
+    from distill.errors import RecipeError
+    from tests.helpers import tiny_recipe
+
+    old = tiny_recipe(tmp_path / "runs", tmp_path / "teachers")
+    old |= {
+        "align_distil": {"mode": "off_policy", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64},
+        "speculative": {"depth": 4, "prompts": 8, "prompt_tokens": 32, "max_new_tokens": 64},
+        "amu": {"views": 10},
+    }
+    loaded = from_dict(old, "saved")
+    assert "speculative" not in loaded.resolved and loaded.recipe.task == "classification"
+    old["speculative"]["depth"] = 5
+    with pytest.raises(RecipeError, match="'speculative' is the section of task draft_distill"):
+        from_dict(old, "saved")
