@@ -49,3 +49,16 @@ def test_resume_latest_run_by_recipe_name(recipe_file, tmp_path, capsys):
     assert torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     assert main(["fit", "--resume", str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_teacher_it_learned_from(recipe_file, tmp_path, capsys):
+    """The teacher's settings now point to an empty store (as after a store moved, or a store key changed in an
+    upgrade): the resumed run reads the teacher its checkpoint recorded instead of training another one."""
+    first = fit(load_recipe(str(recipe_file)), callbacks=[StopAfterEpochs(1)])
+    learned_from = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["distill"]["sources"]
+    capsys.readouterr()
+    assert main(["fit", "--resume", str(first.run_dir), f"teacher.store={tmp_path / 'empty_store'}"]) == 0
+    assert "training it first" not in capsys.readouterr().out
+    assert not (tmp_path / "empty_store").exists()
+    resumed = torch.load(first.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["distill"]["sources"]["teacher"] == learned_from["teacher"]

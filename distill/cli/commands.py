@@ -29,8 +29,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
             resume_dir = latest_run_dir(named.recipe.run.root, named.recipe.run.name or named.name)
         else:
             resume_dir = Path(args.resume)
-        last_checkpoint(resume_dir)  # a clear error before anything else when there is nothing to resume
-        loaded = RunFolder(resume_dir).recipe(args.overrides)
+        last = last_checkpoint(resume_dir)  # a clear error before anything else when there is nothing to resume
+        loaded = RunFolder(resume_dir).resumed(last, args.overrides)
     elif args.recipe is None:
         raise DistillError("fit needs --recipe NAME_OR_PATH (see `distill recipes`)")
     else:
@@ -44,7 +44,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     result = fit(loaded, resume=resume_dir)
     if is_global_zero():  # once, not once per rank
-        print_summary(loaded.name, result.metrics, task_spec(loaded.recipe.task).summary, result.run_dir)
+        title = loaded.recipe.run.name or loaded.name
+        print_summary(title, result.metrics, task_spec(loaded.recipe.task).summary, result.run_dir)
 
 
 def _evaluate(args: argparse.Namespace, stage: str) -> None:

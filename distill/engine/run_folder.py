@@ -64,8 +64,8 @@ class RunCheckpoint:
                 continue  # a pretrained model: its weights come with it
             if not Path(weights).is_file():
                 raise DistillError(
-                    f"{role}: the weights the student in {self.path} learned from are gone ({weights}); restore them "
-                    f"or give --recipe to evaluate against another {role}"
+                    f"{role}: the weights the student in {self.path} learned from are gone ({weights}); restore "
+                    f"them (another {role} would not give this run's results)"
                 )
             pinned[role] = {**pinned[role], "checkpoint": weights, "train": None, "recipe": None, "overrides": []}
         start = self.sources.get("student_init")
@@ -117,6 +117,13 @@ class RunFolder:
         if not self.recipe_file.is_file():
             raise DistillError(f"{self.path} is not a run folder: {RECIPE_FILE} is missing")
         return load_recipe(str(self.recipe_file), list(overrides))
+
+    def resumed(self, checkpoint: Path, overrides: list[str] = ()) -> LoadedRecipe:
+        """The run's recipe (with `key=value` overrides) to continue from `checkpoint`, its frozen models pinned
+        to the weights the student has learned from so far: a resumed run never trains another teacher."""
+        loaded = self.recipe(overrides)
+        pinned = RunCheckpoint.read(checkpoint, "--resume").pinned(loaded.resolved)
+        return from_dict(pinned, f"{self.recipe_file} (resumed from {checkpoint.name})", self.recipe_file)
 
     def checkpoint(self, which: str = "best") -> RunCheckpoint:
         """The run's `best` or `last` checkpoint."""
