@@ -1,5 +1,6 @@
 """Every notebook runs top to bottom (a failing cell fails the test), is stored without outputs, and saves its plots
-as PNG files in its output folder."""
+as PNG files in its output folder. The runs here train at a fifth of the notebooks' budgets (`budget`): what is tested
+is that every cell runs, not the numbers a full run shows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from distill.analysis.notebook import budget
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+SCALE = 0.2
+
+
+def test_budgets_scale_and_stay_at_least_one(monkeypatch):
+    assert budget(150) == 150  # a user's run: the notebook's own budget
+    monkeypatch.setenv("DISTILL_NOTEBOOK_SCALE", "0.2")
+    assert (budget(150), budget(3), budget(1)) == (30, 1, 1)
+    monkeypatch.setenv("DISTILL_NOTEBOOK_SCALE", "2")
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+        budget(10)
 
 
 def test_there_are_notebooks():
@@ -28,6 +41,7 @@ def test_notebook_is_stored_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_saves_its_plots(path, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("DISTILL_NOTEBOOK_SCALE", str(SCALE))
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
