@@ -170,7 +170,7 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> tuple[
 def take_task_section(raw: dict[str, Any], checker: Checker) -> tuple[Any, dict[str, Any]]:
     """The recipe's task (its `TaskSpec`) and its own section, taken out of `raw`. A section of another task is
     refused; with the task still to be given (`???`), the sections are taken out unchecked and the spec is None."""
-    from distill.tasks.spec import TASKS, task_spec
+    from distill.tasks.spec import TASKS, task_spec  # importing the package registers the bundled tasks
 
     task = raw.get("task", Recipe.task)
     if not isinstance(task, str):
