@@ -20,7 +20,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from distill.engine.run_folder import RunFolder
     from distill.engine.runs import is_global_zero, last_checkpoint, latest_run_dir
 
-    resume_dir = None
+    last = None
     if args.resume is not None:
         if args.resume == "latest":
             if args.recipe is None:
@@ -29,7 +29,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
             resume_dir = latest_run_dir(named.recipe.run.root, named.recipe.run.name or named.name)
         else:
             resume_dir = Path(args.resume)
-        last = last_checkpoint(resume_dir)  # a clear error before anything else when there is nothing to resume
+        last = last_checkpoint(resume_dir)  # chosen once: last.ckpt, or previous.ckpt when last.ckpt is unreadable
         loaded = RunFolder(resume_dir).resumed(last, args.overrides)
     elif args.recipe is None:
         raise DistillError("fit needs --recipe NAME_OR_PATH (see `distill recipes`)")
@@ -42,7 +42,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from distill.engine.pipeline import fit
     from distill.tasks import task_spec
 
-    result = fit(loaded, resume=resume_dir)
+    result = fit(loaded, resume_from=last)
     if is_global_zero():  # once, not once per rank
         title = loaded.recipe.run.name or loaded.name
         print_summary(title, result.metrics, task_spec(loaded.recipe.task).summary, result.run_dir)
@@ -103,10 +103,9 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 
 def cmd_losses(args: argparse.Namespace) -> None:
     """List the loss terms a recipe can use under `loss.terms`, with their arguments and defaults."""
-    from distill.tasks import TASKS, task_spec
+    from distill.tasks import TASKS
     from distill.tasks.loss_terms import LOSSES
 
-    task_spec("classification")  # registers the bundled tasks
     for name, cls in LOSSES.items():
         summary = (inspect.getdoc(cls) or "").splitlines()[0]
         params = [
@@ -120,9 +119,8 @@ def cmd_losses(args: argparse.Namespace) -> None:
 
 def cmd_tasks(args: argparse.Namespace) -> None:
     """List the tasks a recipe can name under `task`, with what each trains on and the frozen models it reads."""
-    from distill.tasks import TASKS, task_spec
+    from distill.tasks import TASKS
 
-    task_spec("classification")  # registers the bundled tasks
     for name, spec in TASKS.items():
         frozen = ", ".join(f"{role}{'' if r.required else ' (optional)'}: {r.what}" for role, r in spec.frozen.items())
         kinds = ", ".join(sorted(spec.accepts))

@@ -22,7 +22,7 @@ from distill.config.load import LoadedRecipe, save_recipe
 from distill.data.interface import DataSource
 from distill.engine.quiet import quiet_expected_messages, release
 from distill.engine.run_folder import RunCheckpoint, RunFolder
-from distill.engine.runs import RUN_DIR_ENV, external_launch, last_checkpoint, run_folder
+from distill.engine.runs import RUN_DIR_ENV, external_launch, run_folder
 from distill.engine.trainer import evaluation_trainer, make_trainer
 from distill.engine.wiring import build_task, prepare_data, spec_of
 from distill.errors import DistillError
@@ -40,12 +40,12 @@ class FitResult:
     resolved: dict[str, Any]
 
 
-def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callback] = ()) -> FitResult:
-    """Train the student of `loaded` (training its frozen models first where needed) in a new run folder, or resume
-    one."""
+def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[Callback] = ()) -> FitResult:
+    """Train the student of `loaded` (training its frozen models first where needed) in a new run folder, or
+    continue the run whose checkpoint `resume_from` is (`engine.runs.last_checkpoint` chooses it)."""
     quiet_expected_messages()
     recipe = loaded.recipe
-    checkpoint = last_checkpoint(resume) if resume is not None else None
+    resume = RunFolder.of(resume_from).path if resume_from is not None else None
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     data = prepare_data(loaded)
     run_dir, fresh, inherited = run_folder(recipe.run.root, recipe.run.name or loaded.name, resume)
@@ -65,7 +65,7 @@ def fit(loaded: LoadedRecipe, resume: Path | None = None, callbacks: list[Callba
     os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes of the other ranks, if the strategy starts them, use it
     release(trainer.device_info)
     try:
-        trainer.fit(module, datamodule=module.training_data(data), ckpt_path=checkpoint, weights_only=True)
+        trainer.fit(module, datamodule=module.training_data(data), ckpt_path=resume_from, weights_only=True)
         best = Path(trainer.checkpoint_callback.best_model_path or run.last)
         (metrics,) = trainer.test(module, datamodule=data, ckpt_path=str(best), weights_only=True, verbose=False)
     finally:

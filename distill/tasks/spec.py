@@ -107,8 +107,6 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 
 def task_spec(name: str) -> TaskSpec:
-    """The registered task `name` (the bundled tasks are registered on first use); a DistillError names the
-    closest when there is none."""
-    import distill.tasks  # noqa: F401  (imports the bundled task modules, which register themselves)
-
+    """The registered task `name`, or a DistillError naming the closest. (Importing this module imports the
+    `distill.tasks` package first, which registers every bundled task.)"""
     return TASKS.get(name)
