@@ -173,13 +173,30 @@ class GraphOnLogitsLoss(nn.Module):
         if teacher_mask is not None:
             teacher_mask = as_mask(teacher_mask, teacher_logits.shape[:2], "teacher_mask")
         teacher = teacher_logits.detach().to(compute_dtype(student_logits))
-        f_s = weighted_degrees(
-            *topk_transform(student_logits, self.top_k, self.transform), student_mask, self.normalize
+        student_kept = topk_transform(student_logits, self.top_k, self.transform)
+        return self.from_kept(
+            student_kept, topk_transform(teacher, self.top_k, self.transform), student_mask, teacher_mask
         )
-        f_t = weighted_degrees(*topk_transform(teacher, self.top_k, self.transform), teacher_mask, self.normalize)
+
+    def from_kept(
+        self,
+        student_kept: tuple[torch.Tensor, torch.Tensor],
+        teacher_kept: tuple[torch.Tensor, torch.Tensor],
+        student_mask: torch.Tensor | None = None,
+        teacher_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss from each side's kept `(values, indices)`, `(B, T, k)` each, as `topk_transform` gives them.
+
+        For callers that never hold the full logits: the kept values can be computed a chunk of positions at a time
+        from the hidden states and the LM head (`losses.chunked.head_rows_map`), or read from stored top-k
+        log-probabilities. The teacher's values are detached here.
+        """
+        f_s = weighted_degrees(*student_kept, student_mask, self.normalize)
+        teacher_values = teacher_kept[0].detach().to(student_kept[0].dtype)
+        f_t = weighted_degrees(teacher_values, teacher_kept[1], teacher_mask, self.normalize)
         per_sample = sorted_l1(f_s, f_t)  # (B,)
         return batch_mean(
-            per_sample, _has_position(student_logits, student_mask) | _has_position(teacher, teacher_mask)
+            per_sample, _has_position(student_kept[0], student_mask) | _has_position(teacher_values, teacher_mask)
         )
 
 

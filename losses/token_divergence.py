@@ -28,10 +28,26 @@ import torch
 from torch import nn
 
 from losses._common import check_int
-from losses.chunked import fused_masked_sum_and_count, masked_sum_and_count
+from losses.chunked import (
+    ChunkTargets,
+    TeacherSource,
+    TeacherTopK,
+    TopKRows,
+    as_teacher,
+    fused_masked_sum_and_count,
+    log_softmax_,
+    masked_sum_and_count,
+)
 from losses.consumes import TOKEN_LOGITS, Consumes
 
-__all__ = ["DIVERGENCES", "PAD_MASS_TOLERANCE", "DivergenceName", "TokenDivergenceLoss", "token_divergence_rows"]
+__all__ = [
+    "DIVERGENCES",
+    "PAD_MASS_TOLERANCE",
+    "DivergenceName",
+    "TokenDivergenceLoss",
+    "token_divergence_rows",
+    "topk_divergence_rows",
+]
 
 DivergenceName = Literal["forward_kl", "reverse_kl", "jsd", "tvd"]
 
@@ -97,14 +113,6 @@ DIVERGENCES: dict[str, Divergence] = {
 assert tuple(DIVERGENCES) == get_args(DivergenceName)
 
 
-def _log_softmax_(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """`log_softmax(logits / T)` over the last dim, in place, with one (c, V) temporary (`torch.logsumexp` has two)."""
-    if temperature != 1.0:
-        logits.div_(temperature)
-    logits.sub_(logits.amax(dim=-1, keepdim=True))
-    return logits.sub_(logits.exp().sum(dim=-1, keepdim=True).log_())
-
-
 def _padding_mass(logits: torch.Tensor, shared: int, temperature: float) -> torch.Tensor:
     """Per row, the softmax(z / T) mass on the columns from `shared` on: (c, V) -> (c,)."""
     extra = torch.logsumexp(logits[:, shared:] / temperature, dim=-1)
@@ -113,7 +121,7 @@ def _padding_mass(logits: torch.Tensor, shared: int, temperature: float) -> torc
 
 def token_divergence_rows(
     student_rows: torch.Tensor,
-    teacher_rows: torch.Tensor,
+    targets: ChunkTargets,
     need_grad: bool,
     *,
     divergence: DivergenceName,
@@ -124,11 +132,12 @@ def token_divergence_rows(
     """Per-token divergence on gathered rows, and its gradient w.r.t. the student logits (a `losses.chunked.RowLoss`).
 
     Compares the shared leading `min(V, V')` columns; the largest padding mass of the wider side is appended to
-    `pad_mass` (checked by the caller once, after the chunk loop, to avoid a host-device sync per chunk).
+    `pad_mass` (checked by the caller once, after the chunk loop, to avoid a host-device sync per chunk). A teacher
+    given as stored top-k log-probabilities (`TopKRows`) goes to `topk_divergence_rows`.
 
     Args:
         student_rows: (c, V) student logits in the compute dtype; overwritten (the chunk's own copy).
-        teacher_rows: (c, V') teacher logits in the compute dtype; overwritten (the chunk's own copy).
+        targets: the chunk's teacher rows, (c, V') logits in the compute dtype (overwritten) or `TopKRows`.
         need_grad: also return the gradient of the summed divergence w.r.t. `student_rows[:, :min(V, V')]`.
         divergence, beta, temperature: as in `TokenDivergenceLoss`.
         pad_mass: collects the padding mass of each chunk (only when V != V').
@@ -136,16 +145,79 @@ def token_divergence_rows(
     Returns:
         (c,) divergences and the (c, min(V, V')) gradient (or None).
     """
+    teacher_rows = targets.teacher
+    if isinstance(teacher_rows, TopKRows):
+        return topk_divergence_rows(
+            student_rows,
+            teacher_rows,
+            need_grad,
+            divergence=divergence,
+            beta=beta,
+            temperature=temperature,
+            pad_mass=pad_mass,
+        )
+    assert teacher_rows is not None, "a token divergence needs the teacher's rows"
     shared = min(student_rows.shape[-1], teacher_rows.shape[-1])
     wider = student_rows if student_rows.shape[-1] > shared else teacher_rows
     if wider.shape[-1] > shared and wider.shape[0] > 0:
         pad_mass.append(_padding_mass(wider, shared, temperature).max())
-    log_s = _log_softmax_(student_rows[:, :shared], temperature)  # (c, V0)
-    log_t = _log_softmax_(teacher_rows[:, :shared], temperature)  # (c, V0)
+    log_s = log_softmax_(student_rows[:, :shared], temperature)  # (c, V0)
+    log_t = log_softmax_(teacher_rows[:, :shared], temperature)  # (c, V0)
     value, grad_a = DIVERGENCES[divergence](log_s, log_t, beta)
     if not need_grad:
         return value, None
     return value, (grad_a if temperature == 1.0 else grad_a.div_(temperature))
+
+
+def topk_divergence_rows(
+    student_rows: torch.Tensor,
+    top: TopKRows,
+    need_grad: bool,
+    *,
+    divergence: DivergenceName,
+    beta: float,
+    temperature: float,
+    pad_mass: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The divergence against a teacher stored as its top-k log-probabilities and one tail bucket.
+
+    Both distributions are collapsed onto the same k + 1 buckets: the teacher's k kept entries, one each, and the
+    rest of the shared vocabulary in one; the divergence is taken between the bucket distributions. With k = V the
+    tail is empty and this is the divergence of the full distributions. The gradient w.r.t. the student logits
+    follows from `dq_b/ds_j = p_j (1[j in b] - q_b)`: a kept entry gets its bucket's gradient, and an entry of the
+    tail bucket the tail's gradient scaled by its share `p_j / q_tail` of the bucket.
+
+    The teacher's entries beyond the student's vocabulary (a padded teacher vocabulary) join its tail bucket; their
+    largest mass is appended to `pad_mass`, as the padding of logits is. The student's columns beyond the teacher's
+    vocabulary are left out and the rest renormalized, as with logits. A temperature other than 1 needs k = V
+    (`TokenDivergenceLoss` checks it): the tail's tempered mass is not known from the stored numbers.
+    """
+    shared = min(student_rows.shape[-1], top.vocab_size)
+    if student_rows.shape[-1] > shared and student_rows.shape[0] > 0:
+        pad_mass.append(_padding_mass(student_rows, shared, temperature).max())
+    log_s = log_softmax_(student_rows[:, :shared], temperature)  # (c, V0)
+    kept_here = top.indices < shared  # (c, k): entries the student has
+    index = top.indices.clamp(max=shared - 1)
+    teacher_kept = top.logprobs.masked_fill(~kept_here, -math.inf)
+    if temperature != 1.0:  # exact storage only (k = V): temper the kept entries
+        teacher_kept = log_softmax_(teacher_kept, temperature)
+    beyond = top.logprobs.masked_fill(kept_here, -math.inf).logsumexp(-1)  # (c,) teacher mass past the student's
+    if (~kept_here).any():
+        pad_mass.append(beyond.exp().max())
+    teacher_tail = torch.logaddexp(top.tail, beyond) if temperature == 1.0 else beyond.new_full(beyond.shape, -math.inf)
+    in_top = torch.zeros_like(log_s, dtype=torch.int32).scatter_add_(1, index, kept_here.int()) > 0  # (c, V0)
+    student_tail = log_s.masked_fill(in_top, -math.inf).logsumexp(-1)  # (c,)
+    student_kept = log_s.gather(1, index).masked_fill(~kept_here, -math.inf)  # (c, k)
+    log_q = torch.cat([student_kept, student_tail[:, None]], dim=1)  # (c, k + 1)
+    log_t = torch.cat([teacher_kept, teacher_tail[:, None]], dim=1)
+    value, grad_buckets = DIVERGENCES[divergence](log_q, log_t, beta)  # grad w.r.t. the buckets' logits
+    if not need_grad:
+        return value, None
+    finite_tail = torch.isfinite(student_tail)
+    share = (log_s - torch.where(finite_tail, student_tail, 0.0)[:, None]).exp_()  # (c, V0): p_j / q_tail
+    grad = share.mul_(torch.where(finite_tail, grad_buckets[:, -1], 0.0)[:, None]).masked_fill_(in_top, 0.0)
+    grad.scatter_add_(1, index, grad_buckets[:, :-1].masked_fill(~kept_here, 0.0))
+    return value, (grad if temperature == 1.0 else grad.div_(temperature))
 
 
 class TokenDivergenceLoss(nn.Module):
@@ -229,7 +301,9 @@ class TokenDivergenceLoss(nn.Module):
             f"ignore_index={self.ignore_index}, chunk_size={self.chunk_size}"
         )
 
-    def _row_loss(self, pad_mass: list[torch.Tensor]) -> Callable:
+    def row_loss(self, pad_mass: list[torch.Tensor]) -> Callable:
+        """This divergence as a `losses.chunked.RowLoss` (to combine with other row losses over one chunk loop); the
+        padding mass of each chunk is appended to `pad_mass`, for `check_padding` after the loop."""
         return partial(
             token_divergence_rows,
             divergence=self.divergence,
@@ -238,8 +312,18 @@ class TokenDivergenceLoss(nn.Module):
             pad_mass=pad_mass,
         )
 
+    def check_teacher(self, teacher: TeacherSource) -> None:
+        """Refuse a teacher this divergence cannot be computed from: stored top-k log-probabilities with k < V at a
+        temperature other than 1 (the tail's tempered mass is unknown)."""
+        if isinstance(teacher, TeacherTopK) and not teacher.exact and self.temperature != 1.0:
+            raise ValueError(
+                f"temperature {self.temperature} needs the teacher's whole distribution, but its stored top-k keeps "
+                f"{teacher.logprobs.shape[-1]} of {teacher.vocab_size} entries: use temperature 1 or keep them all"
+            )
+
     @staticmethod
-    def _check_padding(pad_mass: list[torch.Tensor], student_vocab: int, teacher_vocab: int) -> None:
+    def check_padding(pad_mass: list[torch.Tensor], student_vocab: int, teacher_vocab: int) -> None:
+        """Raise a ValueError if the columns only one side has held more than `PAD_MASS_TOLERANCE` of its mass."""
         if not pad_mass:
             return
         largest = torch.stack(pad_mass).max().item()
@@ -253,20 +337,25 @@ class TokenDivergenceLoss(nn.Module):
             )
 
     def sum_and_count(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+        self, student_logits: torch.Tensor, teacher: torch.Tensor | TeacherSource, labels: torch.Tensor
     ) -> tuple[torch.Tensor, int]:
         """The sum of the per-token divergences over the valid tokens (scalar tensor) and their number (int).
 
         `forward` is `sum / max(count, 1)`; to normalize over several micro-batches, add up the sums and counts.
+        `teacher` is the teacher's logits or a `losses.chunked.TeacherSource` (e.g. stored top-k log-probabilities).
         """
+        source = as_teacher(teacher)
+        self.check_teacher(source)
         pad_mass: list[torch.Tensor] = []
         total, count = masked_sum_and_count(
-            self._row_loss(pad_mass), student_logits, teacher_logits, labels, self.ignore_index, self.chunk_size
+            self.row_loss(pad_mass), student_logits, source, labels, self.ignore_index, self.chunk_size
         )
-        self._check_padding(pad_mass, student_logits.shape[-1], teacher_logits.shape[-1])
+        self.check_padding(pad_mass, student_logits.shape[-1], source.vocab_size)
         return total, count
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | TeacherSource, labels: torch.Tensor
+    ) -> torch.Tensor:
         total, count = self.sum_and_count(student_logits, teacher_logits, labels)
         return total / max(count, 1)
 
@@ -274,7 +363,7 @@ class TokenDivergenceLoss(nn.Module):
         self,
         hidden: torch.Tensor,
         lm_head_weight: torch.Tensor,
-        teacher_logits: torch.Tensor,
+        teacher: torch.Tensor | TeacherSource,
         labels: torch.Tensor,
         lm_head_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -287,23 +376,26 @@ class TokenDivergenceLoss(nn.Module):
         Args:
             hidden: (B, T, H) the student's last hidden states, aligned with `labels` like the logits of `forward`.
             lm_head_weight: (V, H) the student's output projection.
-            teacher_logits: (B, T, V').
+            teacher: (B, T, V') logits, or a `losses.chunked.TeacherSource`: `TeacherHead(hidden, weight, bias)`
+                computes the teacher's logits chunk by chunk too, so neither side's full logits ever exist.
             labels: (B, T) integer; `ignore_index` positions are left out.
             lm_head_bias: (V,) or None.
 
         Returns:
             A scalar, the mean per-token divergence over the valid tokens.
         """
+        source = as_teacher(teacher)
+        self.check_teacher(source)
         pad_mass: list[torch.Tensor] = []
         total, count = fused_masked_sum_and_count(
-            self._row_loss(pad_mass),
+            self.row_loss(pad_mass),
             hidden,
             lm_head_weight,
             lm_head_bias,
-            teacher_logits,
+            source,
             labels,
             self.ignore_index,
             self.chunk_size,
         )
-        self._check_padding(pad_mass, lm_head_weight.shape[0], teacher_logits.shape[-1])
+        self.check_padding(pad_mass, lm_head_weight.shape[0], source.vocab_size)
         return total / max(count, 1)
