@@ -92,9 +92,13 @@ class TeacherSettings:
     )
     overrides: list[str] = setting([], "key=value overrides for that recipe (e.g. data.swap=true)")
     cache: str | None = setting(
-        None, "a folder caching the teacher's outputs per (epoch, sample) for reuse by later runs (on_device data)"
+        None,
+        "a folder caching the teacher's outputs for reuse by later runs: per (epoch, sample view) for on_device "
+        "image data, per (row, position) for language models",
     )
-    cache_top_k: int | None = setting(None, "logits kept per sample in the cache (null: all classes, exact)")
+    cache_top_k: int | None = setting(
+        None, "entries kept per sample (images) or per token (language models); null: all of them, exact"
+    )
 
 
 @dataclass

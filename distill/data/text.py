@@ -194,7 +194,7 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             assert self.teacher_seq_len is not None
             teacher_tensors = row_tensors([teacher[i] for i in kept], self.teacher_seq_len, self.teacher_pad_id)
             tensors.update({f"teacher_{key}": value for key, value in teacher_tensors.items()})
-        return TokenRows(tensors)
+        return TokenRows(tensors, indexed=True)
 
     def _count(self, split: str, dropped: int, truncated: int) -> None:
         self.dropped_rows[split] = dropped

@@ -43,16 +43,19 @@ class TokenRow:
 
 
 class TokenRows(Dataset):
-    """Rows of equal length as int tensors; items are dicts of LongTensors `[T]` (default collate stacks them)."""
+    """Rows of equal length as int tensors; items are dicts of LongTensors `[T]` (default collate stacks them), and
+    with `indexed` the row's `index` (so that per-row stores, such as the teacher cache, can find it)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], indexed: bool = False) -> None:
         self.tensors = tensors
+        self.indexed = indexed
 
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {key: value[index].long() for key, value in self.tensors.items()}
+        row = {key: value[index].long() for key, value in self.tensors.items()}
+        return {**row, "index": torch.tensor(index)} if self.indexed else row
 
 
 def text_rows(documents: Documents) -> list[TextRow]:

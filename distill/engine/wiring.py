@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from distill.config.load import LoadedRecipe
 from distill.config.schema import SpeedSettings
@@ -18,6 +19,7 @@ from distill.engine.optim import build_optimizer, build_scheduler
 from distill.tasks import BuildContext, FrozenModel, TaskSpec, task_spec
 from distill.tasks.base import DistillationTask
 from distill.teachers.cache_setup import open_teacher_cache
+from distill.teachers.token_cache import TokenTeacherCache
 
 
 def create_data(spec: dict[str, Any]) -> DataSource:
@@ -53,7 +55,9 @@ def build_task(
     teacher = frozen.get("teacher")
     outputs = None
     if training and spec.reads_teacher_cache and teacher is not None:
-        outputs = open_teacher_cache(recipe, data, teacher.source)
+        outputs = open_teacher_cache(recipe, data, teacher.source, teacher.model)
+        if isinstance(outputs, TokenTeacherCache) and outputs.created:
+            announce_token_cache(outputs)
     context = BuildContext(
         recipe=recipe,
         resolved=loaded.resolved,
@@ -70,6 +74,18 @@ def build_task(
     module = spec.build(context)
     apply_speed_settings(module, recipe.speed)
     return module
+
+
+@rank_zero_only
+def announce_token_cache(cache: TokenTeacherCache) -> None:
+    """What a new language-model cache will take, printed before anything is written."""
+    kept = "all, exact" if cache.k == cache.vocab_size else f"top {cache.k:,}"
+    rows = " + ".join(f"{count:,} {split}" for split, count in cache.rows.items())
+    print(
+        f"teacher.cache: storing the teacher's next-token distribution ({kept} of {cache.vocab_size:,} entries): "
+        f"{cache.bytes_per_token:,} bytes per token; {rows} rows x {cache.positions:,} positions = "
+        f"{cache.total_bytes() / 2**20:,.1f} MiB in {cache.folder}"
+    )
 
 
 def spec_of(loaded: LoadedRecipe) -> TaskSpec:

@@ -23,11 +23,15 @@ def llama(
     num_key_value_heads: int = 4,
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
+    padded_vocab_size: int | None = None,
 ) -> nn.Module:
     """A Llama-style causal LM (transformers' LlamaForCausalLM) built from a config, randomly initialized.
 
     Args:
         vocab_size: vocabulary size (set from the dataset's tokenizer).
+        padded_vocab_size: rows of the embedding and the LM head when more than the tokenizer's entries, as real
+            models pad them (Qwen2.5: 151,665 tokenizer entries, 151,936 rows in the small models, 152,064 in the
+            large); None: exactly `vocab_size`.
         hidden_size: width of the residual stream.
         intermediate_size: width of the MLP.
         num_hidden_layers: decoder layers.
@@ -40,8 +44,12 @@ def llama(
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError:
         raise DistillError("the llama model needs transformers: pip install 'distill[llm]'") from None
+    if padded_vocab_size is not None and padded_vocab_size < vocab_size:
+        raise DistillError(
+            f"padded_vocab_size {padded_vocab_size} is smaller than the tokenizer's vocabulary ({vocab_size})"
+        )
     config = LlamaConfig(
-        vocab_size=vocab_size,
+        vocab_size=padded_vocab_size or vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers,

@@ -4,27 +4,66 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
-from distill.config.schema import Recipe
+from distill.config.schema import Recipe, setting
 from distill.data.interface import TokenData
 from distill.errors import DistillError
 from distill.models.vlm import VISION_INPUTS
 from distill.tasks.base import WeightedTermsTask
-from distill.tasks.context import BuildContext
-from distill.tasks.loss_terms import LOSSES, LossTerms, consumes
+from distill.tasks.context import BuildContext, TokenTeacherOutputs
+from distill.tasks.lm_outputs import LMOutputs, TeacherView, chunk_blocker, run_lm
+from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from losses import TokenDivergenceLoss
+from losses.chunked import (
+    ChunkTargets,
+    TopKRows,
+    chunk_sums,
+    cross_entropy_rows,
+    fused_masked_sum_and_count,
+    weighted_row_loss,
+)
 from losses.consumes import SEQUENCE_LOGITS, TOKEN_LOGITS
 
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
 ACCEPTS = frozenset({TOKEN_LOGITS, SEQUENCE_LOGITS})
+LogitsMode = Literal["auto", "chunked", "full"]
+
+
+@dataclass
+class CausalLMSettings:
+    """The recipe's `causal_lm:` section."""
+
+    logits: LogitsMode = setting(
+        "auto",
+        "chunked: CE and the terms run on the final hidden states through the LM head a chunk of tokens at a time, "
+        "so no [B, T, V] logits of either model exist; full: the models' logits; auto: chunked where the models "
+        "and terms allow it",
+    )
+    chunk_size: int = setting(1024, "tokens per chunk of the LM head when chunked")
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise DistillError(f"causal_lm.chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def term_blocker(term: nn.Module) -> str | None:
+    """Why a loss term cannot run without full logits, or None: token terms need a row form, sequence terms a
+    kept-values form."""
+    kind = term.consumes.kind
+    if kind == TOKEN_LOGITS and not hasattr(term, "row_loss"):
+        return f"{type(term).__name__} has no row form (row_loss)"
+    if kind == SEQUENCE_LOGITS and not hasattr(term, "from_kept"):
+        return f"{type(term).__name__} has no kept-values form (from_kept)"
+    return None
 
 
 def vision_inputs(batch: Batch) -> Batch:
@@ -49,11 +88,24 @@ class CausalLMTask(WeightedTermsTask):
     Validation and test report the student's loss and perplexity, and, when both share a tokenizer, the per-token
     KL(teacher || student), next-token agreement and the teacher's own loss.
 
+    With chunked logits (`logits`: "auto" where the models and terms allow it, or "chunked") neither model's
+    `[B, T, V]` logits exist: the models' backbones give their final hidden states, and CE and the token terms run
+    through the LM heads a chunk of tokens at a time (`losses.chunked`), sharing each chunk's student logits; GLD
+    reads each side's top-k values, computed per chunk (`losses.chunked.head_rows_map`). The result equals the full
+    path (loss and gradients).
+
+    With a teacher cache (`teacher_cache`, teacher.cache on token data) the teacher's top-k per position is read
+    from it; a row not yet stored is computed, stored, and read back, so the first run trains on exactly what later
+    runs read. The reported KL is then over the stored top-k plus one tail bucket (exact when all entries are kept).
+
     Args:
         student: a causal LM returning `.logits` (the model being trained).
         teacher: the frozen teacher, or None.
         terms: loss terms by name, each `(weight, module)`.
         ce_weight: weight of the next-token cross-entropy on the labels.
+        logits: "auto", "chunked" or "full" (see above).
+        chunk_size: tokens per chunk of the LM heads.
+        teacher_cache: the stored teacher outputs, or None.
         common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
 
@@ -63,22 +115,65 @@ class CausalLMTask(WeightedTermsTask):
         teacher: nn.Module | None,
         terms: LossTerms | None = None,
         ce_weight: float = 1.0,
+        logits: LogitsMode = "auto",
+        chunk_size: int = 1024,
+        teacher_cache: TokenTeacherOutputs | None = None,
         **common: Any,
     ) -> None:
         super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, **common)
-        self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=512)  # reported, not trained
+        self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=chunk_size)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
+        self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache
+        if logits == "chunked":
+            blockers = [chunk_blocker(student), *(term_blocker(term) for term in self.terms.values())]
+            if any(blockers):
+                reason = next(b for b in blockers if b)
+                raise DistillError(f"causal_lm.logits: chunked cannot run here: {reason}; use auto or full")
+
+    def student_chunked(self) -> bool:
+        """Whether this step runs without the student's full logits."""
+        if self.logits_mode == "full":
+            return False
+        blocker = chunk_blocker(self.student) or next(filter(None, map(term_blocker, self.terms.values())), None)
+        if blocker and self.logits_mode == "chunked":  # only a runtime cause is left: a head sharded by FSDP
+            raise DistillError(f"causal_lm.logits: chunked cannot run here: {blocker}; use auto or full")
+        return blocker is None
+
+    def run_student(self, batch: Batch) -> LMOutputs:
+        return run_lm(
+            self.student, batch["input_ids"], batch["attention_mask"], vision_inputs(batch), self.student_chunked()
+        )
+
+    def teacher_view(self, batch: Batch, split: str, chunked: bool) -> TeacherView:
+        """The teacher's side of the batch: stored top-k from the cache (computed and stored first when missing),
+        else its outputs, chunked when the student is (`chunked`) and the teacher's head allows (no gradient)."""
+        if self.teacher_cache is not None and "index" in batch:
+            stored = self.teacher_cache.read(split, batch["index"])
+            if stored is None:
+                labels = batch.get("teacher_input_ids", batch["input_ids"])[:, 1:]
+                outputs = self._teacher_outputs(batch, chunked=self.logits_mode != "full")
+                stored = outputs.stored_form(self.teacher_cache.k, labels, self.chunk_size)
+                self.teacher_cache.write(split, batch["index"], stored)
+                stored = self.teacher_cache.read(split, batch["index"])  # train on exactly what is stored
+                assert stored is not None
+            return TeacherView(stored=stored.to(batch["input_ids"].device))
+        return self._teacher_outputs(batch, chunked)
+
+    @torch.no_grad()
+    def _teacher_outputs(self, batch: Batch, chunked: bool) -> TeacherView:
+        ids = batch.get("teacher_input_ids", batch["input_ids"])
+        mask = batch.get("teacher_attention_mask", batch["attention_mask"])
+        chunked = chunked and chunk_blocker(self.teacher) is None
+        return TeacherView(outputs=run_lm(self.teacher, ids, mask, vision_inputs(batch), chunked))
+
+    def on_train_epoch_end(self) -> None:
+        if self.teacher_cache is not None:
+            self.teacher_cache.flush()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **vision: torch.Tensor
     ) -> torch.Tensor:
         return self.student(input_ids=input_ids, attention_mask=attention_mask, **vision).logits
-
-    @torch.no_grad()
-    def teacher_logits(self, batch: Batch) -> torch.Tensor:
-        ids = batch.get("teacher_input_ids", batch["input_ids"])
-        mask = batch.get("teacher_attention_mask", batch["attention_mask"])
-        return self.teacher(input_ids=ids, attention_mask=mask, **vision_inputs(batch)).logits
 
     @staticmethod
     def shifted_inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -87,32 +182,130 @@ class CausalLMTask(WeightedTermsTask):
         return {"labels": labels, "student_mask": labels != -100, "teacher_mask": teacher_labels != -100}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        student_logits = self(batch["input_ids"], batch["attention_mask"], **vision_inputs(batch))[:, :-1]  # (B,T-1,V)
-        teacher_logits = self.teacher_logits(batch)[:, :-1] if len(self.terms) else None
+        student = self.run_student(batch)
+        teacher = self.teacher_view(batch, "train", student.chunked) if len(self.terms) else None
         inputs = {**self.shifted_inputs(batch), "epoch": self.current_epoch + 1}
-        parts = {}
-        if self.ce_weight:
-            nll, tokens = next_token_nll(student_logits, inputs["labels"])
-            parts["ce"] = nll / tokens.clamp(min=1)
-        parts.update(self.term_values(student_logits, teacher_logits, inputs))
-        loss = self.total_loss(parts)
+        if student.chunked:
+            loss, parts = self._chunked_loss(student, teacher, inputs)
+        else:
+            loss, parts = self._full_loss(student, teacher, inputs)
+        self.last_parts = parts  # named in the message if the loss is ever not finite
         self.log_parts(loss, parts)
         return loss
 
+    def _full_loss(
+        self, student: LMOutputs, teacher: TeacherView | None, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CE and every term on the student's full logits (the teacher's logits, or its stored top-k)."""
+        assert student.logits is not None
+        parts = {}
+        if self.ce_weight:
+            nll, tokens = next_token_nll(student.logits, inputs["labels"])
+            parts["ce"] = nll / tokens.clamp(min=1)
+        for name, term in self.terms.items():
+            assert teacher is not None
+            if teacher.stored is not None:
+                parts[name] = self._stored_term(term, student, teacher, inputs)
+            else:
+                parts[name] = call_term(term, student.logits, teacher.logits, inputs)
+        return self.total_loss(parts), parts
+
+    def _stored_term(
+        self, term: nn.Module, student: LMOutputs, teacher: TeacherView, inputs: dict[str, Any]
+    ) -> torch.Tensor:
+        """A term against the stored teacher: token terms read its top-k as their teacher, GLD its kept values."""
+        if term.consumes.kind == SEQUENCE_LOGITS:
+            return self._sequence_term(term, student, teacher, inputs)
+        return call_term(term, student.logits, teacher.source(), inputs)
+
+    def _sequence_term(
+        self, term: nn.Module, student: LMOutputs, teacher: TeacherView, inputs: dict[str, Any]
+    ) -> torch.Tensor:
+        student_kept = student.kept(term.top_k, term.transform, self.chunk_size)
+        teacher_kept = teacher.kept(term.top_k, term.transform, self.chunk_size)
+        return term.from_kept(student_kept, teacher_kept, inputs["student_mask"], inputs["teacher_mask"])
+
+    def _chunked_loss(
+        self, student: LMOutputs, teacher: TeacherView | None, inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CE and the token terms in one chunk loop over the student's head (each chunk's logits computed once),
+        the sequence terms from kept values; the loss and its parts (detached where summed over chunks)."""
+        source = teacher.source() if teacher is not None else None
+        row_parts, padding, sequence = [], {}, {}
+        if self.ce_weight:
+            row_parts.append(("ce", self.ce_weight, cross_entropy_rows))
+        for name, term in self.terms.items():
+            assert teacher is not None and source is not None
+            if term.consumes.kind == TOKEN_LOGITS:
+                term.check_teacher(source)
+                padding[name] = []
+                row_parts.append((name, self.weights[name], term.row_loss(padding[name])))
+            else:
+                sequence[name] = self._sequence_term(term, student, teacher, inputs)
+        parts: dict[str, torch.Tensor] = {}
+        loss = sum(self.weights[name] * value for name, value in sequence.items())
+        if row_parts:
+            assert student.hidden is not None and student.head is not None
+            sums: dict[str, list[torch.Tensor]] = {}
+            total, count = fused_masked_sum_and_count(
+                weighted_row_loss(row_parts, sums),
+                student.hidden,
+                student.head.weight,
+                student.head.bias,
+                source if padding else None,  # token terms read the teacher; CE alone does not
+                inputs["labels"],
+                -100,
+                self.chunk_size,
+            )
+            for name, pad_mass in padding.items():
+                self.terms[name].check_padding(pad_mass, student.vocab_size, source.vocab_size)
+            loss = loss + total / max(count, 1)
+            zero = total.detach() * 0
+            parts = {
+                name: torch.stack(sums[name]).sum() / max(count, 1) if name in sums else zero for name, *_ in row_parts
+            }
+        return loss, {**parts, **sequence}
+
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
-        student_logits = self(batch["input_ids"], batch["attention_mask"], **vision_inputs(batch))[:, :-1]
+        student = self.run_student(batch)
         labels = self.shifted_inputs(batch)["labels"]
-        nll, tokens = next_token_nll(student_logits, labels)
-        self.sums[f"{stage}_nll"].update(nll)
-        self.sums[f"{stage}_tokens"].update(tokens.float())
-        if self.teacher is None or "teacher_input_ids" in batch:
-            return  # teacher-side numbers need the same tokenization
-        teacher_logits = self.teacher_logits(batch)[:, :-1]
-        valid = labels != -100
-        self.sums[f"{stage}_kl"].update(self.report_kl(student_logits, teacher_logits, labels) * tokens)
-        agree = (student_logits.argmax(-1) == teacher_logits.argmax(-1)) & valid
-        self.sums[f"{stage}_agree"].update(agree.sum().float())
-        self.sums[f"{stage}_teacher_nll"].update(next_token_nll(teacher_logits, labels)[0])
+        teacher = None
+        if self.teacher is not None and "teacher_input_ids" not in batch:  # teacher numbers need the same tokens
+            teacher = self.teacher_view(batch, "val", student.chunked)
+        sums, tokens = self._evaluation_sums(student, teacher, labels)
+        self.sums[f"{stage}_tokens"].update(torch.tensor(float(tokens), device=labels.device))
+        for what, value in sums.items():
+            self.sums[f"{stage}_{what}"].update(value)
+
+    def _evaluation_sums(
+        self, student: LMOutputs, teacher: TeacherView | None, labels: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """Summed student NLL, and with a teacher the summed KL, agreement and teacher NLL, a chunk at a time."""
+        source = None if teacher is None else teacher.source()
+        padding: list[torch.Tensor] = []
+        kl_rows = self.report_kl.row_loss(padding)
+
+        def stats(rows: torch.Tensor, targets: ChunkTargets) -> dict[str, torch.Tensor]:
+            out = {}
+            if targets.teacher is not None:
+                top = targets.teacher
+                teacher_top = top.indices[:, 0] if isinstance(top, TopKRows) else top.argmax(-1)
+                out["agree"] = (rows.argmax(-1) == teacher_top).sum().float()
+                if not isinstance(top, TopKRows):
+                    out["teacher_nll"] = cross_entropy_rows(top.clone(), targets, False)[0].sum()
+                out["kl"] = kl_rows(rows.clone(), targets.copy(), False)[0].sum()
+            out["nll"] = cross_entropy_rows(rows, targets, False)[0].sum()
+            return out
+
+        if source is not None:
+            self.report_kl.check_teacher(source)
+        sums, tokens = chunk_sums(stats, student.as_rows(), source, labels, -100, self.chunk_size)
+        if teacher is not None and teacher.stored is not None:
+            valid = labels != -100
+            sums["teacher_nll"] = -teacher.stored.stat("label_logp")[valid].sum()
+        if source is not None:
+            self.report_kl.check_padding(padding, student.vocab_size, source.vocab_size)
+        return sums, tokens
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")
@@ -144,7 +337,17 @@ class CausalLMTask(WeightedTermsTask):
 def build(ctx: BuildContext) -> CausalLMTask:
     if not isinstance(ctx.data, TokenData):
         raise DistillError(f"data: task causal_lm reads token rows; {ctx.recipe.data['name']} has none")
-    return CausalLMTask(ctx.student(), ctx.teacher, ctx.terms(), ctx.recipe.loss.ce_weight, **ctx.common())
+    settings: CausalLMSettings = ctx.settings
+    return CausalLMTask(
+        ctx.student(),
+        ctx.teacher,
+        ctx.terms(),
+        ctx.recipe.loss.ce_weight,
+        logits=settings.logits,
+        chunk_size=settings.chunk_size,
+        teacher_cache=ctx.teacher_outputs,  # type: ignore[arg-type]
+        **ctx.common(),
+    )
 
 
 def check(recipe: Recipe, fail: Callable[[str, str], Exception]) -> None:
@@ -176,5 +379,7 @@ SPEC = register_task(
         ),
         accepts=ACCEPTS,
         check=check,
+        settings=CausalLMSettings,
+        reads_teacher_cache=True,
     )
 )

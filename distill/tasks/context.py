@@ -16,6 +16,7 @@ from distill.errors import DistillError
 from distill.models import create_model, model_for_data
 from distill.models.weights import load_weights
 from distill.tasks.loss_terms import LossTerms, build_loss, build_terms
+from losses.stored_teacher import StoredTopK
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # (optimizer, steps_per_epoch, total_steps) -> per-step scheduler
@@ -28,6 +29,18 @@ class TeacherOutputs(Protocol):
     def read(self, epoch: int, indices: torch.Tensor) -> torch.Tensor | None: ...
 
     def write(self, epoch: int, indices: torch.Tensor, logits: torch.Tensor) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class TokenTeacherOutputs(Protocol):
+    """A store of a language-model teacher's top-k per (split, row, position) (teacher.cache on token data)."""
+
+    k: int  # entries kept per position
+
+    def read(self, split: str, indices: torch.Tensor) -> StoredTopK | None: ...
+
+    def write(self, split: str, indices: torch.Tensor, stored: StoredTopK) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -66,7 +79,7 @@ class BuildContext:
     optimizer: OptimizerFactory
     scheduler: SchedulerFactory | None
     init: str | None = None
-    teacher_outputs: TeacherOutputs | None = None
+    teacher_outputs: TeacherOutputs | TokenTeacherOutputs | None = None
     training: bool = True
     extra_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 

@@ -1,35 +1,91 @@
-"""Opening a run's teacher-output cache (`teacher.cache`): the meta that must match, taken from the recipe."""
+"""Opening a run's teacher-output cache (`teacher.cache`): the meta that must match, taken from the recipe.
+
+Image data caches the teacher's logits per (epoch, sample view) (`TeacherCache`); token data caches the teacher's
+top-k per (row, position) (`TokenTeacherCache`): no views change between epochs, so one pass stores everything.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from distill.config.schema import Recipe
 from distill.data.device_images import source_of
-from distill.data.interface import ClassData, DataSource
+from distill.data.interface import ClassData, DataSource, TokenData
 from distill.errors import DistillError
 from distill.teachers.output_cache import TeacherCache, file_sha256, tensor_sha256
+from distill.teachers.token_cache import TokenTeacherCache
+
+# data settings that do not change the rows (how they are batched and loaded, where tokenizers are kept)
+LOADING_KEYS = ("batch_size", "num_workers", "tokenizer_cache")
 
 
-def open_teacher_cache(recipe: Recipe, data: DataSource, teacher_source: dict[str, Any] | None) -> TeacherCache | None:
-    """The cache named by `teacher.cache`, checked against this run (teacher weights, data, views, precision)."""
+def open_teacher_cache(
+    recipe: Recipe, data: DataSource, teacher_source: dict[str, Any] | None, teacher_model: nn.Module | None = None
+) -> TeacherCache | TokenTeacherCache | None:
+    """The cache named by `teacher.cache`, checked against this run (teacher weights, data, views, precision).
+    `teacher_model` sizes a language model's cache by its output vocabulary (which may be padded past its
+    tokenizer's)."""
     settings = recipe.teacher
     if settings is None or settings.cache is None:
         return None
+    teacher = {"model": dict(settings.model or {}), "weights_sha256": _weights_id(teacher_source)}
+    if isinstance(data, TokenData):
+        return _token_cache(recipe, data, teacher, output_vocab(teacher_model))
     if not isinstance(data, ClassData) or not data.on_device:
         raise DistillError(
             "teacher.cache needs data whose views are replayable: set data.on_device=true (cifar100), so each "
             "training sample's view depends only on (data.augment_seed, epoch, index)"
         )
-    weights = (teacher_source or {}).get("weights")
-    weights_id = file_sha256(weights) if weights and Path(weights).is_file() else str(weights)
     images = source_of(data.train_set)
     meta = {
-        "teacher": {"model": dict(settings.model), "weights_sha256": weights_id},
+        "teacher": teacher,
         "data": {"name": recipe.data["name"], "train_sha256": tensor_sha256(images.images, images.labels)},
         "views": {**data.augmentation.describe(), "augment": data.augment, "augment_seed": data.augment_seed},
         "precision": str(recipe.trainer.get("precision")),
         "channels_last": data.channels_last,
     }
     return TeacherCache(settings.cache, meta, len(images), data.num_classes, settings.cache_top_k)
+
+
+def _weights_id(teacher_source: dict[str, Any] | None) -> str:
+    """The teacher's weights: the sha256 of its file, or its name (a hub model) when there is no file."""
+    weights = (teacher_source or {}).get("weights")
+    return file_sha256(weights) if weights and Path(weights).is_file() else str(weights)
+
+
+def output_vocab(model: nn.Module | None) -> int | None:
+    """The rows of a language model's output head, or None when it has no single one."""
+    head = model.get_output_embeddings() if model is not None and hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else None
+
+
+def _token_cache(recipe: Recipe, data: TokenData, teacher: dict[str, Any], vocab: int | None) -> TokenTeacherCache:
+    """The language-model cache: keyed by the teacher, the tokenized rows of both splits (so the tokenizers, the
+    packing and the source all count) and the data settings that made them."""
+    splits = {"train": data.train_set, "val": data.val_set}
+    prefix = "teacher_" if data.has_teacher_tokenizer else ""
+    rows = {split: rows_of(dataset) for split, dataset in splits.items()}
+    meta = {
+        "teacher": teacher,
+        "data": {k: v for k, v in recipe.data.items() if k not in LOADING_KEYS},
+        "rows_sha256": {split: tensor_sha256(*tensors.values()) for split, tensors in rows.items()},
+        "precision": str(recipe.trainer.get("precision")),
+    }
+    positions = rows["train"][f"{prefix}input_ids"].shape[1] - 1
+    vocab = vocab or data.model_args("teacher")["vocab_size"]
+    counts = {split: len(tensors[f"{prefix}input_ids"]) for split, tensors in rows.items()}
+    assert recipe.teacher is not None and recipe.teacher.cache is not None
+    return TokenTeacherCache(recipe.teacher.cache, meta, counts, positions, vocab, recipe.teacher.cache_top_k)
+
+
+def rows_of(dataset: Any) -> dict[str, Any]:
+    """The row tensors of a token split, by name, in a fixed order."""
+    tensors = getattr(dataset, "tensors", None)
+    if not isinstance(tensors, dict):
+        raise DistillError("teacher.cache: this data has no stored token rows to key the cache by")
+    return {name: tensors[name] for name in sorted(tensors)}

@@ -47,33 +47,16 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-class TeacherCache:
-    """Teacher logits per (epoch, sample index) for `size` samples and `num_classes` classes, keeping `top_k`.
+class CacheFolder:
+    """A folder of memory-mapped arrays whose `meta.json` holds everything that determines them: created with the
+    meta on first use, refused when an existing folder's meta differs, locked between the processes of a run."""
 
-    Args:
-        folder: where the cache lives (created if missing).
-        meta: what determines the teacher's outputs (teacher weights, data, views, precision...): must equal the
-            stored meta of an existing cache.
-        size: number of samples (indices are in [0, size)).
-        num_classes: C.
-        top_k: logits kept per sample (None or C: all of them).
-    """
-
-    def __init__(
-        self, folder: str | Path, meta: dict[str, Any], size: int, num_classes: int, top_k: int | None
-    ) -> None:
+    def __init__(self, folder: str | Path, meta: dict[str, Any], setting: str = "teacher.cache") -> None:
         self.folder = Path(folder).expanduser()
-        self.size, self.num_classes = size, num_classes
-        self.top_k = num_classes if top_k is None else top_k
-        if not 1 <= self.top_k <= num_classes:
-            raise DistillError(f"teacher.cache_top_k must be in [1, {num_classes}] (the class count), got {top_k}")
-        self.meta = {**meta, "size": size, "num_classes": num_classes, "top_k": self.top_k}
+        self.setting = setting
+        self.meta = meta
+        self.created = False  # whether this run created the folder's meta (a new cache)
         self._check_or_create()
-        self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    @property
-    def exact(self) -> bool:
-        return self.top_k == self.num_classes
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -89,11 +72,11 @@ class TeacherCache:
         ours = {META_FILE, LOCK_FILE, f"{Path(META_FILE).stem}.tmp"}  # what a cache being created holds
         foreign = self.folder.is_dir() and not (self.folder / META_FILE).is_file()
         if foreign and any(p.name not in ours for p in self.folder.iterdir()):  # someone's folder, not a cache
-            raise DistillError(f"teacher.cache: {self.folder} exists, is not empty and has no {META_FILE}")
+            raise DistillError(f"{self.setting}: {self.folder} exists, is not empty and has no {META_FILE}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DistillError(f"teacher.cache: cannot create {self.folder}: {exc.strerror}") from None
+            raise DistillError(f"{self.setting}: cannot create {self.folder}: {exc.strerror}") from None
         with self._locked():
             self._check_or_write_meta()
 
@@ -104,17 +87,55 @@ class TeacherCache:
             try:
                 stored = json.loads(meta_path.read_text())
             except (OSError, ValueError) as exc:
-                raise DistillError(f"teacher.cache: cannot read {meta_path}: {exc}") from None
+                raise DistillError(f"{self.setting}: cannot read {meta_path}: {exc}") from None
             if stored != expected:
                 keys = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
                 raise DistillError(
-                    f"teacher.cache: {self.folder} holds the outputs of another setup (differs in: {', '.join(keys)}); "
-                    "give another teacher.cache folder or delete this one"
+                    f"{self.setting}: {self.folder} holds the outputs of another setup (differs in: "
+                    f"{', '.join(keys)}); give another {self.setting} folder or delete this one"
                 )
             return
         temporary = meta_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(expected, indent=2, sort_keys=True))
         os.replace(temporary, meta_path)
+        self.created = True
+
+    def _open(self, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """The array file `name` of the folder, memory-mapped for reading and writing; created (zeros) if missing."""
+        path = self.folder / name
+        if path.is_file():
+            array = np.load(path, mmap_mode="r+")
+            if array.shape != shape or array.dtype != dtype:
+                raise DistillError(f"{self.setting}: {path} is {array.dtype}{list(array.shape)}, expected {shape}")
+            return array
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+class TeacherCache(CacheFolder):
+    """Teacher logits per (epoch, sample index) for `size` samples and `num_classes` classes, keeping `top_k`.
+
+    Args:
+        folder: where the cache lives (created if missing).
+        meta: what determines the teacher's outputs (teacher weights, data, views, precision...): must equal the
+            stored meta of an existing cache.
+        size: number of samples (indices are in [0, size)).
+        num_classes: C.
+        top_k: logits kept per sample (None or C: all of them).
+    """
+
+    def __init__(
+        self, folder: str | Path, meta: dict[str, Any], size: int, num_classes: int, top_k: int | None
+    ) -> None:
+        self.size, self.num_classes = size, num_classes
+        self.top_k = num_classes if top_k is None else top_k
+        if not 1 <= self.top_k <= num_classes:
+            raise DistillError(f"teacher.cache_top_k must be in [1, {num_classes}] (the class count), got {top_k}")
+        super().__init__(folder, {**meta, "size": size, "num_classes": num_classes, "top_k": self.top_k})
+        self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def exact(self) -> bool:
+        return self.top_k == self.num_classes
 
     def _files(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if epoch not in self._epochs:
@@ -122,19 +143,10 @@ class TeacherCache:
             index_dtype = np.int16 if self.num_classes <= np.iinfo(np.int16).max else np.int32
             specs = (("values", np.float32, (self.size, width)), ("indices", index_dtype, (self.size, self.top_k)))
             with self._locked():  # one process creates an epoch's files, the others open them
-                arrays = [self._open(epoch, name, dtype, shape) for name, dtype, shape in specs]
-                arrays.append(self._open(epoch, "filled", np.bool_, (self.size,)))
+                arrays = [self._open(f"epoch_{epoch:04d}_{name}.npy", dtype, shape) for name, dtype, shape in specs]
+                arrays.append(self._open(f"epoch_{epoch:04d}_filled.npy", np.bool_, (self.size,)))
             self._epochs[epoch] = tuple(arrays)  # type: ignore[assignment]
         return self._epochs[epoch]
-
-    def _open(self, epoch: int, name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        path = self.folder / f"epoch_{epoch:04d}_{name}.npy"
-        if path.is_file():
-            array = np.load(path, mmap_mode="r+")
-            if array.shape != shape or array.dtype != dtype:
-                raise DistillError(f"teacher.cache: {path} is {array.dtype}{list(array.shape)}, expected {shape}")
-            return array
-        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
     def read(self, epoch: int, indices: torch.Tensor) -> torch.Tensor | None:
         """`[B, C]` float32 logits of the samples `indices` in `epoch`, or None unless all of them are cached."""

@@ -224,8 +224,8 @@ CASES = [
     ),
     (
         "teacher cache in a task whose teacher runs every batch",
-        lambda f: ["--recipe", "llm_kd_tiny", "teacher.cache=cache"],
-        "'teacher.cache' is not read by task causal_lm",
+        lambda f: ["--recipe", "align_distil_tiny", "teacher.cache=cache"],
+        "'teacher.cache' is not read by task align_distil",
     ),
 ]
 # environment of a case, as its launcher would set it

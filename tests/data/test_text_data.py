@@ -195,8 +195,9 @@ def test_packing_fills_rows_with_the_documents_joined_by_eos():
     last = mask[-1].bool()
     assert (labels[-1][~last] == IGNORE).all() and (ids[-1][~last] == BYTES_PAD).all()
     batch = next(iter(datamodule.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
-    assert all(v.dtype == torch.long and v.shape == (16, 64) for v in batch.values())
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "index"}
+    assert all(batch[k].dtype == torch.long and batch[k].shape == (16, 64) for k in ("input_ids", "labels"))
+    assert batch["index"].shape == (16,) and len(set(batch["index"].tolist())) == 16  # the rows' own indices
 
 
 def test_unpacked_rows_are_one_document_each_padded_and_masked(tmp_path):

@@ -1,0 +1,128 @@
+"""A causal LM's outputs at the positions that predict a token: its full logits, or its final hidden states and LM
+head, so that losses compute the logits a chunk of tokens at a time and no `[B, T, V]` tensor ever exists.
+
+`chunk_blocker` says why a model's head cannot be chunked (a head that is not one linear layer, logits scaled or
+soft-capped after it, a head sharded by FSDP); `run_lm` runs a model either way; `TeacherView` hands the teacher's
+side of a batch to each kind of loss term, from its logits, its hidden states and head, or its stored top-k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from losses.chunked import TeacherHead, TeacherLogits, TeacherSource, head_rows_map
+from losses.graph_on_logits import Transform, topk_transform
+from losses.stored_teacher import StoredTopK
+
+# config attributes of models whose logits are changed after the head (Gemma 2's soft-capping, Cohere's scale)
+POST_HEAD_CONFIG = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+
+
+def chunk_blocker(model: nn.Module) -> str | None:
+    """Why `model`'s logits cannot be computed from its hidden states a chunk at a time, or None when they can."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        return "its output head is not one linear layer"
+    if getattr(model, "base_model", model) is model:
+        return "it has no backbone separate from its head (base_model)"
+    config = getattr(model, "config", None)
+    for name in POST_HEAD_CONFIG:
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0):
+            return f"its logits are changed after the head ({name}={value})"
+    if isinstance(head.weight, DTensor):
+        return "its head is sharded (FSDP)"
+    return None
+
+
+@dataclass
+class LMOutputs:
+    """One model's outputs at positions `[:, :-1]` (each predicts the next token): `logits (B, T-1, V)`, or
+    `hidden (B, T-1, H)` with the `head` that makes logits of them."""
+
+    logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    head: nn.Linear | None = None
+
+    @property
+    def chunked(self) -> bool:
+        return self.logits is None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head.weight.shape[0] if self.head is not None else self.logits.shape[-1]  # type: ignore[union-attr]
+
+    def as_rows(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The student argument of `losses.chunked.chunk_sums`: the logits, or (hidden, weight, bias)."""
+        if self.logits is not None:
+            return self.logits
+        assert self.hidden is not None and self.head is not None
+        return self.hidden, self.head.weight, self.head.bias
+
+    def kept(self, top_k: int, transform: Transform, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """GLD's kept `(values, indices)` of these outputs, with gradient; chunked from the head when there are no
+        logits (each chunk checkpointed)."""
+        if self.logits is not None:
+            return topk_transform(self.logits, top_k, transform)
+        assert self.hidden is not None and self.head is not None
+        keep = lambda z: topk_transform(z, top_k, transform)  # noqa: E731
+        return head_rows_map(keep, self.hidden, self.head.weight, self.head.bias, chunk_size)  # type: ignore[return-value]
+
+
+def run_lm(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    vision: dict[str, torch.Tensor],
+    chunked: bool,
+) -> LMOutputs:
+    """`model` on a batch, shifted to the predicting positions: its hidden states and head when `chunked` (the
+    backbone runs, the head does not), else its logits."""
+    if not chunked:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **vision).logits
+        return LMOutputs(logits=logits[:, :-1])
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **vision).last_hidden_state
+    return LMOutputs(hidden=hidden[:, :-1], head=model.get_output_embeddings())
+
+
+@dataclass
+class TeacherView:
+    """The teacher's side of a batch: its outputs (`LMOutputs`, run under no_grad) or its stored top-k."""
+
+    outputs: LMOutputs | None = None
+    stored: StoredTopK | None = None
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return None if self.outputs is None else self.outputs.logits
+
+    def source(self) -> TeacherSource:
+        """The teacher of a token divergence: stored top-k, hidden states with the head, or logits."""
+        if self.stored is not None:
+            return self.stored.teacher()
+        assert self.outputs is not None
+        if self.outputs.logits is not None:
+            return TeacherLogits(self.outputs.logits)
+        assert self.outputs.hidden is not None and self.outputs.head is not None
+        return TeacherHead(self.outputs.hidden, self.outputs.head.weight, self.outputs.head.bias)
+
+    def kept(self, top_k: int, transform: Transform, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """GLD's kept values of the teacher (no gradient)."""
+        if self.stored is not None:
+            return self.stored.kept(top_k, transform)
+        assert self.outputs is not None
+        with torch.no_grad():
+            return self.outputs.kept(top_k, transform, chunk_size)
+
+    def stored_form(self, top_k: int, labels: torch.Tensor, chunk_size: int) -> StoredTopK:
+        """These outputs as the cache stores them (`StoredTopK`), computed a chunk at a time from the head."""
+        assert self.outputs is not None
+        if self.outputs.logits is not None:
+            return StoredTopK.from_logits(self.outputs.logits, top_k, labels)
+        assert self.outputs.hidden is not None and self.outputs.head is not None
+        head = self.outputs.head
+        return StoredTopK.from_head(self.outputs.hidden, head.weight, head.bias, top_k, labels, chunk_size)
