@@ -49,6 +49,7 @@ __all__ = [
     "head_rows_map",
     "log_softmax_",
     "masked_sum_and_count",
+    "rows_per_chunk",
     "valid_positions",
     "weighted_row_loss",
 ]
@@ -194,6 +195,15 @@ def as_teacher(teacher: torch.Tensor | TeacherSource) -> TeacherSource:
 
 
 # -- the chunk loop ---------------------------------------------------------------------------------------------------
+
+CHUNK_ELEMENTS = 2**24  # one chunk's (c, V) rows: 64 MiB in fp32; a chunk's temporaries are a few such tensors
+
+
+def rows_per_chunk(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
+    """Tokens per chunk so that one chunk's `(c, V)` rows hold about `elements` numbers (at least 8 tokens): the
+    memory of a chunk depends on tokens x vocabulary, so a fixed token count that suits 32k entries takes 4x the
+    memory at 128k."""
+    return max(8, elements // max(vocab_size, 1))
 
 
 def valid_positions(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -12,13 +12,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import as_mask, check_non_negative, prepare_logits
+from losses.chunked import ChunkTargets, TeacherHead, chunk_sums, fused_masked_sum_and_count, log_softmax_
 from losses.consumes import OBJECTIVE, Consumes
 
-__all__ = ["MASK_EPS", "DraftDistillLoss"]
+__all__ = ["MASK_EPS", "DraftDistillLoss", "soft_cross_entropy_rows"]
 
 # Added to the number of masked positions in both parts' denominators (docs/methods.md, section 8, as in SpecVLM/EAGLE):
 # an all-masked batch gives 0 / 1e-5 = 0, not 0 / 0.
 MASK_EPS = 1e-5
+
+
+def soft_cross_entropy_rows(
+    student_rows: torch.Tensor, targets: ChunkTargets, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`-sum_v p_v log q_v` per row (p the teacher's softmax, q the student's) and its gradient `q - p` w.r.t. the
+    student logits (a `losses.chunked.RowLoss`)."""
+    teacher_rows = targets.teacher
+    assert isinstance(teacher_rows, torch.Tensor), "the soft cross-entropy needs the teacher's logits"
+    p = log_softmax_(teacher_rows).exp_()  # (c, V)
+    log_q = log_softmax_(student_rows)  # (c, V)
+    value = -(p * log_q).sum(-1)
+    return value, (log_q.exp_().sub_(p) if need_grad else None)
 
 
 class DraftDistillLoss(nn.Module):
@@ -106,6 +120,34 @@ class DraftDistillLoss(nn.Module):
         feature = F.smooth_l1_loss(draft_feats, target_feats, reduction="none", beta=1.0).mean(dim=-1)  # (N,)
         count = valid.sum()  # a tensor: no host-device sync; MASK_EPS added in each part's dtype
         return ce.sum() / (count.to(ce.dtype) + MASK_EPS), feature.sum() / (count.to(feature.dtype) + MASK_EPS)
+
+    def parts_from_head(
+        self,
+        draft_hidden: torch.Tensor,
+        target_hidden: torch.Tensor,
+        head: nn.Linear,
+        mask: torch.Tensor,
+        chunk_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`parts` with the logits of both sides computed through the shared `head` a chunk of tokens at a time:
+        neither `[B, T, V]` tensor exists. Also returns the number of masked positions where the draft's top-1 token
+        equals the target's (no gradient). Equal to `parts(head(draft_hidden), head(target_hidden), ...)`."""
+        valid = as_mask(mask, draft_hidden.shape[:2])
+        positions = torch.where(valid, 0, -100)  # (B, T): a label per position, only its mask is read
+        teacher = TeacherHead(target_hidden, head.weight, head.bias)
+        ce, count = fused_masked_sum_and_count(
+            soft_cross_entropy_rows, draft_hidden, head.weight, head.bias, teacher, positions, -100, chunk_size
+        )
+
+        def agree(rows: torch.Tensor, targets: ChunkTargets) -> dict[str, torch.Tensor]:
+            return {"agree": (rows.argmax(-1) == targets.teacher.argmax(-1)).sum()}  # type: ignore[union-attr]
+
+        agreeing = chunk_sums(agree, (draft_hidden, head.weight, head.bias), teacher, positions, -100, chunk_size)[0]
+        draft_feats, target_feats = prepare_logits(draft_hidden[valid], target_hidden[valid])
+        feature = F.smooth_l1_loss(draft_feats, target_feats, reduction="none", beta=1.0).mean(dim=-1)
+        total = valid.sum()
+        agreed = agreeing.get("agree", torch.zeros((), device=draft_hidden.device))
+        return ce / (count + MASK_EPS), feature.sum() / (total.to(feature.dtype) + MASK_EPS), agreed
 
     def combine(self, ce: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         """`ce_weight * ce + feature_weight * feature`, for a caller that logged the parts from `parts`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from distill.errors import DistillError
@@ -59,6 +60,13 @@ def llama(
         tie_word_embeddings=tie_word_embeddings,
     )
     return LlamaForCausalLM(config)
+
+
+def output_rows(model: nn.Module | None) -> int:
+    """The rows of a model's output head (its vocabulary, padded), or 0 when it has no single head."""
+    head = model.get_output_embeddings() if model is not None and hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else 0
 
 
 def from_pretrained(name_or_path: str, vocab_size: int | None = None, **kwargs: Any) -> nn.Module:

@@ -15,6 +15,7 @@ from torchmetrics import SumMetric
 from distill.config.schema import Recipe, setting
 from distill.data.interface import TokenData
 from distill.errors import DistillError
+from distill.models.causal_lm import output_rows
 from distill.models.vlm import VISION_INPUTS
 from distill.tasks.base import WeightedTermsTask
 from distill.tasks.context import BuildContext, TokenTeacherOutputs
@@ -28,6 +29,7 @@ from losses.chunked import (
     chunk_sums,
     cross_entropy_rows,
     fused_masked_sum_and_count,
+    rows_per_chunk,
     weighted_row_loss,
 )
 from losses.consumes import SEQUENCE_LOGITS, TOKEN_LOGITS
@@ -48,10 +50,12 @@ class CausalLMSettings:
         "so no [B, T, V] logits of either model exist; full: the models' logits; auto: chunked where the models "
         "and terms allow it",
     )
-    chunk_size: int = setting(1024, "tokens per chunk of the LM head when chunked")
+    chunk_size: int | None = setting(
+        None, "tokens per chunk of the LM heads; null: about 2^24 / V (one chunk's fp32 logits near 64 MiB)"
+    )
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise DistillError(f"causal_lm.chunk_size must be >= 1, got {self.chunk_size}")
 
 
@@ -104,7 +108,7 @@ class CausalLMTask(WeightedTermsTask):
         terms: loss terms by name, each `(weight, module)`.
         ce_weight: weight of the next-token cross-entropy on the labels.
         logits: "auto", "chunked" or "full" (see above).
-        chunk_size: tokens per chunk of the LM heads.
+        chunk_size: tokens per chunk of the LM heads; None: `losses.chunked.rows_per_chunk` of the vocabulary.
         teacher_cache: the stored teacher outputs, or None.
         common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
@@ -116,11 +120,12 @@ class CausalLMTask(WeightedTermsTask):
         terms: LossTerms | None = None,
         ce_weight: float = 1.0,
         logits: LogitsMode = "auto",
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
         teacher_cache: TokenTeacherOutputs | None = None,
         **common: Any,
     ) -> None:
         super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, **common)
+        chunk_size = chunk_size or rows_per_chunk(max(output_rows(student), output_rows(teacher)))
         self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=chunk_size)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
         self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache

@@ -5,7 +5,7 @@ hidden state."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,12 +15,15 @@ from distill.config.schema import setting
 from distill.data.interface import TokenData
 from distill.errors import DistillError
 from distill.generate.speculative import evaluate_speculative, prompts_from_rows
+from distill.models.causal_lm import output_rows
 from distill.models.draft import EagleDraft
 from distill.tasks.base import DistillationTask, mean_metrics
 from distill.tasks.causal_lm import vision_inputs
 from distill.tasks.context import BuildContext
+from distill.tasks.lm_outputs import chunk_blocker
 from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import DraftDistillLoss
+from losses.chunked import rows_per_chunk
 
 Batch = dict[str, torch.Tensor]
 
@@ -33,6 +36,14 @@ class SpeculativeSettings:
     prompts: int = setting(8, "held-out prompts decoded after each validation (0: none)")
     prompt_tokens: int = setting(32, "tokens of each prompt: the start of a validation row")
     max_new_tokens: int = setting(64, "tokens generated per prompt")
+    logits: Literal["auto", "chunked", "full"] = setting(
+        "auto",
+        "chunked: the draft's and the target's logits come from the shared head a chunk of tokens at a time (no "
+        "[B, T, V] tensor); full: whole logits; auto: chunked where the target's head allows it",
+    )
+    chunk_size: int | None = setting(
+        None, "tokens per chunk of the head; null: about 2^24 / V (one chunk's fp32 logits near 64 MiB)"
+    )
 
 
 class DraftDistillTask(DistillationTask):
@@ -67,11 +78,18 @@ class DraftDistillTask(DistillationTask):
         prompt_tokens: int = 32,
         max_new_tokens: int = 64,
         eos_id: int | None = None,
+        logits: Literal["auto", "chunked", "full"] = "auto",
+        chunk_size: int | None = None,
         **common: Any,
     ) -> None:
         if teacher is None:
             raise ValueError("draft distillation needs the target model as its teacher")
         super().__init__(student, {"teacher": teacher}, **common)
+        blocker = chunk_blocker(teacher)
+        if logits == "chunked" and blocker:
+            raise DistillError(f"speculative.logits: chunked cannot run here: {blocker}; use auto or full")
+        self.chunked = logits != "full" and blocker is None
+        self.chunk_size = chunk_size or rows_per_chunk(output_rows(teacher))
         self.objective = objective
         self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}
         self.prompt_count, self.prompt_tokens = prompts, prompt_tokens
@@ -80,22 +98,27 @@ class DraftDistillTask(DistillationTask):
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids, attention = batch["input_ids"], batch["attention_mask"]
+        target = self.teacher.base_model if self.chunked else self.teacher  # the backbone alone: no logits
         with torch.no_grad():
-            out = self.teacher(
-                input_ids=ids, attention_mask=attention, output_hidden_states=True, **vision_inputs(batch)
-            )
-        features, embeddings, target_logits = out.hidden_states[-1], out.hidden_states[0], out.logits
+            out = target(input_ids=ids, attention_mask=attention, output_hidden_states=True, **vision_inputs(batch))
+        features, embeddings = out.hidden_states[-1], out.hidden_states[0]
         # draft position t reads f_t and the embedding of x_{t+1}; image positions maybe pooled by the compressor
         inputs, next_embeddings, kept = self.student.compress(features[:, :-1], embeddings[:, 1:], ids[:, :-1])
         aligned = (kept if kept is not None else torch.arange(ids.shape[1] - 1, device=ids.device)) + 1
         predicted = self.student(inputs, next_embeddings)  # (B, T', H): f^_{t+1}
-        draft_logits = self.teacher.get_output_embeddings()(predicted)  # the frozen head, shared
+        head = self.teacher.get_output_embeddings()  # the frozen head, shared
         mask = batch["labels"][:, aligned] != -100  # f_{t+1} is the state at a labelled token (not image, pad)
-        target_logits, target_features = target_logits[:, aligned], features[:, aligned]
-        ce, feature = self.objective.parts(draft_logits, target_logits, predicted, target_features, mask)
-        agree = (draft_logits.argmax(-1) == target_logits.argmax(-1))[mask].float()
+        target_features = features[:, aligned]
+        if self.chunked:
+            ce, feature, agreed = self.objective.parts_from_head(
+                predicted, target_features, head, mask, self.chunk_size
+            )
+        else:
+            draft_logits, target_logits = head(predicted), out.logits[:, aligned]
+            ce, feature = self.objective.parts(draft_logits, target_logits, predicted, target_features, mask)
+            agreed = (draft_logits.argmax(-1) == target_logits.argmax(-1))[mask].sum()
         loss = self.objective.combine(ce, feature)
-        return {"loss": loss, "ce": ce, "feature": feature, "agreement": agree.mean() if agree.numel() else agree.sum()}
+        return {"loss": loss, "ce": ce, "feature": feature, "agreement": agreed.float() / mask.sum().clamp(min=1)}
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self.step(batch)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.config.schema import Recipe
 from distill.data.device_images import source_of
 from distill.data.interface import ClassData, DataSource, TokenData
 from distill.errors import DistillError
+from distill.models.causal_lm import output_rows
 from distill.teachers.output_cache import TeacherCache, file_sha256, tensor_sha256
 from distill.teachers.token_cache import TokenTeacherCache
 
@@ -34,7 +34,7 @@ def open_teacher_cache(
         return None
     teacher = {"model": dict(settings.model or {}), "weights_sha256": _weights_id(teacher_source)}
     if isinstance(data, TokenData):
-        return _token_cache(recipe, data, teacher, output_vocab(teacher_model))
+        return _token_cache(recipe, data, teacher, output_rows(teacher_model) or None)
     if not isinstance(data, ClassData) or not data.on_device:
         raise DistillError(
             "teacher.cache needs data whose views are replayable: set data.on_device=true (cifar100), so each "
@@ -55,13 +55,6 @@ def _weights_id(teacher_source: dict[str, Any] | None) -> str:
     """The teacher's weights: the sha256 of its file, or its name (a hub model) when there is no file."""
     weights = (teacher_source or {}).get("weights")
     return file_sha256(weights) if weights and Path(weights).is_file() else str(weights)
-
-
-def output_vocab(model: nn.Module | None) -> int | None:
-    """The rows of a language model's output head, or None when it has no single one."""
-    head = model.get_output_embeddings() if model is not None and hasattr(model, "get_output_embeddings") else None
-    weight = getattr(head, "weight", None)
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else None
 
 
 def _token_cache(recipe: Recipe, data: TokenData, teacher: dict[str, Any], vocab: int | None) -> TokenTeacherCache:

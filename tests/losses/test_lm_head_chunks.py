@@ -21,6 +21,7 @@ from losses.chunked import (
     weighted_row_loss,
 )
 from losses.graph_on_logits import topk_transform
+from losses.stored_teacher import StoredTopK, bytes_per_token
 
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
 
@@ -192,3 +193,33 @@ def test_masked_sum_accepts_a_teacher_source_in_place_of_logits() -> None:
     from_head, _ = masked_sum_and_count(row_loss, student, TeacherHead(th, tw), labels, -100, 2)
     from_logits, _ = masked_sum_and_count(row_loss, student, th @ tw.T, labels, -100, 2)
     assert torch.allclose(from_head, from_logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["zscore", "softmax", "none"])
+def test_stored_topk_gives_gld_the_kept_values_of_the_logits(transform: str) -> None:
+    g = torch.Generator().manual_seed(8)
+    logits = 3 * torch.randn(2, 6, 40, generator=g)
+    stored = StoredTopK.from_logits(logits, 12)
+    values, indices = stored.kept(5, transform)
+    want_values, want_indices = topk_transform(logits, 5, transform)
+    assert torch.equal(indices, want_indices)
+    assert torch.allclose(values, want_values, atol=1e-5)
+    with pytest.raises(ValueError, match="more than the 12 stored"):
+        stored.kept(13, transform)
+
+
+def test_stored_topk_from_the_head_equals_from_the_logits_and_keeps_the_label_and_the_tail() -> None:
+    h, w, b, _, _, labels = head_inputs(9)
+    with torch.no_grad():
+        logits = F.linear(h, w, b).float()
+    from_head = StoredTopK.from_head(h.float(), w.float(), b.float(), 6, labels, chunk_size=4)
+    from_logits = StoredTopK.from_logits(logits, 6, labels)
+    assert torch.equal(from_head.indices, from_logits.indices)
+    assert torch.allclose(from_head.stats, from_logits.stats, atol=1e-5)
+    log_p = logits.log_softmax(-1)
+    valid = labels != -100
+    assert torch.allclose(
+        from_head.stat("label_logp")[valid], log_p.gather(-1, labels.clamp(min=0)[..., None])[..., 0][valid]
+    )
+    assert torch.allclose(from_head.stat("tail").exp() + from_head.logprobs.exp().sum(-1), torch.ones(2, 5), atol=1e-5)
+    assert bytes_per_token(64) == 64 * 8 + 20

@@ -80,7 +80,7 @@ def tiny_module() -> DraftDistillTask:
 def test_every_step_runs_the_frozen_target_and_trains_only_the_draft():
     module = tiny_module()
     calls = []
-    module.teacher.register_forward_hook(lambda *args: calls.append(1))
+    module.teacher.base_model.register_forward_hook(lambda *args: calls.append(1))  # its backbone, chunked or not
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     optimizer = torch.optim.SGD(module.student.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(0)
@@ -145,3 +145,30 @@ def test_an_output_that_differs_from_greedy_is_reported_loudly(monkeypatch):
     monkeypatch.setattr(task, "evaluate_speculative", lambda *args, **kwargs: broken)
     with pytest.warns(UserWarning, match="differed from greedy on 50% of prompts"):
         module.log_speculative("val")
+
+
+def test_the_chunked_head_gives_the_step_of_full_logits():
+    """Draft and target logits through the shared head a chunk at a time: the same loss, parts, agreement and draft
+    gradients as whole logits, and the target's head never runs as a module."""
+    results = {}
+    for logits in ("full", "chunked"):
+        torch.manual_seed(0)
+        target = create_model("llama", vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=1)
+        module = DraftDistillTask(
+            EagleDraft.for_target(target), target, DraftDistillLoss(), prompts=0, logits=logits, chunk_size=5
+        )
+        head_runs = []
+        target.lm_head.register_forward_hook(lambda *_, runs=head_runs: runs.append(1))
+        ids = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(3))
+        labels = ids.clone()
+        labels[0, :5] = -100
+        values = module.step({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+        values["loss"].backward()
+        grads = [p.grad.clone() for p in module.student.parameters() if p.grad is not None]
+        results[logits] = (values, grads, len(head_runs))
+    (full, full_grads, full_runs), (chunked, chunked_grads, chunked_runs) = results["full"], results["chunked"]
+    assert full_runs > 0 and chunked_runs == 0
+    for name in ("loss", "ce", "feature", "agreement"):
+        assert torch.allclose(full[name], chunked[name], atol=1e-6), name
+    assert len(full_grads) == len(chunked_grads) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full_grads, chunked_grads, strict=True))
