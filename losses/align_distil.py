@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import as_mask, batch_mean, check_positive, compute_dtype, kl_rows
+from losses.chunked import ChunkTargets, TeacherHead, fused_masked_sum_and_count, log_softmax_
 from losses.consumes import OBJECTIVE, Consumes
+from losses.token_divergence import DIVERGENCES
 
 __all__ = ["ALPHA_FLOOR", "AlignDistilLoss", "AlignDistilVariant", "adaptive_coefficient"]
 
@@ -81,6 +84,50 @@ TEACHER_RULES: dict[str, TeacherRule] = {"adaptive": _adaptive, "fixed": _fixed,
 assert tuple(TEACHER_RULES) == get_args(AlignDistilVariant)
 
 
+@dataclass
+class WeightedTarget:
+    """A chunk of AlignDistil's teacher: `log softmax(z* / T)` rows `(c, V)` and each row's weight `(c,)`."""
+
+    log_probs: torch.Tensor
+    weight: torch.Tensor
+
+
+class ComposedTeacher:
+    """The chunk source of AlignDistil's teacher: each chunk's rows of the DPO and the second model (from their
+    hidden states and heads) composed into `z*`, with the per-token weight times the row's share `scale` of the
+    loss (1 / (its sequence's masked positions x the sequences with any))."""
+
+    describes = "DPO model hidden states"
+
+    def __init__(self, loss: AlignDistilLoss, dpo: TeacherHead, second: TeacherHead, scale: torch.Tensor) -> None:
+        if second.leading_shape != dpo.leading_shape or second.vocab_size != dpo.vocab_size:
+            raise ValueError("the DPO and the second model must give rows of the same positions and vocabulary")
+        self.loss, self.dpo, self.second, self.scale = loss, dpo, second, scale
+
+    @property
+    def leading_shape(self) -> torch.Size:
+        return self.dpo.leading_shape
+
+    @property
+    def vocab_size(self) -> int:
+        return self.dpo.vocab_size
+
+    def rows(self, index: tuple[torch.Tensor, ...], dtype: torch.dtype) -> WeightedTarget:
+        log_probs, weight = self.loss.teacher_distribution(self.dpo.rows(index, dtype), self.second.rows(index, dtype))
+        return WeightedTarget(log_probs, weight * self.scale[index].to(dtype))
+
+
+def weighted_reverse_kl_rows(
+    student_rows: torch.Tensor, targets: ChunkTargets, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`weight * KL(softmax(s) || p*)` per row and its gradient w.r.t. the student logits (a `RowLoss` reading a
+    `WeightedTarget`)."""
+    target = targets.teacher
+    assert isinstance(target, WeightedTarget), "AlignDistil's rows need the composed teacher"
+    value, grad = DIVERGENCES["reverse_kl"](log_softmax_(student_rows), target.log_probs, 0.0)
+    return value * target.weight, (grad.mul_(target.weight[:, None]) if need_grad else None)
+
+
 def _positive_finite(name: str, value: float) -> float:
     value = check_positive(name, value)
     if not math.isfinite(value):
@@ -116,8 +163,9 @@ class AlignDistilLoss(nn.Module):
     zero (finite) gradients. Computed in fp32 (fp64 stays fp64), in the student's compute dtype; the student's gradient
     has the student's dtype.
 
-    Memory: plain autograd on the rows of the masked positions only (prompt rows are never cast or softmaxed); the
-    teacher side runs under no_grad. The graph keeps a few fp32 (N, V) tensors for N masked tokens: not chunked.
+    Memory: `forward` runs plain autograd on the rows of the masked positions only (prompt rows are never cast or
+    softmaxed), the teacher side under no_grad; the graph keeps a few fp32 (N, V) tensors for N masked tokens.
+    `from_heads` computes the same loss from the three models' hidden states and heads a chunk at a time.
 
     Args:
         beta: the DPO models' beta (> 0), the numerator of the adaptive weight and of `w` in `"fixed"`.
@@ -173,6 +221,30 @@ class AlignDistilLoss(nn.Module):
         with torch.no_grad():
             z_star, weight = TEACHER_RULES[self.variant](dpo_rows.detach(), second_rows.detach(), self.beta, self.beta2)
             return F.log_softmax(z_star / self.temperature, dim=-1), weight
+
+    def from_heads(
+        self,
+        student: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        dpo: TeacherHead,
+        second: TeacherHead,
+        mask: torch.Tensor,
+        chunk_size: int,
+    ) -> torch.Tensor:
+        """The loss with every model's logits computed from its final hidden states and LM head a chunk of tokens at
+        a time: no `(B, T, V)` or `(N, V)` tensor of any of the three models exists. `student` is `(hidden (B, T, H),
+        head weight (V, H), head bias or None)`, each teacher a `losses.chunked.TeacherHead`. Equal to `forward` on
+        the three models' logits (value and gradients)."""
+        hidden, weight, bias = student
+        valid = as_mask(mask, hidden.shape[:2])  # (B, T)
+        counts = valid.sum(dim=-1)  # (B,)
+        sequences = (counts > 0).sum().clamp(min=1)
+        scale = (1.0 / (counts.clamp(min=1) * sequences)).to(compute_dtype(weight))[:, None].expand(valid.shape)
+        labels = torch.where(valid, 0, -100)  # only which positions count is read
+        teacher = ComposedTeacher(self, dpo, second, scale)
+        total, _ = fused_masked_sum_and_count(
+            weighted_reverse_kl_rows, hidden, weight, bias, teacher, labels, -100, chunk_size
+        )
+        return total
 
     def forward(
         self,

@@ -14,11 +14,14 @@ from torch import nn
 from distill.config.schema import setting
 from distill.data.interface import TokenData
 from distill.errors import DistillError
+from distill.models.causal_lm import output_rows
 from distill.tasks.base import DistillationTask, mean_metrics
 from distill.tasks.context import BuildContext
 from distill.tasks.dpo import pair_logps
+from distill.tasks.lm_outputs import chunk_blocker
 from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import AlignDistilLoss
+from losses.chunked import TeacherHead, rows_per_chunk
 
 Batch = dict[str, torch.Tensor]
 MODELS = ("student", "teacher", "second_teacher")  # the teacher is the DPO model
@@ -34,6 +37,14 @@ class AlignDistilSettings:
     temperature: float = setting(1.0, "on-policy sampling temperature")
     top_p: float = setting(1.0, "on-policy nucleus sampling")
     max_new_tokens: int = setting(64, "on-policy response length")
+    logits: Literal["auto", "chunked", "full"] = setting(
+        "auto",
+        "chunked: the three models' logits come from their hidden states and heads a chunk of tokens at a time (no "
+        "[B, T, V] tensor); full: whole logits; auto: chunked where every model's head allows it",
+    )
+    chunk_size: int | None = setting(
+        None, "tokens per chunk of the heads; null: about 2^24 / V (one chunk's fp32 logits near 64 MiB)"
+    )
 
 
 def distilled_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -47,6 +58,12 @@ def logits_of(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> t
     # positions from the attention mask, so left-padded (generated) rows get the positions generate() used
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     return model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+
+
+def hidden_of(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """The final hidden states `logits_of` would put through the head (the backbone alone)."""
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return model.base_model(input_ids=ids, attention_mask=attention, position_ids=positions).last_hidden_state
 
 
 class AlignDistilTask(DistillationTask):
@@ -88,12 +105,19 @@ class AlignDistilTask(DistillationTask):
         eos_id: int = 0,
         pad_id: int = 0,
         reference: nn.Module | None = None,
+        logits: Literal["auto", "chunked", "full"] = "auto",
+        chunk_size: int | None = None,
         **common: Any,
     ) -> None:
         if teacher is None or second_teacher is None:
             raise ValueError("AlignDistil needs the DPO model (teacher) and a second model (second_teacher)")
         frozen = {"teacher": teacher, "second_teacher": second_teacher, "reference": reference}
         super().__init__(student, frozen, **common)
+        blocker = next(filter(None, map(chunk_blocker, (student, teacher, second_teacher))), None)
+        if logits == "chunked" and blocker:
+            raise DistillError(f"align_distil.logits: chunked cannot run here: {blocker}; use auto or full")
+        self.logits_mode = logits
+        self.chunk_size = chunk_size or rows_per_chunk(output_rows(student))
         self.objective = objective
         self.mode = mode
         self.sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
@@ -132,17 +156,46 @@ class AlignDistilTask(DistillationTask):
             ids, attention, labels = self.sample(batch)
         else:
             ids, attention, labels = batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"]
-        student_logits = logits_of(self.student, ids, attention)[:, :-1]
-        with torch.no_grad():
-            dpo_logits = logits_of(self.teacher, ids, attention)[:, :-1]
-            second_logits = logits_of(self.second_teacher, ids, attention)[:, :-1]
-        loss = self.objective(student_logits, dpo_logits, second_logits, distilled_positions(labels))
-        # named if the loss is not finite: which model's logits went bad (references only; dropped after the check)
-        logits = {"student_logits": student_logits.detach(), "dpo_logits": dpo_logits, "second_logits": second_logits}
-        self.last_parts = {"align_distil": loss, **logits}
+        if self.chunked():
+            loss = self.chunked_loss(ids, attention, distilled_positions(labels))
+            self.last_parts = {"align_distil": loss}
+        else:
+            student_logits = logits_of(self.student, ids, attention)[:, :-1]
+            with torch.no_grad():
+                dpo_logits = logits_of(self.teacher, ids, attention)[:, :-1]
+                second_logits = logits_of(self.second_teacher, ids, attention)[:, :-1]
+            loss = self.objective(student_logits, dpo_logits, second_logits, distilled_positions(labels))
+            # named if the loss is not finite: which model's logits went bad (references only; dropped after)
+            logits = {
+                "student_logits": student_logits.detach(),
+                "dpo_logits": dpo_logits,
+                "second_logits": second_logits,
+            }
+            self.last_parts = {"align_distil": loss, **logits}
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/align_distil", loss)
         return loss
+
+    def chunked(self) -> bool:
+        """Whether this step runs without full logits (a head sharded by FSDP is only known at run time)."""
+        if self.logits_mode == "full":
+            return False
+        models = (self.student, self.teacher, self.second_teacher)
+        blocker = next(filter(None, map(chunk_blocker, models)), None)
+        if blocker and self.logits_mode == "chunked":
+            raise DistillError(f"align_distil.logits: chunked cannot run here: {blocker}; use auto or full")
+        return blocker is None
+
+    def chunked_loss(self, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The objective from the three models' hidden states through their heads, a chunk of tokens at a time."""
+        hidden = hidden_of(self.student, ids, attention)[:, :-1]
+        with torch.no_grad():
+            teachers = []
+            for model in (self.teacher, self.second_teacher):
+                head = model.get_output_embeddings()
+                teachers.append(TeacherHead(hidden_of(model, ids, attention)[:, :-1], head.weight, head.bias))
+        head = self.student.get_output_embeddings()
+        return self.objective.from_heads((hidden, head.weight, head.bias), *teachers, mask, self.chunk_size)
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         reference = pair_logps(self.reference, batch) if self.reference is not None else None
@@ -178,6 +231,8 @@ def build(ctx: BuildContext) -> AlignDistilTask:
         temperature=settings.temperature,
         top_p=settings.top_p,
         max_new_tokens=settings.max_new_tokens,
+        logits=settings.logits,
+        chunk_size=settings.chunk_size,
         eos_id=data.tokenizer.eos_id,
         pad_id=data.pad_id,
         reference=reference_model(student, ctx.init),

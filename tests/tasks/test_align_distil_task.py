@@ -102,3 +102,30 @@ def test_without_a_reference_no_reward_metric_is_updated():
     module.evaluate_batch(pair_batch(), 0, "val")
     assert module.means["val_student_reward_acc"].update_count == 0
     assert module.means["val_student_pref_acc"].update_count == 1
+
+
+@pytest.mark.parametrize("variant", ["adaptive", "fixed", "fixed_adaptive"])
+def test_chunked_heads_give_the_loss_and_gradients_of_full_logits(variant):
+    """The three models' logits a chunk at a time (no model's head runs as a module) equal whole logits, including
+    a sequence with no distilled position and left padding (positions from the attention mask)."""
+    data = batch()
+    data["chosen_attention_mask"] = data["chosen_attention_mask"].clone()
+    data["chosen_attention_mask"][1, :2] = 0  # left padding
+    data["chosen_labels"] = data["chosen_labels"].clone()
+    data["chosen_labels"][1] = -100  # nothing to distil in the second row
+    data["chosen_labels"][1, 2] = 7
+    results = {}
+    for logits in ("full", "chunked"):
+        module = AlignDistilTask(
+            tiny_llama(0), tiny_llama(1), tiny_llama(2), AlignDistilLoss(variant=variant), logits=logits, chunk_size=3
+        )
+        runs = []
+        for model in (module.student, module.teacher, module.second_teacher):
+            model.lm_head.register_forward_hook(lambda *_, runs=runs: runs.append(1))
+        loss = module.training_step(data, 0)
+        loss.backward()
+        results[logits] = (loss.detach(), [p.grad.clone() for p in module.student.parameters()], len(runs))
+    (full, full_grads, full_runs), (chunked, chunked_grads, chunked_runs) = results["full"], results["chunked"]
+    assert full_runs == 3 and chunked_runs == 0
+    assert torch.allclose(full, chunked, atol=1e-6) and full > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full_grads, chunked_grads, strict=True))
