@@ -196,7 +196,7 @@ def as_teacher(teacher: torch.Tensor | TeacherSource) -> TeacherSource:
 
 # -- the chunk loop ---------------------------------------------------------------------------------------------------
 
-CHUNK_ELEMENTS = 2**24  # one chunk's (c, V) rows: 64 MiB in fp32; a chunk's temporaries are a few such tensors
+CHUNK_ELEMENTS = 2**23  # one chunk's (c, V) rows: 32 MiB in fp32; a chunk's temporaries are about ten such tensors
 
 
 def rows_per_chunk(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:

@@ -43,7 +43,7 @@ class AlignDistilSettings:
         "[B, T, V] tensor); full: whole logits; auto: chunked where every model's head allows it",
     )
     chunk_size: int | None = setting(
-        None, "tokens per chunk of the heads; null: about 2^24 / V (one chunk's fp32 logits near 64 MiB)"
+        None, "tokens per chunk of the heads; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
     )
 
 

@@ -51,7 +51,7 @@ class CausalLMSettings:
         "and terms allow it",
     )
     chunk_size: int | None = setting(
-        None, "tokens per chunk of the LM heads; null: about 2^24 / V (one chunk's fp32 logits near 64 MiB)"
+        None, "tokens per chunk of the LM heads; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
     )
 
     def __post_init__(self) -> None:

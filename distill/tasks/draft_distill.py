@@ -42,7 +42,7 @@ class SpeculativeSettings:
         "[B, T, V] tensor); full: whole logits; auto: chunked where the target's head allows it",
     )
     chunk_size: int | None = setting(
-        None, "tokens per chunk of the head; null: about 2^24 / V (one chunk's fp32 logits near 64 MiB)"
+        None, "tokens per chunk of the head; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
     )
 
 
