@@ -223,6 +223,16 @@ CASES = [
         "'loss.terms.token_kl' compares teacher and student token by token",
     ),
     (
+        "an LM head chunk of no tokens",
+        lambda f: ["--recipe", "llm_kd_tiny", "causal_lm.chunk_size=0"],
+        "causal_lm.chunk_size must be >= 1, got 0",
+    ),
+    (
+        "an unknown way to compute LM logits",
+        lambda f: ["--recipe", "llm_kd_tiny", "causal_lm.logits=fast"],
+        "'causal_lm.logits' must be one of 'auto', 'chunked', 'full', got 'fast'",
+    ),
+    (
         "teacher cache in a task whose teacher runs every batch",
         lambda f: ["--recipe", "align_distil_tiny", "teacher.cache=cache"],
         "'teacher.cache' is not read by task align_distil",
