@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import as_mask, batch_mean, check_positive, compute_dtype, kl_rows
-from losses.chunked import ChunkTargets, TeacherHead, fused_masked_sum_and_count, log_softmax_
+from losses.chunked import ChunkTargets, fused_masked_sum_and_count, log_softmax_
 from losses.consumes import OBJECTIVE, Consumes
+from losses.teacher_rows import TeacherHead
 from losses.token_divergence import DIVERGENCES
 
 __all__ = ["ALPHA_FLOOR", "AlignDistilLoss", "AlignDistilVariant", "adaptive_coefficient"]

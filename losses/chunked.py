@@ -24,25 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from losses._common import compute_dtype
+from losses.teacher_rows import TeacherSource, TopKRows, as_teacher, check_head
 
 __all__ = [
     "ChunkTargets",
     "ChunkedRowLoss",
     "FusedLinearRowLoss",
     "RowLoss",
-    "TeacherHead",
-    "TeacherLogits",
-    "TeacherSource",
-    "TeacherTopK",
-    "TopKRows",
-    "as_teacher",
     "chunk_sums",
     "cross_entropy_rows",
     "fused_masked_sum_and_count",
@@ -53,18 +47,6 @@ __all__ = [
     "valid_positions",
     "weighted_row_loss",
 ]
-
-
-@dataclass
-class TopKRows:
-    """A chunk of the teacher's stored distribution: the top-k log-probabilities `logprobs (c, k)` of the vocabulary
-    entries `indices (c, k)` (long), `tail (c,)`, the log of the probability of all other entries (-inf when k is
-    the whole vocabulary), and the teacher's `vocab_size`."""
-
-    logprobs: torch.Tensor
-    indices: torch.Tensor
-    tail: torch.Tensor
-    vocab_size: int
 
 
 @dataclass
@@ -91,107 +73,6 @@ class ChunkTargets:
 # The student rows and the teacher rows are the chunk's own fresh copies: a RowLoss may overwrite them and return a
 # gradient that reuses their storage (so a chunk's temporaries stay a few (c, V) tensors).
 RowLoss = Callable[[torch.Tensor, ChunkTargets, bool], tuple[torch.Tensor, torch.Tensor | None]]
-
-
-# -- teacher sources --------------------------------------------------------------------------------------------------
-
-
-class TeacherSource(Protocol):
-    """Where each chunk's teacher rows come from: `rows(index, dtype)` for the positions `index` (one index tensor
-    per leading dim), in the compute dtype, never with gradient; `describes` names it in errors."""
-
-    describes: str
-
-    @property
-    def leading_shape(self) -> torch.Size: ...
-
-    @property
-    def vocab_size(self) -> int | None: ...
-
-    def rows(self, index: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor | TopKRows: ...
-
-
-class TeacherLogits:
-    """The teacher's logits `(..., V')`, detached."""
-
-    describes = "teacher logits"
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        if logits.dim() < 2:
-            raise ValueError(f"teacher logits must have a trailing vocabulary dim, got {tuple(logits.shape)}")
-        self.logits = logits.detach()
-
-    @property
-    def leading_shape(self) -> torch.Size:
-        return self.logits.shape[:-1]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.logits.shape[-1]
-
-    def rows(self, index: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-        return self.logits[index].to(dtype)
-
-
-class TeacherHead:
-    """The teacher's final hidden states `(..., H')` and LM head (`weight (V', H')`, `bias (V',)` or None): each
-    chunk's logits are computed when asked for, under no_grad, in the weight's dtype (as the head would)."""
-
-    describes = "teacher hidden states"
-
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
-        _check_head(hidden, weight, bias, "teacher")
-        self.hidden, self.weight = hidden.detach(), weight.detach()
-        self.bias = None if bias is None else bias.detach()
-
-    @property
-    def leading_shape(self) -> torch.Size:
-        return self.hidden.shape[:-1]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.weight.shape[0]
-
-    def rows(self, index: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-        with torch.no_grad():
-            return F.linear(self.hidden[index].to(self.weight.dtype), self.weight, self.bias).to(dtype)
-
-
-class TeacherTopK:
-    """The teacher's stored top-k log-probabilities `(..., k)`, their vocabulary `indices (..., k)` and `tail (...)`,
-    the log of the remaining probability (see `TopKRows`); `vocab_size` is the teacher's full vocabulary."""
-
-    describes = "teacher top-k log-probabilities"
-
-    def __init__(self, logprobs: torch.Tensor, indices: torch.Tensor, tail: torch.Tensor, vocab_size: int) -> None:
-        if logprobs.shape != indices.shape or tail.shape != logprobs.shape[:-1]:
-            raise ValueError(
-                f"top-k logprobs {tuple(logprobs.shape)}, indices {tuple(indices.shape)} and tail {tuple(tail.shape)} "
-                "must be (..., k), (..., k) and (...)"
-            )
-        self.logprobs, self.indices, self.tail, self._vocab = logprobs, indices, tail, vocab_size
-
-    @property
-    def exact(self) -> bool:
-        """Whether every vocabulary entry is kept (k = V): the stored distribution is then the teacher's own."""
-        return self.logprobs.shape[-1] >= self._vocab
-
-    @property
-    def leading_shape(self) -> torch.Size:
-        return self.logprobs.shape[:-1]
-
-    @property
-    def vocab_size(self) -> int:
-        return self._vocab
-
-    def rows(self, index: tuple[torch.Tensor, ...], dtype: torch.dtype) -> TopKRows:
-        logprobs, tail = self.logprobs[index].to(dtype), self.tail[index].to(dtype)
-        return TopKRows(logprobs, self.indices[index].long(), tail, self._vocab)
-
-
-def as_teacher(teacher: torch.Tensor | TeacherSource) -> TeacherSource:
-    """A teacher source: logits given as a tensor are wrapped in `TeacherLogits`."""
-    return TeacherLogits(teacher) if isinstance(teacher, torch.Tensor) else teacher
 
 
 # -- the chunk loop ---------------------------------------------------------------------------------------------------
@@ -238,15 +119,6 @@ def _check_labels(leading: torch.Size, teacher: TeacherSource | None, labels: to
         raise ValueError(f"labels {tuple(labels.shape)} do not match the {what} {tuple(leading)}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must hold integer token ids, got {labels.dtype}")
-
-
-def _check_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, side: str) -> None:
-    if weight.dim() != 2 or hidden.dim() < 2 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"{side} lm_head_weight {tuple(weight.shape)} must be (V, H) with H = hidden {tuple(hidden.shape)}[-1]"
-        )
-    if bias is not None and bias.shape != weight.shape[:1]:
-        raise ValueError(f"{side} lm_head_bias {tuple(bias.shape)} must be (V,) = ({weight.shape[0]},)")
 
 
 def _loss_and_logit_grad(
@@ -481,7 +353,7 @@ def fused_masked_sum_and_count(
     Returns:
         The sum (compute dtype of the weight) and the number of valid tokens.
     """
-    _check_head(hidden, weight, bias, "student")
+    check_head(hidden, weight, bias, "student")
     source = None if teacher is None else as_teacher(teacher)
     _check_labels(hidden.shape[:-1], source, labels, "hidden states")
     positions = valid_positions(labels, ignore_index)
@@ -590,7 +462,7 @@ def head_rows_map(
     exist at once, and gradients reach `hidden`, `weight` and `bias` through `fn`'s outputs. Returns each output
     with the leading shape of `hidden`.
     """
-    _check_head(hidden, weight, bias, "student")
+    check_head(hidden, weight, bias, "student")
     flat = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
 
     def chunk(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor, ...]:

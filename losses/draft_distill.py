@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses._common import as_mask, check_non_negative, prepare_logits
-from losses.chunked import ChunkTargets, TeacherHead, chunk_sums, fused_masked_sum_and_count, log_softmax_
+from losses.chunked import ChunkTargets, chunk_sums, fused_masked_sum_and_count, log_softmax_
 from losses.consumes import OBJECTIVE, Consumes
+from losses.teacher_rows import TeacherHead
 
 __all__ = ["MASK_EPS", "DraftDistillLoss", "soft_cross_entropy_rows"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from losses.chunked import TeacherTopK
 from losses.graph_on_logits import ZSCORE_EPS, Transform
+from losses.teacher_rows import TeacherTopK
 
 __all__ = ["STATS", "StoredTopK", "bytes_per_token"]
 

@@ -28,17 +28,9 @@ import torch
 from torch import nn
 
 from losses._common import check_int
-from losses.chunked import (
-    ChunkTargets,
-    TeacherSource,
-    TeacherTopK,
-    TopKRows,
-    as_teacher,
-    fused_masked_sum_and_count,
-    log_softmax_,
-    masked_sum_and_count,
-)
+from losses.chunked import ChunkTargets, fused_masked_sum_and_count, log_softmax_, masked_sum_and_count
 from losses.consumes import TOKEN_LOGITS, Consumes
+from losses.teacher_rows import TeacherSource, TeacherTopK, TopKRows, as_teacher
 
 __all__ = [
     "DIVERGENCES",

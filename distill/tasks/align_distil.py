@@ -21,7 +21,8 @@ from distill.tasks.dpo import pair_logps
 from distill.tasks.lm_outputs import chunk_blocker
 from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import AlignDistilLoss
-from losses.chunked import TeacherHead, rows_per_chunk
+from losses.chunked import rows_per_chunk
+from losses.teacher_rows import TeacherHead
 
 Batch = dict[str, torch.Tensor]
 MODELS = ("student", "teacher", "second_teacher")  # the teacher is the DPO model

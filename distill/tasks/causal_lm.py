@@ -25,7 +25,6 @@ from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from losses import TokenDivergenceLoss
 from losses.chunked import (
     ChunkTargets,
-    TopKRows,
     chunk_sums,
     cross_entropy_rows,
     fused_masked_sum_and_count,
@@ -33,6 +32,7 @@ from losses.chunked import (
     weighted_row_loss,
 )
 from losses.consumes import SEQUENCE_LOGITS, TOKEN_LOGITS
+from losses.teacher_rows import TopKRows
 
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from losses.chunked import TeacherHead, TeacherLogits, TeacherSource, head_rows_map
+from losses.chunked import head_rows_map
 from losses.graph_on_logits import Transform, topk_transform
 from losses.stored_teacher import StoredTopK
+from losses.teacher_rows import TeacherHead, TeacherLogits, TeacherSource
 
 # config attributes of models whose logits are changed after the head (Gemma 2's soft-capping, Cohere's scale)
 POST_HEAD_CONFIG = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")

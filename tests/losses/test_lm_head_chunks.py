@@ -11,8 +11,6 @@ import torch.nn.functional as F
 
 from losses import TokenDivergenceLoss
 from losses.chunked import (
-    TeacherHead,
-    TeacherTopK,
     chunk_sums,
     cross_entropy_rows,
     fused_masked_sum_and_count,
@@ -22,6 +20,7 @@ from losses.chunked import (
 )
 from losses.graph_on_logits import topk_transform
 from losses.stored_teacher import StoredTopK, bytes_per_token
+from losses.teacher_rows import TeacherHead, TeacherTopK
 
 DIVERGENCES = ["forward_kl", "reverse_kl", "jsd", "tvd"]
 
