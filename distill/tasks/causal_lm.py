@@ -134,6 +134,12 @@ class CausalLMTask(WeightedTermsTask):
             if any(blockers):
                 reason = next(b for b in blockers if b)
                 raise DistillError(f"causal_lm.logits: chunked cannot run here: {reason}; use auto or full")
+        needs_logits = [name for name, term in self.terms.items() if term_blocker(term)]
+        if teacher_cache is not None and needs_logits:
+            raise DistillError(
+                f"teacher.cache: loss term {needs_logits[0]} needs the teacher's full logits, which the cache does not "
+                "keep (it stores the top-k per token); drop teacher.cache or the term"
+            )
 
     def student_chunked(self) -> bool:
         """Whether this step runs without the student's full logits."""

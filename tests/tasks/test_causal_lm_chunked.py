@@ -156,3 +156,8 @@ def test_the_cache_refuses_another_setup(tmp_path):
     cache(tmp_path, 16)
     with pytest.raises(DistillError, match="differs in: top_k"):
         cache(tmp_path, 8)
+
+
+def test_a_term_that_needs_full_teacher_logits_is_refused_with_the_cache(tmp_path):
+    with pytest.raises(DistillError, match="teacher.cache: loss term rec needs the teacher's full logits"):
+        CausalLMTask(llama(0), llama(1, 48), terms={"rec": (1.0, TokenRecorder())}, teacher_cache=cache(tmp_path, 8))
