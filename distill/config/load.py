@@ -186,8 +186,10 @@ def take_task_section(raw: dict[str, Any], checker: Checker) -> tuple[Any, dict[
         raise checker.fail("task", f"must be a registered task, got {task!r}{did_you_mean(task, TASKS)}") from None
     for key, other in sections.items():
         if key in raw and key != spec.settings_key:
-            # recipes saved by earlier versions hold every task's section at its defaults: those are dropped
-            if raw[key] == plain(dataclasses.asdict(other.settings())):
+            # recipes saved by earlier versions hold every task's section at its defaults (of their version, which
+            # may lack keys added since): those are dropped
+            defaults = plain(dataclasses.asdict(other.settings()))
+            if isinstance(raw[key], dict) and all(k in defaults and defaults[k] == v for k, v in raw[key].items()):
                 del raw[key]
                 continue
             raise checker.fail(key, f"is the section of task {other.name}; this recipe's task is {spec.name}")
