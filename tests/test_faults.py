@@ -161,9 +161,22 @@ def test_a_nan_in_align_distil_names_the_model_whose_logits_went_bad():
     from tests.tasks.test_align_distil_task import batch, make_module
 
     module = make_module()
+    module.logits_mode = "full"
     poison(module.second_teacher)
     loss = module.training_step(batch(), 0)
     message = stopped_message(module, loss)
     vocabulary = module.second_teacher.get_output_embeddings().weight.shape[0]
     assert f"align_distil = nan, second_logits: {2 * 9 * vocabulary} of {2 * 9 * vocabulary} values" in message
     assert "student_logits" not in message and "dpo_logits" not in message
+
+
+def test_a_nan_in_chunked_align_distil_names_the_model_whose_head_went_bad():
+    from tests.tasks.test_align_distil_task import batch, make_module
+
+    module = make_module()
+    assert module.chunked()
+    poison(module.second_teacher)
+    message = stopped_message(module, module.training_step(batch(), 0))
+    weights = module.second_teacher.get_output_embeddings().weight.numel()
+    assert f"align_distil = nan, second_head: {weights} of {weights} values" in message
+    assert "student_" not in message and "dpo_" not in message and "second_hidden" not in message

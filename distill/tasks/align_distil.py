@@ -158,8 +158,8 @@ class AlignDistilTask(DistillationTask):
         else:
             ids, attention, labels = batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"]
         if self.chunked():
-            loss = self.chunked_loss(ids, attention, distilled_positions(labels))
-            self.last_parts = {"align_distil": loss}
+            loss, inputs = self.chunked_loss(ids, attention, distilled_positions(labels))
+            self.last_parts = {"align_distil": loss, **inputs}  # named if not finite: whose hidden states or head
         else:
             student_logits = logits_of(self.student, ids, attention)[:, :-1]
             with torch.no_grad():
@@ -187,16 +187,22 @@ class AlignDistilTask(DistillationTask):
             raise DistillError(f"align_distil.logits: chunked cannot run here: {blocker}; use auto or full")
         return blocker is None
 
-    def chunked_loss(self, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The objective from the three models' hidden states through their heads, a chunk of tokens at a time."""
+    def chunked_loss(
+        self, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The objective from the three models' hidden states through their heads, a chunk of tokens at a time; also
+        each model's hidden states and head weight (references, to name the one that is not finite)."""
         hidden = hidden_of(self.student, ids, attention)[:, :-1]
+        inputs = {"student_hidden": hidden.detach(), "student_head": self.student.get_output_embeddings().weight}
         with torch.no_grad():
             teachers = []
-            for model in (self.teacher, self.second_teacher):
+            for short, model in (("dpo", self.teacher), ("second", self.second_teacher)):
                 head = model.get_output_embeddings()
                 teachers.append(TeacherHead(hidden_of(model, ids, attention)[:, :-1], head.weight, head.bias))
+                inputs |= {f"{short}_hidden": teachers[-1].hidden, f"{short}_head": head.weight}
         head = self.student.get_output_embeddings()
-        return self.objective.from_heads((hidden, head.weight, head.bias), *teachers, mask, self.chunk_size)
+        loss = self.objective.from_heads((hidden, head.weight, head.bias), *teachers, mask, self.chunk_size)
+        return loss, inputs
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         reference = pair_logps(self.reference, batch) if self.reference is not None else None
