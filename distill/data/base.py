@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
 
 from distill.data.fewshot import few_shot
 from distill.data.sharding import EvalShardBatches, SeededShardSampler
@@ -18,6 +20,7 @@ from distill.registry import Registry
 
 Sample = tuple[torch.Tensor, int]
 Splits = tuple[Dataset, Dataset, Dataset]
+SampleKey = tuple[int, int, int]  # (seed, epoch, index): what a training sample's random augmentation depends on
 
 
 def check_at_least(name: str, value: int, minimum: int) -> None:
@@ -63,7 +66,7 @@ class SeededLoaders:
     `num_workers`, `seed` and Lightning's `trainer` attribute."""
 
     def train_dataloader(self) -> DataLoader:
-        # Workers restart every epoch so that their RNG is reseeded from (seed, epoch) too.
+        # Each sample's augmentation is seeded from (seed, epoch, index): the workers live across epochs.
         return EpochSeededLoader(
             self.train_set,
             seed=self.seed,
@@ -164,18 +167,114 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
         return self._split(2)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed that depends only on (seed, epoch, index)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def seed_sample_rngs(seed: int) -> None:
+    """Seed what per-sample transforms draw from: torch's CPU generator (torchvision), Python's and NumPy's RNGs.
+    Only the CPU generator: `torch.manual_seed` would also reseed the accelerator's, and costs ~100x more."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed >> 32)  # NumPy takes 32 bits
+
+
+@contextmanager
+def kept_rngs() -> Iterator[None]:
+    """Restore the global RNGs on exit, so that loading in the main process leaves the training step's stream alone."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+
+
+def draws_random(dataset: Dataset) -> bool:
+    """Whether reading a sample of `dataset` may draw random numbers (a dataset says no by `draws_random = False`)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "draws_random", True)
+
+
+class SeededSamples(Dataset):
+    """`dataset` read by `(seed, epoch, index)` keys: the RNGs are seeded from them right before each sample is read,
+    so its random augmentation depends on them only, not on the worker that reads it, how long that worker has run
+    or what it read before. Workers therefore need no reseeding, and 0 or N workers give the same samples."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.seeded = draws_random(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: SampleKey) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[SampleKey]) -> list[Any]:
+        # The DataLoader reads a batch by one call: the main process keeps its RNG states once per batch.
+        if not self.seeded:
+            return [self.dataset[index] for _, _, index in keys]
+        if get_worker_info() is not None:  # a worker's RNGs serve nothing else
+            return self._read(keys)
+        with kept_rngs():
+            return self._read(keys)
+
+    def _read(self, keys: list[SampleKey]) -> list[Any]:
+        samples = []
+        for seed, epoch, index in keys:
+            seed_sample_rngs(sample_seed(seed, epoch, index))
+            samples.append(self.dataset[index])
+        return samples
+
+
+class SampleKeys(Sampler[SampleKey]):
+    """The indices of `sampler` as `(seed, epoch, index)` keys of the epoch the loader is about to run; the keys
+    travel to the workers with the indices, so workers that live across epochs always know the epoch."""
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+        self.seed = self.epoch = 0
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        seed, epoch = self.seed, self.epoch
+        return ((seed, epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
 class EpochSeededLoader(DataLoader):
     """A shuffled DataLoader whose order and random augmentation depend only on (seed, epoch).
 
-    Each `iter()` reseeds the shuffling generator (which also seeds the workers) and, for augmentation done in
-    the main process, the global RNGs. The epoch comes from `epoch_fn` (the trainer's epoch counter, which a
-    resumed run restores before it builds this loader), else from the number of `iter()` calls so far. A run
-    resumed from an epoch-end checkpoint therefore sees exactly the batches the uninterrupted run saw.
+    The order comes from `sampler` (a SeededShardSampler is given the epoch's seed); each sample is read with its
+    RNGs seeded from (seed, epoch, index) (`SeededSamples`), so worker processes are kept across epochs
+    (`persistent_workers`) and the number of workers does not change the samples. At each `iter()` the main
+    process's RNGs are reseeded from (seed, epoch) too, for the randomness of the training step itself (dropout).
+    The epoch comes from `epoch_fn` (the trainer's epoch counter, which a resumed run restores before it builds
+    this loader), else from the number of `iter()` calls so far. A run resumed from an epoch-end checkpoint
+    therefore sees exactly the batches the uninterrupted run saw.
     """
 
-    def __init__(self, *args: Any, seed: int = 0, epoch_fn: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        sampler: Sampler[int],
+        seed: int = 0,
+        epoch_fn: Callable[[], int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("generator", torch.Generator())
-        super().__init__(*args, **kwargs)
+        kwargs.setdefault("persistent_workers", kwargs.get("num_workers", 0) > 0)
+        if isinstance(dataset, SeededSamples):  # Lightning rebuilding this loader from its attributes
+            dataset = dataset.dataset
+        self.keys = SampleKeys(sampler)
+        super().__init__(SeededSamples(dataset), sampler=self.keys, **kwargs)
         self.seed = seed
         self.epoch_fn = epoch_fn
         self.iterations = 0
@@ -185,12 +284,12 @@ class EpochSeededLoader(DataLoader):
         self.iterations += 1
         epoch_seed = (self.seed * 1_000_003 + epoch) % 2**32
         self.generator.manual_seed(epoch_seed)
-        if isinstance(self.sampler, SeededShardSampler):
-            self.sampler.epoch_seed = epoch_seed
-        if self.num_workers == 0:
-            random.seed(epoch_seed)
-            np.random.seed(epoch_seed)
-            torch.manual_seed(epoch_seed)
+        self.keys.seed, self.keys.epoch = self.seed, epoch
+        if isinstance(self.keys.sampler, SeededShardSampler):
+            self.keys.sampler.epoch_seed = epoch_seed
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
         return super().__iter__()
 
 

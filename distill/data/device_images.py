@@ -15,6 +15,8 @@ class IndexedImages(Dataset):
 
     `on(device)` gives the images on a device (moved once, then kept)."""
 
+    draws_random = False  # reading a sample is a lookup: the train loader need not seed per sample
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         if images.dtype != torch.uint8 or len(images) != len(labels):
             raise ValueError(f"need uint8 images and one label each, got {images.dtype}, {len(images)}/{len(labels)}")

@@ -104,7 +104,7 @@ def test_loads_with_worker_processes():
     datamodule = create_datamodule("digits", batch_size=500, num_workers=1)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    assert not loader.persistent_workers  # workers restart each epoch, reseeded from (seed, epoch)
+    assert loader.persistent_workers  # samples are seeded from (seed, epoch, index): workers need no restart
     assert datamodule.val_dataloader().persistent_workers
     assert sum(len(labels) for _, labels in loader) == len(datamodule.train_set)
 
