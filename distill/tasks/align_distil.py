@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from distill.models.causal_lm import output_rows
 from distill.tasks.base import DistillationTask, mean_metrics
 from distill.tasks.context import BuildContext
 from distill.tasks.dpo import pair_logps
-from distill.tasks.lm_outputs import chunk_blocker
+from distill.tasks.lm_outputs import HeadSettings, LogitsMode, chunk_blocker, use_chunks
 from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import AlignDistilLoss
 from losses.chunked import rows_per_chunk
@@ -29,23 +29,16 @@ MODELS = ("student", "teacher", "second_teacher")  # the teacher is the DPO mode
 
 
 @dataclass
-class AlignDistilSettings:
+class AlignDistilSettings(HeadSettings):
     """The recipe's `align_distil:` section."""
 
+    SECTION: ClassVar[str] = "align_distil"
     mode: Literal["off_policy", "on_policy"] = setting(
         "off_policy", "distill on the dataset's chosen responses or on samples"
     )
     temperature: float = setting(1.0, "on-policy sampling temperature")
     top_p: float = setting(1.0, "on-policy nucleus sampling")
     max_new_tokens: int = setting(64, "on-policy response length")
-    logits: Literal["auto", "chunked", "full"] = setting(
-        "auto",
-        "chunked: the three models' logits come from their hidden states and heads a chunk of tokens at a time (no "
-        "[B, T, V] tensor); full: whole logits; auto: chunked where every model's head allows it",
-    )
-    chunk_size: int | None = setting(
-        None, "tokens per chunk of the heads; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
-    )
 
 
 def distilled_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -106,7 +99,7 @@ class AlignDistilTask(DistillationTask):
         eos_id: int = 0,
         pad_id: int = 0,
         reference: nn.Module | None = None,
-        logits: Literal["auto", "chunked", "full"] = "auto",
+        logits: LogitsMode = "auto",
         chunk_size: int | None = None,
         **common: Any,
     ) -> None:
@@ -114,10 +107,8 @@ class AlignDistilTask(DistillationTask):
             raise ValueError("AlignDistil needs the DPO model (teacher) and a second model (second_teacher)")
         frozen = {"teacher": teacher, "second_teacher": second_teacher, "reference": reference}
         super().__init__(student, frozen, **common)
-        blocker = next(filter(None, map(chunk_blocker, (student, teacher, second_teacher))), None)
-        if logits == "chunked" and blocker:
-            raise DistillError(f"align_distil.logits: chunked cannot run here: {blocker}; use auto or full")
         self.logits_mode = logits
+        self.chunked()  # refuses `chunked` now where it cannot run
         self.chunk_size = chunk_size or rows_per_chunk(output_rows(student))
         self.objective = objective
         self.mode = mode
@@ -179,13 +170,8 @@ class AlignDistilTask(DistillationTask):
 
     def chunked(self) -> bool:
         """Whether this step runs without full logits (a head sharded by FSDP is only known at run time)."""
-        if self.logits_mode == "full":
-            return False
         models = (self.student, self.teacher, self.second_teacher)
-        blocker = next(filter(None, map(chunk_blocker, models)), None)
-        if blocker and self.logits_mode == "chunked":
-            raise DistillError(f"align_distil.logits: chunked cannot run here: {blocker}; use auto or full")
-        return blocker is None
+        return use_chunks(self.logits_mode, "align_distil", map(chunk_blocker, models))
 
     def chunked_loss(
         self, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor

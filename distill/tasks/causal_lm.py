@@ -5,21 +5,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
-from distill.config.schema import Recipe, setting
+from distill.config.schema import Recipe
 from distill.data.interface import TokenData
 from distill.errors import DistillError
 from distill.models.causal_lm import output_rows
 from distill.models.vlm import VISION_INPUTS
 from distill.tasks.base import WeightedTermsTask
 from distill.tasks.context import BuildContext, TokenTeacherOutputs
-from distill.tasks.lm_outputs import LMOutputs, TeacherView, chunk_blocker, run_lm
+from distill.tasks.lm_outputs import (
+    HeadSettings,
+    LMOutputs,
+    LogitsMode,
+    TeacherView,
+    chunk_blocker,
+    run_lm,
+    use_chunks,
+)
 from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from losses import TokenDivergenceLoss
@@ -37,26 +45,13 @@ from losses.teacher_rows import TopKRows
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
 ACCEPTS = frozenset({TOKEN_LOGITS, SEQUENCE_LOGITS})
-LogitsMode = Literal["auto", "chunked", "full"]
 
 
 @dataclass
-class CausalLMSettings:
+class CausalLMSettings(HeadSettings):
     """The recipe's `causal_lm:` section."""
 
-    logits: LogitsMode = setting(
-        "auto",
-        "chunked: CE and the terms run on the final hidden states through the LM head a chunk of tokens at a time, "
-        "so no [B, T, V] logits of either model exist; full: the models' logits; auto: chunked where the models "
-        "and terms allow it",
-    )
-    chunk_size: int | None = setting(
-        None, "tokens per chunk of the LM heads; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
-    )
-
-    def __post_init__(self) -> None:
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise DistillError(f"causal_lm.chunk_size must be >= 1, got {self.chunk_size}")
+    SECTION: ClassVar[str] = "causal_lm"
 
 
 def term_blocker(term: nn.Module) -> str | None:
@@ -130,10 +125,7 @@ class CausalLMTask(WeightedTermsTask):
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
         self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache
         if logits == "chunked":
-            blockers = [chunk_blocker(student), *(term_blocker(term) for term in self.terms.values())]
-            if any(blockers):
-                reason = next(b for b in blockers if b)
-                raise DistillError(f"causal_lm.logits: chunked cannot run here: {reason}; use auto or full")
+            self.student_chunked()  # refuses now what it can
         needs_logits = [name for name, term in self.terms.items() if term_blocker(term)]
         if teacher_cache is not None and needs_logits:
             raise DistillError(
@@ -143,12 +135,8 @@ class CausalLMTask(WeightedTermsTask):
 
     def student_chunked(self) -> bool:
         """Whether this step runs without the student's full logits."""
-        if self.logits_mode == "full":
-            return False
-        blocker = chunk_blocker(self.student) or next(filter(None, map(term_blocker, self.terms.values())), None)
-        if blocker and self.logits_mode == "chunked":  # only a runtime cause is left: a head sharded by FSDP
-            raise DistillError(f"causal_lm.logits: chunked cannot run here: {blocker}; use auto or full")
-        return blocker is None
+        blockers = (chunk_blocker(self.student), *map(term_blocker, self.terms.values()))
+        return use_chunks(self.logits_mode, "causal_lm", blockers)
 
     def run_student(self, batch: Batch) -> LMOutputs:
         return run_lm(

@@ -5,7 +5,7 @@ hidden state."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -20,7 +20,7 @@ from distill.models.draft import EagleDraft
 from distill.tasks.base import DistillationTask, mean_metrics
 from distill.tasks.causal_lm import vision_inputs
 from distill.tasks.context import BuildContext
-from distill.tasks.lm_outputs import chunk_blocker
+from distill.tasks.lm_outputs import HeadSettings, LogitsMode, chunk_blocker, use_chunks
 from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
 from losses import DraftDistillLoss
 from losses.chunked import rows_per_chunk
@@ -29,21 +29,15 @@ Batch = dict[str, torch.Tensor]
 
 
 @dataclass
-class SpeculativeSettings:
-    """The recipe's `speculative:` section: how held-out prompts are decoded to measure the draft."""
+class SpeculativeSettings(HeadSettings):
+    """The recipe's `speculative:` section: how held-out prompts are decoded to measure the draft, and how the
+    draft's and the target's logits are computed."""
 
+    SECTION: ClassVar[str] = "speculative"
     depth: int = setting(4, "draft tokens proposed per speculative-decoding round (a chain)")
     prompts: int = setting(8, "held-out prompts decoded after each validation (0: none)")
     prompt_tokens: int = setting(32, "tokens of each prompt: the start of a validation row")
     max_new_tokens: int = setting(64, "tokens generated per prompt")
-    logits: Literal["auto", "chunked", "full"] = setting(
-        "auto",
-        "chunked: the draft's and the target's logits come from the shared head a chunk of tokens at a time (no "
-        "[B, T, V] tensor); full: whole logits; auto: chunked where the target's head allows it",
-    )
-    chunk_size: int | None = setting(
-        None, "tokens per chunk of the head; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
-    )
 
 
 class DraftDistillTask(DistillationTask):
@@ -78,17 +72,14 @@ class DraftDistillTask(DistillationTask):
         prompt_tokens: int = 32,
         max_new_tokens: int = 64,
         eos_id: int | None = None,
-        logits: Literal["auto", "chunked", "full"] = "auto",
+        logits: LogitsMode = "auto",
         chunk_size: int | None = None,
         **common: Any,
     ) -> None:
         if teacher is None:
             raise ValueError("draft distillation needs the target model as its teacher")
         super().__init__(student, {"teacher": teacher}, **common)
-        blocker = chunk_blocker(teacher)
-        if logits == "chunked" and blocker:
-            raise DistillError(f"speculative.logits: chunked cannot run here: {blocker}; use auto or full")
-        self.chunked = logits != "full" and blocker is None
+        self.chunked = use_chunks(logits, "speculative", [chunk_blocker(teacher)])
         self.chunk_size = chunk_size or rows_per_chunk(output_rows(teacher))
         self.objective = objective
         self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}

@@ -8,12 +8,16 @@ side of a batch to each kind of loss term, from its logits, its hidden states an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from distill.config.schema import setting
+from distill.errors import DistillError
 from losses.chunked import head_rows_map
 from losses.graph_on_logits import Transform, topk_transform
 from losses.stored_teacher import StoredTopK
@@ -21,6 +25,41 @@ from losses.teacher_rows import TeacherHead, TeacherLogits, TeacherSource
 
 # config attributes of models whose logits are changed after the head (Gemma 2's soft-capping, Cohere's scale)
 POST_HEAD_CONFIG = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
+
+
+LogitsMode = Literal["auto", "chunked", "full"]
+
+
+@dataclass
+class HeadSettings:
+    """The keys every language-model task section shares (`causal_lm:`, `align_distil:`, `speculative:`): how the
+    logits are computed. A subclass names its section in `SECTION` (for the messages)."""
+
+    SECTION: ClassVar[str] = ""
+    logits: LogitsMode = setting(
+        "auto",
+        "chunked: the models' logits come from their final hidden states through their heads a chunk of tokens at a "
+        "time (no [B, T, V] tensor); full: whole logits; auto: chunked where the models and terms allow it",
+    )
+    chunk_size: int | None = setting(
+        None, "tokens per chunk of the heads; null: about 2^23 / V (one chunk's fp32 logits near 32 MiB)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise DistillError(f"{self.SECTION}.chunk_size must be >= 1, got {self.chunk_size}")
+
+
+def use_chunks(mode: LogitsMode, section: str, blockers: Iterable[str | None]) -> bool:
+    """Whether logits are computed a chunk at a time: not with `full`; with `auto` unless something blocks it (the
+    first reason in `blockers`, e.g. from `chunk_blocker`); with `chunked` always, a blocker raising a one-line
+    DistillError naming `section`."""
+    if mode == "full":
+        return False
+    reason = next(filter(None, blockers), None)
+    if reason and mode == "chunked":
+        raise DistillError(f"{section}.logits: chunked cannot run here: {reason}; use auto or full")
+    return reason is None
 
 
 def chunk_blocker(model: nn.Module) -> str | None:
