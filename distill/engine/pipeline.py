@@ -17,6 +17,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 
 from distill.config.load import LoadedRecipe, save_recipe
 from distill.data.interface import DataSource
@@ -28,6 +29,7 @@ from distill.engine.wiring import build_task, prepare_data, spec_of
 from distill.errors import DistillError
 from distill.tasks import FrozenModel, task_spec
 from distill.tasks.base import DistillationTask
+from distill.teachers.cache_setup import complete_token_cache
 from distill.teachers.resolve import FrozenPlan, load_frozen, plan_frozen, reference_weights
 from distill.teachers.store import keep
 
@@ -81,14 +83,15 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
 def assemble(loaded: LoadedRecipe, data: DataSource, training: bool) -> DistillationTask:
     """The task of `loaded` on `data`: its frozen models (trained first when their weights are not stored yet) and
     the student's first weights, built by the task's spec."""
-    frozen = provide_frozen(loaded, data)  # first: training them may store the reference `init` names
+    frozen = provide_frozen(loaded, data, training)  # first: training them may store the reference `init` names
     init = reference_weights(loaded, teacher_task) if loaded.recipe.init == "reference" else loaded.recipe.init
     return build_task(loaded, data, frozen, init, training)
 
 
-def provide_frozen(loaded: LoadedRecipe, data: DataSource) -> dict[str, FrozenModel]:
+def provide_frozen(loaded: LoadedRecipe, data: DataSource, training: bool = True) -> dict[str, FrozenModel]:
     """Each frozen model the task reads, with its weights; a teacher whose weights are not stored yet is trained
-    first by its own run (an ordinary `fit`) and kept in the store."""
+    first by its own run (an ordinary `fit`) and kept in the store. A language-model teacher whose every output
+    the run reads is already in `teacher.cache` is not loaded at all (its model is None)."""
     frozen = {}
     for role in spec_of(loaded).frozen:
         plan = plan_frozen(loaded, role, teacher_task(loaded.recipe.task))
@@ -96,8 +99,27 @@ def provide_frozen(loaded: LoadedRecipe, data: DataSource) -> dict[str, FrozenMo
             continue
         if plan.needs_training:
             train_frozen(plan)
+        if role == "teacher" and training and teacher_fully_cached(loaded, data, plan):
+            frozen[role] = FrozenModel(None, plan.source)
+            continue
         frozen[role] = FrozenModel(load_frozen(plan, data), plan.source)
     return frozen
+
+
+def teacher_fully_cached(loaded: LoadedRecipe, data: DataSource, plan: FrozenPlan) -> bool:
+    """Whether training reads nothing from the teacher but its cache: a task that reads `teacher.cache`, a cache
+    holding every row of the data, and no other use of the teacher's weights (`init: teacher`)."""
+    if not spec_of(loaded).reads_teacher_cache or loaded.recipe.init == "teacher":
+        return False
+    cache = complete_token_cache(loaded.recipe, data, plan.source)
+    if cache is not None:
+        announce(f"teacher.cache: every row is stored in {cache.folder}; the teacher is not loaded")
+    return cache is not None
+
+
+@rank_zero_only
+def announce(line: str) -> None:
+    print(line)
 
 
 def teacher_task(task: str) -> str:

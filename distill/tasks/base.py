@@ -179,7 +179,8 @@ class DistillationTask(L.LightningModule):
 
 class WeightedTermsTask(DistillationTask):
     """A task that trains on `ce_weight * CE + sum_i weight_i * term_i`: terms whose kind (`losses.consumes`) the
-    task feeds, each called with that kind's inputs from what the task offers (`call_term`)."""
+    task feeds, each called with that kind's inputs from what the task offers (`call_term`). Terms need a teacher,
+    or its stored outputs (`teacher_stored`: the teacher's outputs are read from `teacher.cache`, not computed)."""
 
     def __init__(
         self,
@@ -188,11 +189,12 @@ class WeightedTermsTask(DistillationTask):
         terms: LossTerms | None = None,
         ce_weight: float = 1.0,
         accepts: frozenset[str] = frozenset(),
+        teacher_stored: bool = False,
         **common: Any,
     ) -> None:
         super().__init__(student, frozen, **common)
         terms = terms or {}
-        if terms and getattr(self, "teacher", None) is None:
+        if terms and getattr(self, "teacher", None) is None and not teacher_stored:
             raise ValueError(f"loss terms {sorted(terms)} need a teacher")
         for name, (_, module) in terms.items():
             kind = consumes(module, name).kind

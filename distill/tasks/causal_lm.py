@@ -96,6 +96,7 @@ class CausalLMTask(WeightedTermsTask):
     With a teacher cache (`teacher_cache`, teacher.cache on token data) the teacher's top-k per position is read
     from it; a row not yet stored is computed, stored, and read back, so the first run trains on exactly what later
     runs read. The reported KL is then over the stored top-k plus one tail bucket (exact when all entries are kept).
+    When the cache already held every row, the engine does not load the teacher at all (`teacher` is None).
 
     Args:
         student: a causal LM returning `.logits` (the model being trained).
@@ -119,8 +120,10 @@ class CausalLMTask(WeightedTermsTask):
         teacher_cache: TokenTeacherOutputs | None = None,
         **common: Any,
     ) -> None:
-        super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, **common)
-        chunk_size = chunk_size or rows_per_chunk(max(output_rows(student), output_rows(teacher)))
+        stored = teacher_cache is not None
+        super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, teacher_stored=stored, **common)
+        teacher_rows = output_rows(teacher) or (teacher_cache.vocab_size if teacher_cache is not None else 0)
+        chunk_size = chunk_size or rows_per_chunk(max(output_rows(student), teacher_rows))
         self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=chunk_size)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
         self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache
@@ -149,6 +152,8 @@ class CausalLMTask(WeightedTermsTask):
         if self.teacher_cache is not None and "index" in batch:
             stored = self.teacher_cache.read(split, batch["index"])
             if stored is None:
+                if self.teacher is None:  # not loaded: the cache was complete when the run started
+                    raise DistillError(f"teacher.cache: rows of the {split} split are missing from the cache")
                 labels = batch.get("teacher_input_ids", batch["input_ids"])[:, 1:]
                 outputs = self._teacher_outputs(batch, chunked=self.logits_mode != "full")
                 stored = outputs.stored_form(self.teacher_cache.k, labels, self.chunk_size)
@@ -269,7 +274,8 @@ class CausalLMTask(WeightedTermsTask):
         student = self.run_student(batch)
         labels = self.shifted_inputs(batch)["labels"]
         teacher = None
-        if self.teacher is not None and "teacher_input_ids" not in batch:  # teacher numbers need the same tokens
+        has_teacher = self.teacher is not None or self.teacher_cache is not None
+        if has_teacher and "teacher_input_ids" not in batch:  # teacher numbers need the same tokens
             teacher = self.teacher_view(batch, "val", student.chunked)
         sums, tokens = self._evaluation_sums(student, teacher, labels)
         self.sums[f"{stage}_tokens"].update(torch.tensor(float(tokens), device=labels.device))

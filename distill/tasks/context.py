@@ -37,6 +37,7 @@ class TokenTeacherOutputs(Protocol):
     """A store of a language-model teacher's top-k per (split, row, position) (teacher.cache on token data)."""
 
     k: int  # entries kept per position
+    vocab_size: int  # the teacher's output rows
 
     def read(self, split: str, indices: torch.Tensor) -> StoredTopK | None: ...
 
@@ -48,9 +49,10 @@ class TokenTeacherOutputs(Protocol):
 @dataclass
 class FrozenModel:
     """A frozen model with its weights loaded, and what it is: `{"model": spec, "weights": path or hub name}`,
-    recorded in checkpoints so that evaluation uses exactly these weights."""
+    recorded in checkpoints so that evaluation uses exactly these weights. `model` is None when the run reads all
+    of its outputs from `teacher.cache` and never loads it."""
 
-    model: nn.Module
+    model: nn.Module | None
     source: dict[str, Any]
 
 

@@ -6,6 +6,8 @@ top-k per (row, position) (`TokenTeacherCache`): no views change between epochs,
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from distill.data.device_images import source_of
 from distill.data.interface import ClassData, DataSource, TokenData
 from distill.errors import DistillError
 from distill.models.causal_lm import output_rows
-from distill.teachers.output_cache import TeacherCache, file_sha256, tensor_sha256
+from distill.teachers.output_cache import META_FILE, TeacherCache, file_sha256, tensor_sha256
 from distill.teachers.token_cache import TokenTeacherCache
 
 # data settings that do not change the rows (how they are batched and loaded, where tokenizers are kept)
@@ -28,13 +30,14 @@ def open_teacher_cache(
 ) -> TeacherCache | TokenTeacherCache | None:
     """The cache named by `teacher.cache`, checked against this run (teacher weights, data, views, precision).
     `teacher_model` sizes a language model's cache by its output vocabulary (which may be padded past its
-    tokenizer's)."""
+    tokenizer's); without it (a complete cache, the teacher not loaded) the stored size is taken."""
     settings = recipe.teacher
     if settings is None or settings.cache is None:
         return None
     teacher = {"model": dict(settings.model or {}), "weights_sha256": _weights_id(teacher_source)}
     if isinstance(data, TokenData):
-        return _token_cache(recipe, data, teacher, output_rows(teacher_model) or None)
+        vocab = output_rows(teacher_model) or (_stored_vocab(settings.cache) if teacher_model is None else None)
+        return _token_cache(recipe, data, teacher, vocab)
     if not isinstance(data, ClassData) or not data.on_device:
         raise DistillError(
             "teacher.cache needs data whose views are replayable: set data.on_device=true (cifar100), so each "
@@ -51,10 +54,43 @@ def open_teacher_cache(
     return TeacherCache(settings.cache, meta, len(images), data.num_classes, settings.cache_top_k)
 
 
+def complete_token_cache(
+    recipe: Recipe, data: DataSource, teacher_source: dict[str, Any] | None
+) -> TokenTeacherCache | None:
+    """The language-model cache of `teacher.cache` when it already holds every row of both splits for this run
+    (so the teacher need not even be loaded), else None. A cache of another setup is refused here, as always."""
+    settings = recipe.teacher
+    if settings is None or settings.cache is None or not isinstance(data, TokenData):
+        return None
+    if _stored_vocab(settings.cache) is None:
+        return None  # no cache yet (or an unreadable one, which opening it later names)
+    cache = open_teacher_cache(recipe, data, teacher_source)
+    assert isinstance(cache, TokenTeacherCache)
+    return cache if all(cache.complete(split) for split in cache.rows) else None
+
+
+def _stored_vocab(folder: str | Path) -> int | None:
+    """The vocabulary an existing language-model cache was written with, or None."""
+    try:
+        return int(json.loads((Path(folder).expanduser() / META_FILE).read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _weights_id(teacher_source: dict[str, Any] | None) -> str:
     """The teacher's weights: the sha256 of its file, or its name (a hub model) when there is no file."""
     weights = (teacher_source or {}).get("weights")
-    return file_sha256(weights) if weights and Path(weights).is_file() else str(weights)
+    if not weights or not Path(weights).is_file():
+        return str(weights)
+    stat = Path(weights).stat()
+    return _file_id(str(Path(weights).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _file_id(path: str, size: int, mtime_ns: int) -> str:
+    """A weights file's sha256, hashed once per process (a large teacher's file takes seconds to read); keyed by
+    size and modification time so that a rewritten file is hashed again."""
+    return file_sha256(path)
 
 
 def _token_cache(recipe: Recipe, data: TokenData, teacher: dict[str, Any], vocab: int | None) -> TokenTeacherCache:
