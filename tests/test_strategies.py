@@ -199,3 +199,52 @@ def test_processes_started_by_torchrun_do_not_train_a_missing_teacher(tmp_path):
     # each rank's one-line error (torchrun then prints its own failure report)
     assert done.stderr.count("distill: error: teacher: not trained yet") == 2
     assert not (tmp_path / "teachers").exists() and not any((tmp_path / "runs" / "one").iterdir())
+
+
+def write_lm_recipe(folder: Path) -> Path:
+    """A causal-LM recipe on prompt/response pairs whose rows hold very different numbers of trained tokens."""
+    lines = [{"prompt": f"question {i}: ", "response": "answer " + "x" * (3 + (i * 7) % 45)} for i in range(40)]
+    (folder / "pairs.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    teacher_spec = {"name": "llama", "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 1}
+    torch.manual_seed(1)
+    teacher = create_model(**teacher_spec, vocab_size=259)
+    torch.save({"model": teacher.state_dict()}, folder / "teacher.pt")
+    recipe = {
+        "description": "ddp token normalization",
+        "task": "causal_lm",
+        "seed": 0,
+        "run": {"root": str(folder / "runs"), "name": "one"},
+        "data": {"name": "text", "source": "pairs.jsonl", "seq_len": 64, "packing": False, "batch_size": 8},
+        "student": {"name": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1},
+        "teacher": {"model": teacher_spec, "checkpoint": "teacher.pt"},
+        "loss": {"ce_weight": 0.5, "terms": {"token_kl": {"weight": 0.5, "divergence": "forward_kl"}}},
+        "optimizer": {"name": "sgd", "lr": 0.5},
+        "scheduler": {"name": "constant"},
+        "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+    }
+    path = folder / "lm.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_accumulating_unequal_micro_batches_train_as_one_process(tmp_path):
+    recipe = str(write_lm_recipe(tmp_path))
+    one = distill(tmp_path, "--recipe", recipe)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = [
+        "run.name=two",
+        "data.batch_size=2",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    ]
+    done = distill(tmp_path, "--recipe", recipe, *two)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single, ddp = (
+        torch.load(tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+        for name in ("one", "two")
+    )
+    assert single["global_step"] == ddp["global_step"] == 5  # 36 training rows in steps of 8
+    for key, value in single["state_dict"].items():
+        torch.testing.assert_close(ddp["state_dict"][key], value, rtol=1e-4, atol=1e-5)

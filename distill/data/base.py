@@ -279,10 +279,14 @@ class EpochSeededLoader(DataLoader):
         self.epoch_fn = epoch_fn
         self.iterations = 0
 
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of `epoch`'s order and of the main process's RNGs during it."""
+        return (self.seed * 1_000_003 + epoch) % 2**32
+
     def __iter__(self) -> Any:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.iterations
         self.iterations += 1
-        epoch_seed = (self.seed * 1_000_003 + epoch) % 2**32
+        epoch_seed = self.epoch_seed(epoch)
         self.generator.manual_seed(epoch_seed)
         self.keys.seed, self.keys.epoch = self.seed, epoch
         if isinstance(self.keys.sampler, SeededShardSampler):

@@ -32,11 +32,14 @@ class SeededShardSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=world, rank=me, shuffle=True, drop_last=False)
         self.epoch_seed = 0
 
-    def __iter__(self) -> Any:
-        generator = torch.Generator().manual_seed(self.epoch_seed)
+    def global_order(self, epoch_seed: int) -> list[int]:
+        """The epoch's order over all ranks, padded to a multiple of W: what one process would read."""
+        generator = torch.Generator().manual_seed(epoch_seed)
         order = torch.randperm(len(self.dataset), generator=generator).tolist()
-        order += order[: self.total_size - len(order)]
-        return iter(order[self.rank : self.total_size : self.num_replicas])
+        return order + order[: self.total_size - len(order)]
+
+    def __iter__(self) -> Any:
+        return iter(self.global_order(self.epoch_seed)[self.rank : self.total_size : self.num_replicas])
 
 
 class EvalShardBatches(Sampler[list[int]]):

@@ -30,6 +30,7 @@ from distill.tasks.lm_outputs import (
 )
 from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
+from distill.tasks.step_tokens import plan_epoch
 from losses import TokenDivergenceLoss
 from losses.chunked import (
     ChunkTargets,
@@ -170,10 +171,6 @@ class CausalLMTask(WeightedTermsTask):
         chunked = chunked and chunk_blocker(self.teacher) is None
         return TeacherView(outputs=run_lm(self.teacher, ids, mask, vision_inputs(batch), chunked))
 
-    def on_train_epoch_end(self) -> None:
-        if self.teacher_cache is not None:
-            self.teacher_cache.flush()
-
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **vision: torch.Tensor
     ) -> torch.Tensor:
@@ -185,22 +182,47 @@ class CausalLMTask(WeightedTermsTask):
         teacher_labels = batch.get("teacher_labels", batch["labels"])[:, 1:]
         return {"labels": labels, "student_mask": labels != -100, "teacher_mask": teacher_labels != -100}
 
+    def on_train_epoch_start(self) -> None:
+        trainer = self.trainer
+        self.step_tokens = plan_epoch(
+            trainer.train_dataloader, self.current_epoch, trainer.accumulate_grad_batches, trainer.num_training_batches
+        )
+        self.epoch_batches, self.epoch_tokens = [], torch.zeros((), dtype=torch.long, device=self.device)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         student = self.run_student(batch)
         teacher = self.teacher_view(batch, "train", student.chunked) if len(self.terms) else None
         inputs = {**self.shifted_inputs(batch), "epoch": self.current_epoch + 1}
         if student.chunked:
-            loss, parts = self._chunked_loss(student, teacher, inputs)
+            token_loss, other_loss, parts = self._chunked_loss(student, teacher, inputs)
         else:
-            loss, parts = self._full_loss(student, teacher, inputs)
+            token_loss, other_loss, parts = self._full_loss(student, teacher, inputs)
         self.last_parts = parts  # named in the message if the loss is ever not finite
-        self.log_parts(loss, parts)
-        return loss
+        self.log_parts(token_loss + other_loss, parts)
+        return token_loss * self.token_scale(batch_idx, inputs["student_mask"].sum()) + other_loss
+
+    def token_scale(self, batch_idx: int, tokens: torch.Tensor) -> torch.Tensor | float:
+        """The weight of this micro-batch's token mean in the optimizer step: its tokens over the step's, across
+        accumulated micro-batches and ranks (`tasks.step_tokens`); 1 without a plan (a loader of another order)."""
+        plan = getattr(self, "step_tokens", None)
+        if plan is None:
+            return 1.0
+        self.epoch_batches.append(batch_idx)
+        self.epoch_tokens += tokens
+        return plan.scale(batch_idx, tokens)
+
+    def on_train_epoch_end(self) -> None:
+        if self.teacher_cache is not None:
+            self.teacher_cache.flush()
+        plan = getattr(self, "step_tokens", None)
+        if plan is not None and self.epoch_batches:  # a resumed epoch starts part-way
+            plan.check(self.epoch_batches[0], len(self.epoch_batches), int(self.epoch_tokens))
 
     def _full_loss(
         self, student: LMOutputs, teacher: TeacherView | None, inputs: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """CE and every term on the student's full logits (the teacher's logits, or its stored top-k)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | float, dict[str, torch.Tensor]]:
+        """CE and every term on the student's full logits (the teacher's logits, or its stored top-k): the
+        weighted token means, the weighted sequence terms, and every part."""
         assert student.logits is not None
         parts = {}
         if self.ce_weight:
@@ -212,7 +234,11 @@ class CausalLMTask(WeightedTermsTask):
                 parts[name] = self._stored_term(term, student, teacher, inputs)
             else:
                 parts[name] = call_term(term, student.logits, teacher.logits, inputs)
-        return self.total_loss(parts), parts
+        weights = {"ce": self.ce_weight, **self.weights}
+        sequence = {name for name, term in self.terms.items() if term.consumes.kind == SEQUENCE_LOGITS}
+        token_loss = sum(weights[name] * value for name, value in parts.items() if name not in sequence)
+        other_loss = sum(weights[name] * parts[name] for name in sequence)
+        return token_loss, other_loss, parts
 
     def _stored_term(
         self, term: nn.Module, student: LMOutputs, teacher: TeacherView, inputs: dict[str, Any]
@@ -231,9 +257,10 @@ class CausalLMTask(WeightedTermsTask):
 
     def _chunked_loss(
         self, student: LMOutputs, teacher: TeacherView | None, inputs: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ) -> tuple[torch.Tensor | float, torch.Tensor | float, dict[str, torch.Tensor]]:
         """CE and the token terms in one chunk loop over the student's head (each chunk's logits computed once),
-        the sequence terms from kept values; the loss and its parts (detached where summed over chunks)."""
+        the sequence terms from kept values: the weighted token means, the weighted sequence terms, and every part
+        (detached where summed over chunks)."""
         source = teacher.source() if teacher is not None else None
         row_parts, padding, sequence = [], {}, {}
         if self.ce_weight:
@@ -247,7 +274,8 @@ class CausalLMTask(WeightedTermsTask):
             else:
                 sequence[name] = self._sequence_term(term, student, teacher, inputs)
         parts: dict[str, torch.Tensor] = {}
-        loss = sum(self.weights[name] * value for name, value in sequence.items())
+        sequence_loss = sum(self.weights[name] * value for name, value in sequence.items())
+        token_loss: torch.Tensor | float = 0.0
         if row_parts:
             assert student.hidden is not None and student.head is not None
             sums: dict[str, list[torch.Tensor]] = {}
@@ -263,12 +291,12 @@ class CausalLMTask(WeightedTermsTask):
             )
             for name, pad_mass in padding.items():
                 self.terms[name].check_padding(pad_mass, student.vocab_size, source.vocab_size)
-            loss = loss + total / max(count, 1)
+            token_loss = total / max(count, 1)
             zero = total.detach() * 0
             parts = {
                 name: torch.stack(sums[name]).sum() / max(count, 1) if name in sums else zero for name, *_ in row_parts
             }
-        return loss, {**parts, **sequence}
+        return token_loss, sequence_loss, {**parts, **sequence}
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         student = self.run_student(batch)

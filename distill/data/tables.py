@@ -1,0 +1,116 @@
+"""Records from Hugging Face `datasets` sources: a Hub dataset (`hf:<name>`, with a revision and a split), a folder
+written by `save_to_disk`, or parquet files. Columns are renamed to the names a data module reads (`text`,
+`prompt`, `response`, `messages`, `chosen`, `rejected`, `image`) by the recipe's `data.columns`.
+
+The `datasets` library is imported only when such a source is used (`pip install datasets`, part of the `llm`
+extra). Local JSONL and text files are read by the modules' own readers, without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+HUB_PREFIX = "hf:"
+LOCAL_FORMS = "a folder written by Dataset.save_to_disk, a .parquet file or a folder of them, or a .jsonl file"
+
+
+def is_table_source(source: str) -> bool:
+    """Whether `source` is read through `datasets`: a Hub name, a saved dataset folder, or parquet files."""
+    if source.startswith(HUB_PREFIX):
+        return True
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.suffix == ".parquet"
+    return path.is_dir() and (is_saved_dataset(path) or any(path.glob("*.parquet")))
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk` (or `DatasetDict.save_to_disk`)."""
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def read_table(
+    source: str,
+    wanted: Sequence[Sequence[str]],
+    columns: Mapping[str, str] | None = None,
+    split: str = "train",
+    revision: str | None = None,
+) -> list[dict[str, Any]]:
+    """The records of a `datasets` source, each a dict holding one of the `wanted` column sets under its canonical
+    names (e.g. `[("messages",), ("prompt", "response"), ("text",)]`: the first set the dataset has is read).
+
+    `columns` maps a canonical name to the dataset's column (`{"prompt": "question"}`); the others keep their own.
+    A Hub name offline, a missing split or a missing column is a one-line error.
+    """
+    table = _load(source, split, revision)
+    renamed = dict(columns or {})
+    available = list(table.column_names)
+    for names in wanted:
+        actual = [renamed.get(name, name) for name in names]
+        if all(column in available for column in actual):
+            return [
+                {name: row[column] for name, column in zip(names, actual, strict=True)}
+                for row in table.select_columns(actual)
+            ]
+    asked = " or ".join("+".join(renamed.get(name, name) for name in names) for names in wanted)
+    raise DistillError(
+        f"data.source '{source}' ({split}): no column {asked}; it has {available} (map names with data.columns, "
+        f"e.g. data.columns.{wanted[0][0]}=<column>)"
+    )
+
+
+def _load(source: str, split: str, revision: str | None) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise DistillError(
+            f"data.source '{source}' is read with the `datasets` library: pip install datasets (or distill[llm])"
+        ) from None
+    datasets.disable_progress_bars()
+    if source.startswith(HUB_PREFIX):
+        return _hub(datasets, source[len(HUB_PREFIX) :], split, revision)
+    path = Path(source).expanduser()
+    if is_saved_dataset(path):
+        loaded = datasets.load_from_disk(str(path))
+        return _pick_split(loaded, source, split)
+    files = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob("*.parquet"))
+    loaded = datasets.load_dataset("parquet", data_files=files, split="train")
+    return loaded
+
+
+def _pick_split(loaded: Any, source: str, split: str) -> Any:
+    if hasattr(loaded, "column_names") and not isinstance(loaded.column_names, dict):
+        return loaded  # one Dataset: the split was chosen when it was saved
+    if split not in loaded:
+        raise DistillError(f"data.source '{source}' has no split '{split}' (it has {sorted(loaded)}); set data.split")
+    return loaded[split]
+
+
+def _hub(datasets: Any, name: str, split: str, revision: str | None) -> Any:
+    offline = any(
+        os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on")
+        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+    try:
+        return datasets.load_dataset(name, split=split, revision=revision)
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise DistillError(f"data.source 'hf:{name}' has no split '{split}': {_first_line(exc)}") from None
+        raise DistillError(f"data.source 'hf:{name}': {_first_line(exc)}") from None
+    except Exception:  # connection, hub and file errors all mean "not reachable from here"
+        raise DistillError(
+            f"data.source 'hf:{name}': the Hugging Face Hub is "
+            f"{'switched off (HF_HUB_OFFLINE)' if offline else 'unreachable'} and the dataset is not in the local "
+            f"cache; where there is network, save it with load_dataset(...).save_to_disk(folder), then use "
+            f"{LOCAL_FORMS}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__
