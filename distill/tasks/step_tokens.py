@@ -64,9 +64,7 @@ def row_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE).sum(dim=1)
 
 
-def plan_epoch(
-    loader: DataLoader, epoch: int, accumulate: int, limit_batches: int | None = None
-) -> StepTokens | None:
+def plan_epoch(loader: DataLoader, epoch: int, accumulate: int, limit_batches: int | None = None) -> StepTokens | None:
     """The step token counts of `epoch` for a training loader of token rows in distill's seeded order; None when
     the loader is not one (its order or its rows' tokens cannot be known ahead).
 
