@@ -2,7 +2,8 @@
 
 `python_stdlib_corpus` needs no download: the docstrings of the standard library's pure-Python modules are a few
 megabytes of real, mostly English prose. `read_source` reads a recipe's `data.source` (that corpus, a `.txt` or
-`.jsonl` file, or a folder of them) into plain-text documents or prompt/response pairs.
+`.jsonl` file, a folder of them, or a Hugging Face `datasets` source) into plain-text documents or prompt/response
+pairs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import json
 import os
 import re
 import sysconfig
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.data.tables import is_table_source, read_table
 from distill.errors import DistillError
 
 PYTHON_STDLIB = "python_stdlib"
@@ -28,7 +30,11 @@ SKIPPED_DIRS = frozenset(
     {"test", "tests", "idle_test", "idlelib", "site-packages", "dist-packages", "turtledemo", "__pycache__"}
 )
 SOURCE_SUFFIXES = (".txt", ".jsonl")
-SOURCE_FORMS = f"'{PYTHON_STDLIB}', a .txt file, a .jsonl file, or a folder of .txt/.jsonl files"
+SOURCE_FORMS = (
+    f"'{PYTHON_STDLIB}', a .txt file, a .jsonl file, a folder of .txt/.jsonl files, 'hf:<dataset>' (the Hugging Face "
+    "Hub), a folder written by save_to_disk, or .parquet files"
+)
+TEXT_COLUMNS = (("prompt", "response"), ("text",))  # the column sets a text source may have, in order of preference
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,15 @@ def python_stdlib_corpus(max_chars: int | None = None) -> list[str]:
     return chosen
 
 
-def read_source(source: str) -> Documents:
-    """The documents of a `data.source`: plain texts, or prompt/response pairs (a source holds one kind only)."""
+def read_source(
+    source: str, split: str = "train", revision: str | None = None, columns: Mapping[str, str] | None = None
+) -> Documents:
+    """The documents of a `data.source`: plain texts, or prompt/response pairs (a source holds one kind only).
+    `split`, `revision` and `columns` apply to `datasets` sources (`distill.data.tables`)."""
     if source == PYTHON_STDLIB:
         return python_stdlib_corpus()
+    if is_table_source(source):
+        return _table_documents(source, split, revision, columns)
     path = Path(source).expanduser()
     if not path.exists():
         raise DistillError(f"data.source: no such file or folder '{source}' (use {SOURCE_FORMS})")
@@ -133,6 +144,27 @@ def read_source(source: str) -> Documents:
             documents.append(item)
     if not documents:
         raise DistillError(f"data.source: '{source}' holds no text")
+    return documents
+
+
+def _table_documents(source: str, split: str, revision: str | None, columns: Mapping[str, str] | None) -> Documents:
+    """Prompt/response pairs or texts from a `datasets` source (blank texts skipped)."""
+    records = read_table(source, TEXT_COLUMNS, columns, split, revision)
+    documents: list = []
+    for number, record in enumerate(records):
+        bad = [name for name, value in record.items() if not isinstance(value, str)]
+        if bad:
+            raise DistillError(
+                f"data.source '{source}' ({split}) row {number}: column {bad[0]} is "
+                f"{type(record[bad[0]]).__name__}, not text"
+            )
+        if "text" in record:
+            if record["text"].strip():
+                documents.append(record["text"])
+        else:
+            documents.append(Pair(record["prompt"], record["response"]))
+    if not documents:
+        raise DistillError(f"data.source '{source}' ({split}) holds no text")
     return documents
 
 

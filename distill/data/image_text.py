@@ -20,8 +20,10 @@ from distill.data.image_text_rows import (
     load_processor,
     open_image,
     read_records,
+    read_table_records,
 )
 from distill.data.preference_pairs import split_train_val
+from distill.data.tables import check_source, is_table_source
 from distill.data.text_rows import IGNORE, MIN_SEQ_LEN
 from distill.data.tokenizers import _first_line
 from distill.errors import DistillError
@@ -38,7 +40,9 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
 
     Args:
         source: A .jsonl file of {"image": path, "prompt": str, "response": str} lines (other keys are ignored);
-            image paths are relative to the file's folder, or absolute.
+            image paths are relative to the file's folder, or absolute. Or a Hugging Face `datasets` source
+            ('hf:<name>', a save_to_disk folder, .parquet files) with those columns, the image an image feature
+            (kept encoded in memory, decoded per access) or a path.
         processor: The model's Hugging Face processor: 'hf:<name_or_path>' (e.g. 'hf:llava-hf/llava-1.5-7b-hf'), a
             local folder or a Hub name.
         prompt_template: The text before the response: '{prompt}' is replaced by the record's prompt, and the image
@@ -50,6 +54,10 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
         val_fraction: Fraction of the records held out for validation (and testing).
         split_seed: Seed of the train/val split of the records.
         max_records: Use only the first N records of the file (None: all of them).
+        split: The split of a `datasets` source to train on (and to hold `val_fraction` out of).
+        val_split: A split of the same `datasets` source to validate and test on instead of a held-out fraction.
+        revision: The Hub revision (branch, tag or commit) of an 'hf:' source.
+        columns: The source's column for each name read, e.g. {"image": "picture", "response": "caption"}.
     """
 
     def __init__(
@@ -64,6 +72,10 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         max_records: int | None = None,
+        split: str = "train",
+        val_split: str | None = None,
+        revision: str | None = None,
+        columns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         check_at_least("seq_len", seq_len, MIN_SEQ_LEN)
@@ -72,17 +84,20 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
         check_fraction("val_fraction", val_fraction)
         if max_records is not None:
             check_at_least("max_records", max_records, 2)
+        forms = f"a .jsonl file of {KEYS} lines, or a Hugging Face datasets source with those columns"
         if source is None:
-            raise DistillError(f"data.source is required: a .jsonl file of {KEYS} lines")
-        if not Path(source).expanduser().is_file():
-            raise DistillError(f"data.source: no such file '{source}' (a .jsonl file of {KEYS} lines)")
+            raise DistillError(f"data.source is required: {forms}")
+        check_source(source, forms, special=(), val_split=val_split, revision=revision, columns=columns)
+        if not is_table_source(source) and not Path(source).expanduser().is_file():
+            raise DistillError(f"data.source: '{source}' is not a file ({forms})")
         if "{prompt}" not in prompt_template:
             raise DistillError(f"data.prompt_template must contain '{{prompt}}': {prompt_template!r}")
         self.processor = load_processor(processor)
         image_token = getattr(self.processor, "image_token", None)
         if image_token is not None and image_token not in prompt_template:
             raise DistillError(f"data.prompt_template lacks the processor's image token {image_token!r}")
-        self.source = Path(source).expanduser()
+        self.source = source if is_table_source(source) else Path(source).expanduser()
+        self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
         self.prompt_template, self.seq_len, self.max_records = prompt_template, seq_len, max_records
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.split_seed = val_fraction, split_seed
@@ -103,11 +118,21 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._splits is not None:
             return
-        records = read_records(self.source)[: self.max_records]
-        if len(records) < 2:
-            raise DistillError(f"data.source '{self.source}' has {len(records)} record; need >= 2 to split")
-        train, val = split_train_val(records, self.val_fraction, self.split_seed)
+        records = self._read(self.split)
+        if self.val_split is not None:
+            train, val = records, self._read(self.val_split)
+        else:
+            if len(records) < 2:
+                raise DistillError(f"data.source '{self.source}' has {len(records)} record; need >= 2 to split")
+            train, val = split_train_val(records, self.val_fraction, self.split_seed)
         self._splits = self._rows("train", train), self._rows("val", val)
+
+    def _read(self, split: str) -> list[ImageTextRecord]:
+        if isinstance(self.source, Path):
+            records = read_records(self.source)
+        else:
+            records = read_table_records(self.source, split, self.revision, self.columns)
+        return records[: self.max_records]
 
     def encode(self, record: ImageTextRecord) -> tuple[list[int], int]:
         """The record's ids (cut to seq_len) and its prompt's length (the processor's image tokens included)."""
@@ -116,7 +141,7 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
             prompt_ids = self.processor(images=image, text=prompt)["input_ids"][0]
             ids = self.processor(images=image, text=f"{prompt} {record.response}")["input_ids"][0]
         except ValueError as exc:  # e.g. a prompt with an image token of its own
-            raise DistillError(f"data.source: the record of image '{record.image}': {_first_line(exc)}") from None
+            raise DistillError(f"data.source: the record of {record.describe()}: {_first_line(exc)}") from None
         return [*ids, self.tokenizer.eos_id][: self.seq_len], len(prompt_ids)
 
     def _rows(self, split: str, records: list[ImageTextRecord]) -> ImageTextRows:

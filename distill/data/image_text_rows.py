@@ -3,8 +3,9 @@ processor, and the dataset of token rows whose images are read and processed at 
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from distill.data.corpus import json_lines
+from distill.data.tables import read_table
 from distill.data.tokenizers import _first_line
 from distill.errors import DistillError
 
@@ -23,9 +25,12 @@ LLAVA_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"  # LLaVA-1.5's conversatio
 
 @dataclass(frozen=True)
 class ImageTextRecord:
-    image: Path
+    image: Path | bytes  # a file, or an encoded image held in memory (a `datasets` image column)
     prompt: str
     response: str
+
+    def describe(self) -> str:
+        return f"image '{self.image}'" if isinstance(self.image, Path) else "an embedded image"
 
 
 def read_records(path: Path) -> list[ImageTextRecord]:
@@ -42,12 +47,37 @@ def read_records(path: Path) -> list[ImageTextRecord]:
     return records
 
 
-def open_image(path: Path) -> Image.Image:
+def read_table_records(
+    source: str, split: str, revision: str | None, columns: Mapping[str, str] | None
+) -> list[ImageTextRecord]:
+    """The records of a Hugging Face `datasets` source with image, prompt and response columns: the image is an
+    image feature (kept encoded, decoded when read) or a path (relative to a local source's folder)."""
+    folder = Path(source).expanduser()
+    folder = folder.parent if folder.is_file() else folder
+    records = []
+    for number, record in enumerate(read_table(source, [KEYS], columns, split, revision)):
+        where = f"data.source '{source}' ({split}) row {number}"
+        if not all(isinstance(record[key], str) for key in KEYS[1:]):
+            raise DistillError(f"{where}: prompt and response must be text")
+        image = record["image"]
+        if isinstance(image, dict) and image.get("bytes"):
+            image = bytes(image["bytes"])
+        else:
+            path = image.get("path") if isinstance(image, dict) else image
+            if not isinstance(path, str) or not (folder / Path(path).expanduser()).is_file():
+                raise DistillError(f"{where}: the image is neither embedded nor an existing file ({path!r})")
+            image = folder / Path(path).expanduser()
+        records.append(ImageTextRecord(image, record["prompt"], record["response"]))
+    return records
+
+
+def open_image(source: Path | bytes) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             return image.convert("RGB")
     except OSError as exc:
-        raise DistillError(f"cannot read image '{path}': {_first_line(exc)}") from None
+        what = f"image '{source}'" if isinstance(source, Path) else "an embedded image"
+        raise DistillError(f"cannot read {what}: {_first_line(exc)}") from None
 
 
 def load_processor(spec: str) -> Any:
@@ -95,7 +125,7 @@ class ImageTextRows(Dataset):
     image processor's outputs for the row's image without the batch dim (`pixel_values` `[3, H, W]` for LLaVA-1.5),
     the image being read at each access."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], images: list[Path], image_processor: Any) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], images: list[Path | bytes], image_processor: Any) -> None:
         self.tensors, self.images, self.image_processor = tensors, images, image_processor
 
     def __len__(self) -> int:

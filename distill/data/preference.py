@@ -16,7 +16,6 @@ docstring's text, so the pairs are the same in every run.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
@@ -34,8 +33,10 @@ from distill.data.preference_pairs import (
     pair_tensors,
     prompt_length,
     read_preference_jsonl,
+    read_preference_table,
     split_train_val,
 )
+from distill.data.tables import check_source, is_table_source
 from distill.data.text_rows import MIN_SEQ_LEN, TokenRows
 from distill.data.tokenizers import Tokenizer, make_tokenizer
 from distill.errors import DistillError
@@ -60,7 +61,8 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
     Args:
         source: 'python_stdlib' (pairs cut from the standard library's docstrings; the rejected response is the real
             continuation with its words shuffled), a .jsonl file of {"prompt": str, "chosen": str, "rejected": str}
-            lines (other keys are ignored), or a folder of such files.
+            lines (other keys are ignored), or a folder of such files; or a Hugging Face `datasets` source with those
+            columns ('hf:<name>', a save_to_disk folder, .parquet files).
         tokenizer: 'bytes', 'bpe:<vocab_size>' (trained on the training split once, then cached) or
             'hf:<name_or_path>'; the same as the reference model's.
         seq_len: Tokens per chosen or rejected row (bos, prompt, response, eos); the response is cut first, and a
@@ -82,6 +84,11 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         max_pairs: Use only the first N records of the source (python_stdlib: its first N docstrings, each giving at
             most one pair); None: all of them.
         tokenizer_cache: Folder where trained BPE tokenizers are kept.
+        split: The split of a `datasets` source to train on (and to hold `val_fraction` out of).
+        val_split: A split of the same `datasets` source, halved into validation and test, instead of a held-out
+            fraction.
+        revision: The Hub revision (branch, tag or commit) of an 'hf:' source.
+        columns: The source's column for each name read, e.g. {"chosen": "preferred"}.
     """
 
     def __init__(
@@ -101,6 +108,10 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         split_seed: int = 0,
         max_pairs: int | None = None,
         tokenizer_cache: str = "runs/tokenizers",
+        split: str = "train",
+        val_split: str | None = None,
+        revision: str | None = None,
+        columns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         check_at_least("seq_len", seq_len, MIN_SEQ_LEN)
@@ -112,9 +123,9 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         check_fraction("val_fraction", val_fraction)
         if max_pairs is not None:
             check_at_least("max_pairs", max_pairs, 2)
-        if source != PYTHON_STDLIB and not Path(source).expanduser().exists():
-            raise DistillError(f"data.source: no such file or folder '{source}' (use {PREFERENCE_FORMS})")
+        check_source(source, PREFERENCE_FORMS, val_split=val_split, revision=revision, columns=columns)
         self.source = source
+        self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
         self.seq_len = seq_len
         if corruption not in CORRUPTIONS:
             raise DistillError(f"data.corruption must be one of {sorted(CORRUPTIONS)}, got {corruption!r}")
@@ -153,15 +164,23 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
     def records(self) -> tuple[Records, Records]:
         """`(train, val)` as read and split: docstrings for python_stdlib, else pairs (not swapped)."""
         if self._records is None:
-            if self.source == PYTHON_STDLIB:
-                records: list = python_stdlib_corpus()
-            else:
-                records = read_preference_jsonl(self.source)
-            records = records[: self.max_pairs]
+            records = self._read(self.split)
+            if self.val_split is not None:
+                self._records = records, self._read(self.val_split)
+                return self._records
             if len(records) < 2:
                 raise DistillError(f"data.source '{self.source}' has {len(records)} record; need >= 2 to split")
             self._records = split_train_val(records, self.val_fraction, self.split_seed)
         return self._records
+
+    def _read(self, split: str) -> Records:
+        if self.source == PYTHON_STDLIB:
+            records: list = python_stdlib_corpus()
+        elif is_table_source(self.source):
+            records = read_preference_table(self.source, split, self.revision, self.columns)
+        else:
+            records = read_preference_jsonl(self.source)
+        return records[: self.max_pairs]
 
     def _training_texts(self) -> list[str]:
         """The texts a BPE tokenizer is trained on: the training split (whole docstrings, as the `text` module)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -13,13 +13,17 @@ from typing import TypeVar
 import torch
 
 from distill.data.corpus import PYTHON_STDLIB, Pair, json_lines
+from distill.data.tables import read_table
 from distill.data.text_rows import IGNORE, TokenRow, _word_start, encode_row, has_target, row_tensors, text_rows
 from distill.data.tokenizers import Tokenizer
 from distill.errors import DistillError
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 PAIR_FORM = '{"prompt": str, "chosen": str, "rejected": str}'
-PREFERENCE_FORMS = f"'{PYTHON_STDLIB}', a .jsonl file of {PAIR_FORM} lines, or a folder of them"
+PREFERENCE_FORMS = (
+    f"'{PYTHON_STDLIB}', a .jsonl file of {PAIR_FORM} lines, a folder of them, or a Hugging Face datasets source "
+    "with those columns ('hf:<dataset>', a save_to_disk folder, .parquet files)"
+)
 SIDES = ("chosen", "rejected")
 
 T = TypeVar("T")
@@ -56,6 +60,21 @@ def read_preference_jsonl(source: str) -> list[PreferencePair]:
     pairs = [pair for file in files for pair in _read_pairs(file)]
     if not pairs:
         raise DistillError(f"data.source: '{source}' holds no preference pairs")
+    return pairs
+
+
+def read_preference_table(
+    source: str, split: str, revision: str | None, columns: Mapping[str, str] | None
+) -> list[PreferencePair]:
+    """The pairs of a Hugging Face `datasets` source with prompt, chosen and rejected text columns."""
+    pairs = []
+    for number, record in enumerate(read_table(source, [PAIR_KEYS], columns, split, revision)):
+        problems = _problems(record)
+        if problems:
+            raise DistillError(f"data.source '{source}' ({split}) row {number}: {'; '.join(problems)}")
+        pairs.append(PreferencePair(*(record[key] for key in PAIR_KEYS)))
+    if not pairs:
+        raise DistillError(f"data.source '{source}' ({split}) holds no preference pairs")
     return pairs
 
 

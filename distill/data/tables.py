@@ -9,9 +9,12 @@ extra). Local JSONL and text files are read by the modules' own readers, without
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from distill.errors import DistillError
 
@@ -27,6 +30,22 @@ def is_table_source(source: str) -> bool:
     if path.is_file():
         return path.suffix == ".parquet"
     return path.is_dir() and (is_saved_dataset(path) or any(path.glob("*.parquet")))
+
+
+def check_source(source: str, forms: str, special: tuple[str, ...] = ("python_stdlib",), **settings: Any) -> None:
+    """A `data.source` that exists (a Hub name is checked when read), and the `datasets` settings given in
+    `settings` (`val_split`, `revision`, `columns`...) only beside a `datasets` source; `forms` lists the valid
+    sources, `special` the names that are not paths."""
+    if source in special or source.startswith(HUB_PREFIX):
+        pass
+    elif not Path(source).expanduser().exists():
+        raise DistillError(f"data.source: no such file or folder '{source}' (use {forms})")
+    given = [name for name, value in settings.items() if value]
+    if given and not is_table_source(source):
+        raise DistillError(
+            f"data.{given[0]} applies to Hugging Face datasets sources ('hf:<name>', a save_to_disk folder, parquet "
+            f"files); data.source '{source}' is not one"
+        )
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -53,15 +72,24 @@ def read_table(
     for names in wanted:
         actual = [renamed.get(name, name) for name in names]
         if all(column in available for column in actual):
-            return [
-                {name: row[column] for name, column in zip(names, actual, strict=True)}
-                for row in table.select_columns(actual)
-            ]
+            table = _images_undecoded(table.select_columns(actual))
+            return [{name: row[column] for name, column in zip(names, actual, strict=True)} for row in table]
     asked = " or ".join("+".join(renamed.get(name, name) for name in names) for names in wanted)
     raise DistillError(
         f"data.source '{source}' ({split}): no column {asked}; it has {available} (map names with data.columns, "
         f"e.g. data.columns.{wanted[0][0]}=<column>)"
     )
+
+
+def _images_undecoded(table: Any) -> Any:
+    """Image columns as `{"bytes", "path"}` (the file's encoded bytes, or its path): decoded when a row is read,
+    not all at once."""
+    from datasets import Image
+
+    for column, feature in table.features.items():
+        if isinstance(feature, Image) and feature.decode:
+            table = table.cast_column(column, Image(decode=False))
+    return table
 
 
 def _load(source: str, split: str, revision: str | None) -> Any:
@@ -87,28 +115,61 @@ def _pick_split(loaded: Any, source: str, split: str) -> Any:
     if hasattr(loaded, "column_names") and not isinstance(loaded.column_names, dict):
         return loaded  # one Dataset: the split was chosen when it was saved
     if split not in loaded:
-        raise DistillError(f"data.source '{source}' has no split '{split}' (it has {sorted(loaded)}); set data.split")
+        raise DistillError(
+            f"data.source '{source}' has no split '{split}' (it has {sorted(loaded)}); choose data.split/val_split"
+        )
     return loaded[split]
 
 
 def _hub(datasets: Any, name: str, split: str, revision: str | None) -> Any:
-    offline = any(
-        os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on")
-        for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    """A Hub dataset; when the Hub cannot be reached (or HF_HUB_OFFLINE is set) the libraries are put in offline
+    mode first, so that a dataset in the local cache still loads and a missing one fails at once, not after the
+    download retries."""
+    offline = _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE") or not hub_reachable()
     try:
-        return datasets.load_dataset(name, split=split, revision=revision)
+        with _offline_mode(datasets, offline):
+            return datasets.load_dataset(name, split=split, revision=revision)
     except ValueError as exc:
         if "split" in str(exc).lower():
             raise DistillError(f"data.source 'hf:{name}' has no split '{split}': {_first_line(exc)}") from None
         raise DistillError(f"data.source 'hf:{name}': {_first_line(exc)}") from None
-    except Exception:  # connection, hub and file errors all mean "not reachable from here"
+    except Exception as exc:  # connection, hub and file errors
+        where = "cannot be reached from here (offline)" if offline else f"failed ({_first_line(exc)})"
         raise DistillError(
-            f"data.source 'hf:{name}': the Hugging Face Hub is "
-            f"{'switched off (HF_HUB_OFFLINE)' if offline else 'unreachable'} and the dataset is not in the local "
-            f"cache; where there is network, save it with load_dataset(...).save_to_disk(folder), then use "
-            f"{LOCAL_FORMS}"
+            f"data.source 'hf:{name}': the Hugging Face Hub {where} and the dataset is not in the local cache; "
+            f"where there is network, save it with load_dataset(...).save_to_disk(folder), then use {LOCAL_FORMS}"
         ) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint (HF_ENDPOINT, default huggingface.co) opens in `timeout`."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_mode(datasets: Any, offline: bool) -> Iterator[None]:
+    """The Hub libraries in offline mode (they read the environment once, at import) for the duration."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _first_line(exc: BaseException) -> str:

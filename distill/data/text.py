@@ -8,13 +8,13 @@ followed by eos) and then tokenized by both tokenizers, so that student row i an
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
 from distill.data.corpus import PYTHON_STDLIB, SOURCE_FORMS, Documents, Pair, read_source
+from distill.data.tables import check_source
 from distill.data.text_rows import (  # noqa: F401  (IGNORE is part of this module's API)
     IGNORE,
     MIN_SEQ_LEN,
@@ -44,7 +44,9 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     Args:
         source: 'python_stdlib' (docstrings of Python's own modules: no download), a .txt file (one document per
             blank-line-separated block), a .jsonl file (lines {"text": ...} or {"prompt": ..., "response": ...};
-            only the response is trained on), or a folder of such files.
+            only the response is trained on), or a folder of such files; or a Hugging Face `datasets` source with
+            `text` or `prompt`/`response` columns: 'hf:<name>' (the Hub), a folder written by `save_to_disk`, or
+            .parquet files.
         tokenizer: The student's tokenizer: 'bytes', 'bpe:<vocab_size>' (trained on the training split once, then
             cached) or 'hf:<name_or_path>' (a Hugging Face tokenizer).
         teacher_tokenizer: A different tokenizer for the teacher (same forms); None: the teacher reads the student's
@@ -58,8 +60,13 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         num_workers: DataLoader worker processes; 0 loads in the main process.
         val_fraction: Fraction of the documents held out for validation (and testing).
         split_seed: Seed of the train/val split of the documents.
-        max_documents: Use only the first N documents of the source (None: all of them).
+        max_documents: Use only the first N documents of the source (None: all of them; of each split with
+            `val_split`).
         tokenizer_cache: Folder where trained BPE tokenizers are kept.
+        split: The split of a `datasets` source to train on (and to hold `val_fraction` out of).
+        val_split: A split of the same `datasets` source to validate and test on instead of a held-out fraction.
+        revision: The Hub revision (branch, tag or commit) of an 'hf:' source.
+        columns: The source's column for each name read, e.g. {"prompt": "question", "response": "answer"}.
     """
 
     def __init__(
@@ -77,6 +84,10 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         split_seed: int = 0,
         max_documents: int | None = None,
         tokenizer_cache: str = "runs/tokenizers",
+        split: str = "train",
+        val_split: str | None = None,
+        revision: str | None = None,
+        columns: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         check_at_least("seq_len", seq_len, MIN_SEQ_LEN)
@@ -89,9 +100,9 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             if teacher_tokenizer is None:
                 raise DistillError("data.teacher_seq_len is set but data.teacher_tokenizer is not; set both or neither")
             check_at_least("teacher_seq_len", teacher_seq_len, MIN_SEQ_LEN)
-        if source != PYTHON_STDLIB and not _exists(source):
-            raise DistillError(f"data.source: no such file or folder '{source}' (use {SOURCE_FORMS})")
+        check_source(source, SOURCE_FORMS, val_split=val_split, revision=revision, columns=columns)
         self.source = source
+        self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
         self.seq_len = seq_len
         self.packing = packing
         self.batch_size = batch_size
@@ -136,10 +147,14 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             self._documents = self._read_and_split()
         return self._documents
 
+    def _read(self, split: str) -> Documents:
+        documents = read_source(self.source, split, self.revision, self.columns)
+        return documents[: self.max_documents] if self.max_documents is not None else documents
+
     def _read_and_split(self) -> tuple[Documents, Documents]:
-        documents = read_source(self.source)
-        if self.max_documents is not None:
-            documents = documents[: self.max_documents]
+        documents = self._read(self.split)
+        if self.val_split is not None:
+            return documents, self._read(self.val_split)
         if len(documents) < 2:
             raise DistillError(f"data.source '{self.source}' has {len(documents)} document; need >= 2 to split")
         val_count = min(len(documents) - 1, max(1, round(len(documents) * self.val_fraction)))
@@ -222,10 +237,3 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     @property
     def test_set(self) -> TokenRows:
         return self._split(1)
-
-
-def _exists(source: str) -> bool:
-    return Path(source).expanduser().exists()
-
-
-# Building rows ------------------------------------------------------------------------------------------------------

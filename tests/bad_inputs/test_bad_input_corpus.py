@@ -66,6 +66,15 @@ def jsonl(folder: Path, name: str, lines: list[str]) -> str:
     return str(path)
 
 
+def parquet(folder: Path, name: str, **columns: list) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / name
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
 B = "BASE"  # stands for the base recipe's path
 CASES = [
     (
@@ -233,13 +242,37 @@ CASES = [
         "'causal_lm.logits' must be one of 'auto', 'chunked', 'full', got 'fast'",
     ),
     (
+        "a Hub dataset offline",
+        lambda f: ["--recipe", "llm_kd_tiny", "data.source=hf:nobody/no_such_dataset"],
+        "data.source 'hf:nobody/no_such_dataset': the Hugging Face Hub cannot be reached from here (offline)",
+    ),
+    (
+        "a dataset without the columns read",
+        lambda f: ["--recipe", "llm_kd_tiny", f"data.source={parquet(f, 'questions.parquet', question=['a', 'b'])}"],
+        "no column prompt+response or text; it has ['question'] (map names with data.columns",
+    ),
+    (
+        "a column map beside a local JSONL file",
+        lambda f: [
+            "--recipe",
+            "llm_kd_tiny",
+            f"data.source={jsonl(f, 'plain.jsonl', PLAIN_LINES)}",
+            "data.columns={text: body}",
+        ],
+        "data.columns applies to Hugging Face datasets sources",
+    ),
+    (
         "teacher cache in a task whose teacher runs every batch",
         lambda f: ["--recipe", "align_distil_tiny", "teacher.cache=cache"],
         "'teacher.cache' is not read by task align_distil",
     ),
 ]
 # environment of a case, as its launcher would set it
-CASE_ENV = {"torchrun without a run id": {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "none"}}
+CASE_ENV = {
+    "torchrun without a run id": {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "none"},
+    "a Hub dataset offline": {"HF_HUB_OFFLINE": "1"},  # the same answer with or without a network here
+}
+PLAIN_LINES = ['{"text": "a b c"}'] * 3
 NAN_LINES = ['{"prompt": NaN, "chosen": "a", "rejected": "b"}']
 PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch pwned']\ndata: {name: digits}\n"
 

@@ -11,7 +11,19 @@ import torch
 from distill.data import DATASETS, DigitsDataModule, create_datamodule
 from distill.errors import DistillError
 
-ALLOWED_TYPES = {int, float, bool, str, int | None, float | None, str | None, list[float], list[int], list[str]}
+ALLOWED_TYPES = {
+    int,
+    float,
+    bool,
+    str,
+    int | None,
+    float | None,
+    str | None,
+    list[float],
+    list[int],
+    list[str],
+    dict[str, str] | None,
+}
 
 
 def test_registered_names():

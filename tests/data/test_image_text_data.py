@@ -154,7 +154,7 @@ def test_bad_records_are_one_line_errors(tmp_path, processor, line, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"source": "nowhere.jsonl"}, "data.source: no such file 'nowhere.jsonl'"),
+        ({"source": "nowhere.jsonl"}, "data.source: no such file or folder 'nowhere.jsonl'"),
         ({"source": None}, "data.source is required: a .jsonl file of ('image', 'prompt', 'response') lines"),
         ({"processor": "llava-hf/llava-1.5-7b-hf"}, "data.processor must be 'hf:<name_or_path>'"),
         ({"processor": "hf:/no/such/folder"}, "data.processor 'hf:/no/such/folder': cannot load it"),

@@ -14,8 +14,8 @@ from distill.data import corpus as corpus_module
 from distill.data.corpus import Pair, python_stdlib_corpus, read_source
 from distill.data.text import IGNORE
 from distill.errors import DistillError
+from tests.data.test_data_registry import ALLOWED_TYPES
 
-ALLOWED_TYPES = {int, float, bool, str, int | None, float | None, str | None, list[float], list[int], list[str]}
 BYTES_PAD, BYTES_BOS, BYTES_EOS = 256, 257, 258
 
 
