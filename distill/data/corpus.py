@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.data.conversation import Conversation, parse_conversation
 from distill.data.tables import is_table_source, read_table
 from distill.errors import DistillError
 
@@ -34,7 +35,8 @@ SOURCE_FORMS = (
     f"'{PYTHON_STDLIB}', a .txt file, a .jsonl file, a folder of .txt/.jsonl files, 'hf:<dataset>' (the Hugging Face "
     "Hub), a folder written by save_to_disk, or .parquet files"
 )
-TEXT_COLUMNS = (("prompt", "response"), ("text",))  # the column sets a text source may have, in order of preference
+# the column sets a text source may have, in order of preference
+TEXT_COLUMNS = (("messages",), ("prompt", "response"), ("text",))
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Pair:
     response: str
 
 
-Documents = list[str] | list[Pair]
+Documents = list[str] | list[Pair] | list[Conversation]
 
 
 @functools.lru_cache(maxsize=1)
@@ -137,9 +139,10 @@ def read_source(
     documents: list = []
     for file in files:
         for where, item in _read_txt(file) if file.suffix == ".txt" else _read_jsonl(file):
-            if documents and isinstance(item, str) != isinstance(documents[0], str):
+            if documents and type(item) is not type(documents[0]):
                 raise DistillError(
-                    f"{where}: data.source mixes plain text with prompt/response records; use one kind per source"
+                    f"{where}: data.source mixes plain text, prompt/response records and conversations; use one "
+                    "kind per source"
                 )
             documents.append(item)
     if not documents:
@@ -148,10 +151,13 @@ def read_source(
 
 
 def _table_documents(source: str, split: str, revision: str | None, columns: Mapping[str, str] | None) -> Documents:
-    """Prompt/response pairs or texts from a `datasets` source (blank texts skipped)."""
+    """Conversations, prompt/response pairs or texts from a `datasets` source (blank texts skipped)."""
     records = read_table(source, TEXT_COLUMNS, columns, split, revision)
     documents: list = []
     for number, record in enumerate(records):
+        if "messages" in record:
+            documents.append(parse_conversation(record["messages"], f"data.source '{source}' ({split}) row {number}"))
+            continue
         bad = [name for name, value in record.items() if not isinstance(value, str)]
         if bad:
             raise DistillError(
@@ -188,11 +194,13 @@ def json_lines(file: Path, where: Callable[[int], str] | None = None) -> Iterato
             raise DistillError(f"{place}: not valid JSON ({exc.msg} at column {exc.colno})") from None
 
 
-def _read_jsonl(file: Path) -> list[tuple[str, str | Pair]]:
-    """`{"text": ...}` or `{"prompt": ..., "response": ...}` per line; blank lines are skipped."""
-    records: list[tuple[str, str | Pair]] = []
+def _read_jsonl(file: Path) -> list[tuple[str, str | Pair | Conversation]]:
+    """`{"text": ...}`, `{"prompt": ..., "response": ...}` or `{"messages": [...]}` per line; blank lines skipped."""
+    records: list[tuple[str, str | Pair | Conversation]] = []
     for where, record in json_lines(file):
-        if isinstance(record, dict) and isinstance(record.get("text"), str):
+        if isinstance(record, dict) and "messages" in record:
+            records.append((where, parse_conversation(record["messages"], where)))
+        elif isinstance(record, dict) and isinstance(record.get("text"), str):
             if record["text"].strip():
                 records.append((where, record["text"]))
         elif (
@@ -203,7 +211,10 @@ def _read_jsonl(file: Path) -> list[tuple[str, str | Pair]]:
             records.append((where, Pair(record["prompt"], record["response"])))
         else:
             shown = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
-            raise DistillError(f'{where}: expected {{"text": str}} or {{"prompt": str, "response": str}}, got {shown}')
+            raise DistillError(
+                f'{where}: expected {{"text": str}}, {{"prompt": str, "response": str}} or {{"messages": [...]}}, '
+                f"got {shown}"
+            )
     return records
 
 

@@ -1,8 +1,9 @@
-"""Causal language-model data: documents or prompt/response pairs, tokenized into fixed-length rows.
+"""Causal language-model data: documents, prompt/response pairs or conversations, tokenized into fixed-length rows.
 
 Rows come in two ways. Without a teacher tokenizer, plain text is packed at the token level (documents joined by
 eos, cut into `seq_len` blocks). With one, every row is first built as text (pieces of documents, each maybe
 followed by eos) and then tokenized by both tokenizers, so that student row i and teacher row i hold the same text.
+Conversations are one row each, rendered by each side's chat template (`distill.data.chat`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
+from distill.data.chat import ChatRenderer, encode_conversation
+from distill.data.conversation import Conversation
 from distill.data.corpus import PYTHON_STDLIB, SOURCE_FORMS, Documents, Pair, read_source
 from distill.data.tables import check_source
 from distill.data.text_rows import (  # noqa: F401  (IGNORE is part of this module's API)
@@ -67,6 +70,8 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         val_split: A split of the same `datasets` source to validate and test on instead of a held-out fraction.
         revision: The Hub revision (branch, tag or commit) of an 'hf:' source.
         columns: The source's column for each name read, e.g. {"prompt": "question", "response": "answer"}.
+        chat_template: For conversations (`messages`): 'chatml' or a Jinja template, used by both tokenizers in
+            place of their own; None: each tokenizer's own chat template (a Hugging Face tokenizer's).
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         val_split: str | None = None,
         revision: str | None = None,
         columns: dict[str, str] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__()
         check_at_least("seq_len", seq_len, MIN_SEQ_LEN)
@@ -103,6 +109,8 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         check_source(source, SOURCE_FORMS, val_split=val_split, revision=revision, columns=columns)
         self.source = source
         self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
+        self.chat_template = chat_template
+        self.tokenizer_specs = {"student": tokenizer, "teacher": teacher_tokenizer or tokenizer}
         self.seq_len = seq_len
         self.packing = packing
         self.batch_size = batch_size
@@ -169,7 +177,10 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         """The texts a BPE tokenizer is trained on: the training split only."""
         texts: list[str] = []
         for document in self.documents[0]:
-            texts.extend((document.prompt, document.response) if isinstance(document, Pair) else (document,))
+            if isinstance(document, Conversation):
+                texts.extend(document.texts())
+            else:
+                texts.extend((document.prompt, document.response) if isinstance(document, Pair) else (document,))
         return texts
 
     # Rows -------------------------------------------------------------------------------------------------------
@@ -186,6 +197,8 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
 
     def _encode(self, documents: Documents) -> tuple[list[TokenRow], list[TokenRow] | None]:
         """The student's rows, and the teacher's rows of the same texts (None without a teacher tokenizer)."""
+        if isinstance(documents[0], Conversation):
+            return self._encode_conversations(documents)  # type: ignore[arg-type]
         plain = isinstance(documents[0], str)
         if not self.has_teacher_tokenizer:
             if self.packing and plain:
@@ -198,6 +211,22 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         student = [encode_row(row, self.tokenizer, self.seq_len) for row in rows]
         teacher = [encode_row(row, self.teacher_tokenizer, self.teacher_seq_len) for row in rows]
         return student, teacher
+
+    def _encode_conversations(self, conversations: list[Conversation]) -> tuple[list[TokenRow], list[TokenRow] | None]:
+        """Each side renders the conversation with its own chat template and tokenizer: one row per conversation,
+        trained on the assistant's turns."""
+        student = [
+            encode_conversation(c, self.tokenizer, self._renderer("student"), self.seq_len) for c in conversations
+        ]
+        if not self.has_teacher_tokenizer:
+            return student, None
+        renderer, length = self._renderer("teacher"), self.teacher_seq_len
+        teacher = [encode_conversation(c, self.teacher_tokenizer, renderer, length) for c in conversations]
+        return student, teacher
+
+    def _renderer(self, role: str) -> ChatRenderer:
+        tokenizer = self.tokenizer if role == "student" else self.teacher_tokenizer
+        return ChatRenderer(tokenizer, self.chat_template, f"the {role} tokenizer '{self.tokenizer_specs[role]}'")
 
     def _tensors(self, split: str, student: list[TokenRow], teacher: list[TokenRow] | None) -> TokenRows:
         """Rows with a target on both sides (a pair whose response was cut has none), as padded tensors."""

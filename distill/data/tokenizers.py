@@ -49,6 +49,16 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids and, per id, the character span of the text it encodes (a character's bytes share one)."""
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for position, character in enumerate(text):
+            encoded = character.encode("utf-8")
+            ids.extend(encoded)
+            offsets.extend([(position, position + 1)] * len(encoded))
+        return ids, offsets
+
     def decode(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
@@ -102,6 +112,10 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return encoding.ids, [tuple(span) for span in encoding.offsets]
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
@@ -130,6 +144,15 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         # verbose=False: documents are longer than the model's context before they are cut into rows.
         return self.tokenizer.encode(text, add_special_tokens=False, verbose=False)
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise DistillError(
+                f"Hugging Face tokenizer '{self.name_or_path}' is not a fast tokenizer: chat data needs its character "
+                "offsets (save the model's tokenizer.json with it)"
+            )
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return list(encoded["input_ids"]), [tuple(span) for span in encoded["offset_mapping"]]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)

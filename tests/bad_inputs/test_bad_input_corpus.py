@@ -249,7 +249,7 @@ CASES = [
     (
         "a dataset without the columns read",
         lambda f: ["--recipe", "llm_kd_tiny", f"data.source={parquet(f, 'questions.parquet', question=['a', 'b'])}"],
-        "no column prompt+response or text; it has ['question'] (map names with data.columns",
+        "no column messages or prompt+response or text; it has ['question'] (map names with data.columns",
     ),
     (
         "a column map beside a local JSONL file",
@@ -262,6 +262,16 @@ CASES = [
         "data.columns applies to Hugging Face datasets sources",
     ),
     (
+        "a conversation without an assistant turn",
+        lambda f: [
+            "--recipe",
+            "llm_kd_tiny",
+            f"data.source={jsonl(f, 'chat.jsonl', CHAT_LINES)}",
+            "data.chat_template=chatml",
+        ],
+        "chat.jsonl:2: the conversation has no assistant turn to train on",
+    ),
+    (
         "teacher cache in a task whose teacher runs every batch",
         lambda f: ["--recipe", "align_distil_tiny", "teacher.cache=cache"],
         "'teacher.cache' is not read by task align_distil",
@@ -272,6 +282,10 @@ CASE_ENV = {
     "torchrun without a run id": {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "none"},
     "a Hub dataset offline": {"HF_HUB_OFFLINE": "1"},  # the same answer with or without a network here
 }
+CHAT_LINES = [
+    '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}',
+    '{"messages": [{"role": "user", "content": "hi"}]}',
+]
 PLAIN_LINES = ['{"text": "a b c"}'] * 3
 NAN_LINES = ['{"prompt": NaN, "chosen": "a", "rejected": "b"}']
 PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch pwned']\ndata: {name: digits}\n"

@@ -109,7 +109,7 @@ def test_image_text_records_with_embedded_images(tmp_path, monkeypatch):
 def test_a_hub_name_offline_and_missing_columns_and_splits_are_one_line_errors(saved, tmp_path):
     with pytest.raises(DistillError, match=r"Hub cannot be reached from here \(offline\).*save_to_disk"):
         read_table("hf:nobody/nothing", [("text",)])
-    missing = r"no column prompt\+response or text; it has \['question', 'answer', 'id'\]"
+    missing = r"no column messages or prompt\+response or text; it has \['question', 'answer', 'id'\]"
     with pytest.raises(DistillError, match=missing):
         create_datamodule("text", source=saved, seq_len=32).documents  # noqa: B018
     with pytest.raises(DistillError, match=r"has no split 'validation' \(it has \['test', 'train'\]\)"):
