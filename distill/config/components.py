@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from distill.config.schema import DatasetSpec, LossTermSpec, ModelSpec
 from distill.config.validate import Checker
 from distill.errors import DistillError, RecipeError
+from distill.models.lora import LoRASettings
 
 # Arguments set by distill from the dataset (or, for a draft, the target model), not by the recipe.
 INJECTED_MODEL_ARGS = ("num_classes", "in_chans", "vocab_size", "image_token_id", "image_size", "patch_size", "target")
@@ -22,19 +24,30 @@ def check_component(checker: Checker, kind: type, value: dict, path: str) -> dic
     if kind is ModelSpec:
         from distill.models import LIBRARY_PREFIXES, MODELS
 
+        lora = _lora(checker, args.pop("lora", None), path)
         if name.startswith(LIBRARY_PREFIXES):
-            return {"name": name, **args}  # the library checks its own arguments when the model is built
+            return {"name": name, **args, **lora}  # the library checks its own arguments when the model is built
         target = _lookup(checker, MODELS, name, f"{path}.name")
         for injected in INJECTED_MODEL_ARGS:
             if injected in args:
                 raise checker.fail(f"{path}.{injected}", "is set from the dataset; remove it from the recipe")
-        return {"name": name, **checker.arguments(target, args, path, skip=INJECTED_MODEL_ARGS)}
+        return {"name": name, **checker.arguments(target, args, path, skip=INJECTED_MODEL_ARGS), **lora}
     if kind is DatasetSpec:
         from distill.data import DATASETS
 
         target = _lookup(checker, DATASETS, name, f"{path}.name")
         return {"name": name, **checker.arguments(target, args, path)}
     raise TypeError(f"no component checker for {kind}")
+
+
+def _lora(checker: Checker, value: Any, path: str) -> dict[str, Any]:
+    """A model's `lora` section, checked (the student's only): `{"lora": {...}}`, or nothing without one."""
+    if value is None:
+        return {}
+    if path != "student":
+        raise checker.fail(f"{path}.lora", "only the student takes LoRA adapters")
+    settings = checker.dataclass(LoRASettings, value, f"{path}.lora")
+    return {"lora": dataclasses.asdict(settings)}
 
 
 def _loss_term(checker: Checker, value: dict, path: str) -> dict[str, Any]:

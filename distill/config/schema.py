@@ -99,6 +99,11 @@ class TeacherSettings:
     cache_top_k: int | None = setting(
         None, "entries kept per sample (images) or per token (language models); null: all of them, exact"
     )
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] | None = setting(
+        None,
+        "hold the frozen model in this precision (less memory; int8: Hugging Face models on a CUDA GPU with "
+        "bitsandbytes); null: as loaded",
+    )
 
 
 @dataclass
@@ -106,6 +111,26 @@ class SpeedSettings:
     channels_last: bool = setting(False, "student and teacher (and on-device batches) in channels_last memory format")
     compile_student: bool = setting(False, "torch.compile the student (in place: checkpoint keys unchanged)")
     compile_teacher: bool = setting(False, "torch.compile the frozen teacher")
+
+
+@dataclass
+class WandbSettings:
+    project: str = setting("distill", "the W&B project")
+    entity: str | None = setting(None, "the W&B team or user (null: your default)")
+    mode: Literal["online", "offline"] = setting("online", "offline: write the run locally, `wandb sync` it later")
+
+
+@dataclass
+class MLflowSettings:
+    experiment: str = setting("distill", "the MLflow experiment")
+    tracking_uri: str | None = setting(None, "the tracking server or store (null: a file store in the run folder)")
+
+
+@dataclass
+class LoggerSettings:
+    tensorboard: bool | None = setting(None, "TensorBoard event files (null: when tensorboard is installed)")
+    wandb: WandbSettings | None = setting(None, "Weights & Biases (null: off)")
+    mlflow: MLflowSettings | None = setting(None, "MLflow (null: off)")
 
 
 @dataclass
@@ -136,6 +161,7 @@ class Recipe:
     )
     speed: SpeedSettings = setting(SpeedSettings(), "memory format and compilation (precision: trainer.precision)")
     fsdp: FSDPSettings = setting(FSDPSettings(), "how `trainer.strategy: fsdp` lays out the frozen models")
+    logger: LoggerSettings = setting(LoggerSettings(), "where metrics go besides the run folder's CSV log")
     loss: LossSettings = setting(LossSettings(), "cross-entropy weight and distillation terms")
     optimizer: OptimizerSettings = setting(OptimizerSettings(), "the student's optimizer")
     scheduler: SchedulerSettings = setting(SchedulerSettings(), "the student's learning-rate schedule")

@@ -27,6 +27,8 @@ from distill.engine.runs import RUN_DIR_ENV, external_launch, run_folder
 from distill.engine.trainer import evaluation_trainer, make_trainer
 from distill.engine.wiring import build_task, prepare_data, spec_of
 from distill.errors import DistillError
+from distill.models import model_for_data
+from distill.models.lora import LoRASettings, check_targets
 from distill.tasks import FrozenModel, task_spec
 from distill.tasks.base import DistillationTask
 from distill.teachers.cache_setup import complete_token_cache
@@ -54,7 +56,12 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
     try:
         # built first: constructing it checks the trainer settings before any teacher is trained
         trainer = make_trainer(
-            recipe.trainer, run_dir, spec_of(loaded).monitor_metric, callbacks=list(callbacks), fsdp=recipe.fsdp
+            recipe.trainer,
+            run_dir,
+            spec_of(loaded).monitor_metric,
+            callbacks=list(callbacks),
+            fsdp=recipe.fsdp,
+            logger=recipe.logger,
         )
         module = assemble(loaded, data, training=True)
     except DistillError:
@@ -83,9 +90,22 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
 def assemble(loaded: LoadedRecipe, data: DataSource, training: bool) -> DistillationTask:
     """The task of `loaded` on `data`: its frozen models (trained first when their weights are not stored yet) and
     the student's first weights, built by the task's spec."""
+    check_student_lora(loaded, data)  # before any teacher is trained
     frozen = provide_frozen(loaded, data, training)  # first: training them may store the reference `init` names
     init = reference_weights(loaded, teacher_task) if loaded.recipe.init == "reference" else loaded.recipe.init
     return build_task(loaded, data, frozen, init, training)
+
+
+def check_student_lora(loaded: LoadedRecipe, data: DataSource) -> None:
+    """The student's LoRA targets, checked on its structure alone (built on the meta device: no memory, no weights).
+    A Hugging Face student is checked when it is loaded."""
+    spec = dict(loaded.recipe.student or {})
+    lora = spec.pop("lora", None)
+    if lora is None or str(spec.get("name", "")).startswith("hf:"):
+        return
+    with torch.device("meta"):
+        structure = model_for_data(spec, data, "student")
+    check_targets(structure, LoRASettings(**lora))
 
 
 def provide_frozen(loaded: LoadedRecipe, data: DataSource, training: bool = True) -> dict[str, FrozenModel]:

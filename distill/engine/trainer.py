@@ -10,31 +10,14 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
 
-from distill.config.schema import FSDPSettings
+from distill.config.schema import FSDPSettings, LoggerSettings
+from distill.engine.loggers import run_loggers
 from distill.engine.quiet import held_back_info
 from distill.engine.run_folder import BEST, RunFolder
 from distill.errors import DistillError
 
 DEVICE_KEYS = ("accelerator", "devices", "num_nodes", "precision", "strategy")  # what evaluation takes of `trainer`
-
-
-def log_version(run_dir: Path) -> str:
-    """`logs` for a run's first session; `logs/resume_K` for the K-th resumed one, so no session's log is lost."""
-    if not (run_dir / "logs").exists():
-        return "logs"
-    return f"logs/resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}"
-
-
-def loggers(run_dir: Path) -> list[Logger]:
-    version = log_version(run_dir)
-    found: list[Logger] = [CSVLogger(save_dir=run_dir, name="", version=version)]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        found.append(TensorBoardLogger(save_dir=run_dir / "tensorboard", name="", version=version))
-    return found
 
 
 def progress_bar(enabled: bool) -> list[Callback]:
@@ -68,8 +51,10 @@ def make_trainer(
     monitor: tuple[str, str] = ("val/acc", "max"),
     callbacks: list[Callback] = (),
     fsdp: FSDPSettings | None = None,
+    logger: LoggerSettings | None = None,
 ) -> L.Trainer:
-    """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder."""
+    """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder and
+    metrics to the loggers of `logger` (the CSV log always)."""
     folder = RunFolder(run_dir)
     checkpoint = ModelCheckpoint(
         dirpath=folder.checkpoints,
@@ -88,7 +73,11 @@ def make_trainer(
     own = [checkpoint, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
     with held_back_info() as device_info:
         trainer = build_trainer(
-            **args, default_root_dir=run_dir, logger=loggers(run_dir), callbacks=own, plugins=[AtomicCheckpointIO()]
+            **args,
+            default_root_dir=run_dir,
+            logger=run_loggers(run_dir, logger),
+            callbacks=own,
+            plugins=[AtomicCheckpointIO()],
         )
     trainer.device_info = device_info  # printed (distill.quiet.release) once the run's inputs have all been checked
     return trainer

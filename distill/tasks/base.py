@@ -155,15 +155,33 @@ class DistillationTask(L.LightningModule):
         return drop_frozen_keys(state, tuple(f"{name}." for name in self.frozen_names))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.without_frozen(checkpoint["state_dict"])
+        state = self.without_frozen(checkpoint["state_dict"])
+        untrained = self.untrained_student_keys()
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in untrained}
         checkpoint["distill"] = {"sources": self.sources, "recipe": self.recipe}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen models are not in the file: give strict loading the ones we already hold.
         checkpoint["state_dict"] = {**checkpoint["state_dict"], **self.frozen_state()}
 
+    def untrained_student_keys(self) -> set[str]:
+        """State keys of the student's parameters that do not train (a LoRA student's base weights): rebuilt from
+        the recipe, so checkpoints hold the adapters only."""
+        return {
+            f"student.{name}"
+            for name, parameter in self.student.named_parameters(remove_duplicate=False)
+            if not parameter.requires_grad
+        }
+
     def frozen_state(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{k}": v for name, model in self.frozen_models().items() for k, v in model.state_dict().items()}
+        """What checkpoints leave out, as this module holds it: the frozen models and the student's untrained
+        parameters."""
+        frozen = {
+            f"{name}.{k}": v for name, model in self.frozen_models().items() for k, v in model.state_dict().items()
+        }
+        untrained = self.untrained_student_keys()
+        student = {f"student.{k}": v for k, v in self.student.state_dict().items() if f"student.{k}" in untrained}
+        return {**frozen, **student}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load what a checkpoint holds (the student and trainable terms) into this module; the frozen models stay

@@ -14,6 +14,7 @@ from distill.config.schema import Recipe
 from distill.data.interface import DataSource
 from distill.errors import DistillError
 from distill.models import create_model, model_for_data
+from distill.models.lora import LoRASettings, add_lora
 from distill.models.weights import load_weights
 from distill.tasks.loss_terms import LossTerms, build_loss, build_terms
 from losses.stored_teacher import StoredTopK
@@ -104,9 +105,14 @@ class BuildContext:
 
     # -- the student ----------------------------------------------------------------------------------------------
     def student(self) -> nn.Module:
-        """The recipe's student, sized by the data, starting from `init`."""
-        student = model_for_data(self.recipe.student, self.data, "student")
+        """The recipe's student, sized by the data, starting from `init`; with `lora`, its layers adapted and only the
+        adapters trainable."""
+        spec = dict(self.recipe.student)
+        lora = spec.pop("lora", None)
+        student = model_for_data(spec, self.data, "student")
         self.initialize(student)
+        if lora is not None:
+            student = add_lora(student, LoRASettings(**lora))
         return student
 
     def initialize(self, student: nn.Module) -> None:

@@ -35,6 +35,8 @@ def open_teacher_cache(
     if settings is None or settings.cache is None:
         return None
     teacher = {"model": dict(settings.model or {}), "weights_sha256": _weights_id(teacher_source)}
+    if settings.dtype is not None:  # a teacher held in another precision gives other outputs
+        teacher["dtype"] = settings.dtype
     if isinstance(data, TokenData):
         vocab = output_rows(teacher_model) or (_stored_vocab(settings.cache) if teacher_model is None else None)
         return _token_cache(recipe, data, teacher, vocab)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from distill.config.load import LoadedRecipe, load_recipe
 from distill.data.interface import DataSource
 from distill.errors import DistillError
@@ -32,6 +34,7 @@ class FrozenPlan:
     model: dict[str, Any]
     weights: Path | None
     run: LoadedRecipe | None = None
+    dtype: str | None = None  # the precision the model is held in (`teacher.dtype`); None: as loaded
 
     @property
     def needs_training(self) -> bool:
@@ -49,24 +52,58 @@ def plan_frozen(loaded: LoadedRecipe, role: str, teacher_task: str) -> FrozenPla
     section = getattr(loaded.recipe, role)
     if section is None:
         return None
-    model = dict(section.model)
+    model, dtype = dict(section.model), section.dtype
+    if dtype == "int8":
+        check_int8(role, model, loaded.recipe.trainer.get("accelerator"))
     if section.checkpoint is not None:
-        return FrozenPlan(role, model, Path(section.checkpoint).expanduser().resolve())
+        return FrozenPlan(role, model, Path(section.checkpoint).expanduser().resolve(), dtype=dtype)
     if section.recipe is not None:
         run = load_recipe(section.recipe, section.overrides)
-        return FrozenPlan(role, model, store_path(section.store, run.name, run.resolved), run)
+        return FrozenPlan(role, model, store_path(section.store, run.name, run.resolved), run, dtype)
     if section.train is not None:
         run = teacher_run(loaded, role, teacher_task)
-        return FrozenPlan(role, model, store_path(section.store, model["name"], run.resolved), run)
-    return FrozenPlan(role, model, None)  # pretrained: the weights come with the model
+        return FrozenPlan(role, model, store_path(section.store, model["name"], run.resolved), run, dtype)
+    return FrozenPlan(role, model, None, dtype=dtype)  # pretrained: the weights come with the model
+
+
+def check_int8(role: str, model: dict[str, Any], accelerator: Any) -> None:
+    """8-bit weights run only where bitsandbytes' int8 matrix multiplication does: a Hugging Face model on a CUDA
+    GPU. Anything else is refused before any work starts."""
+    if not str(model.get("name", "")).startswith("hf:"):
+        raise DistillError(f"{role}.dtype: int8 loads Hugging Face models (hf:<name>) only; use bfloat16")
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        raise DistillError(
+            f"{role}.dtype: int8 needs a CUDA GPU (bitsandbytes' 8-bit kernels) and this run has none; use bfloat16"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise DistillError(f"{role}.dtype: int8 needs the bitsandbytes library: pip install bitsandbytes") from None
 
 
 def load_frozen(plan: FrozenPlan, data: DataSource) -> Any:
-    """The model of `plan`, sized by `data`, with its weights loaded (they must exist: the engine trains first)."""
-    model = model_for_data(plan.model, data, f"{plan.role}.model")
+    """The model of `plan`, sized by `data`, with its weights loaded (they must exist: the engine trains first),
+    in the plan's precision."""
+    spec = dict(plan.model)
+    if plan.dtype == "int8":
+        spec.update(int8_arguments())
+    model = model_for_data(spec, data, f"{plan.role}.model")
     if plan.weights is not None:
         load_weights(model, plan.weights, f"{plan.role}.checkpoint")
+    if plan.dtype in FLOAT_DTYPES:
+        model.to(getattr(torch, plan.dtype))
     return model
+
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def int8_arguments() -> dict[str, Any]:
+    """`from_pretrained` arguments that load a model's linear layers in 8 bits, on this process's GPU."""
+    from transformers import BitsAndBytesConfig
+
+    quantized = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": quantized, "device_map": {"": torch.cuda.current_device()}}
 
 
 def reference_weights(loaded: LoadedRecipe, teacher_task: Callable[[str], str]) -> Path:

@@ -272,6 +272,16 @@ CASES = [
         "chat.jsonl:2: the conversation has no assistant turn to train on",
     ),
     (
+        "a LoRA target the model does not have",
+        lambda f: ["--recipe", "llm_kd_tiny", "student.lora={target_modules: [q_proj, gate_prj]}"],
+        "student.lora.target_modules: the model has no layer named 'gate_prj' (did you mean 'gate_proj'?)",
+    ),
+    (
+        "an 8-bit teacher where it cannot run",
+        lambda f: ["--recipe", "llm_kd_tiny", "teacher.dtype=int8", "teacher.model={name: hf:./tiny-llama}"],
+        "teacher.dtype: int8 needs a CUDA GPU (bitsandbytes' 8-bit kernels) and this run has none; use bfloat16",
+    ),
+    (
         "teacher cache in a task whose teacher runs every batch",
         lambda f: ["--recipe", "align_distil_tiny", "teacher.cache=cache"],
         "'teacher.cache' is not read by task align_distil",
