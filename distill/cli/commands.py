@@ -79,6 +79,23 @@ def cmd_test(args: argparse.Namespace) -> None:
     _evaluate(args, "test")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a finished run's student where its users load it from, and check it by loading it back.
+
+    A Hugging Face student becomes a save_pretrained folder (LoRA merged) with the run's tokenizer and chat template;
+    any other student becomes model.safetensors (its own parameter names) and distill_model.json (its architecture).
+    """
+    from distill.export import export_run
+
+    exported = export_run(args.checkpoint, args.out)
+    kind = "Hugging Face folder" if exported.kind == "hf" else "safetensors weights"
+    print(f"exported the student to {exported.folder} ({kind}): {', '.join(exported.files)}")
+    print(
+        f"read back and compared on validation data: largest output difference {exported.max_difference:.3g} "
+        f"(tolerance {exported.tolerance:.3g}); {exported.parameters:,} parameters, {exported.trainable:,} trained"
+    )
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     """Run every variant of a comparison recipe over several seeds and print one table of student accuracy and
     agreement with the teacher (mean ± standard deviation over seeds).

@@ -11,7 +11,16 @@ import os
 import sys
 from collections.abc import Callable
 
-from distill.cli.commands import cmd_compare, cmd_fit, cmd_losses, cmd_recipes, cmd_tasks, cmd_test, cmd_validate
+from distill.cli.commands import (
+    cmd_compare,
+    cmd_export,
+    cmd_fit,
+    cmd_losses,
+    cmd_recipes,
+    cmd_tasks,
+    cmd_test,
+    cmd_validate,
+)
 from distill.errors import DistillError
 
 
@@ -73,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="let Hugging Face models with trust_remote_code: true run their repository's code",
         )
         command.add_argument("overrides", nargs="*", metavar="key=value", help="override any recipe key")
+    export = _add(sub, "export", cmd_export)
+    export.add_argument("--checkpoint", required=True, help="a checkpoint written by distill fit (e.g. best.ckpt)")
+    export.add_argument("--out", required=True, help="a new (or empty) folder to write the student to")
     _add(sub, "recipes", cmd_recipes)
     _add(sub, "losses", cmd_losses)
     _add(sub, "tasks", cmd_tasks)

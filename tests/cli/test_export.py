@@ -1,0 +1,93 @@
+"""`distill export`: a language-model student (LoRA merged) as a Hugging Face folder that `from_pretrained` loads
+with the run's tokenizer, an image student as safetensors with its architecture, each equal to the run's student
+when read back; the run's tokenizers exported exactly; a non-empty target refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill.cli import main
+from distill.data.tokenizers import ByteTokenizer, bpe_tokenizer
+from distill.engine.pipeline import restore
+from distill.engine.run_folder import RunCheckpoint
+from distill.export.tokenizer_files import hf_tokenizer
+from distill.models import create_model
+from tests.cli.test_llm_recipes import TINY
+from tests.helpers import tiny_recipe, write_recipe
+
+TEXT = "Return the sum of x and y. Ünïcödé ✓ — tabs\tand\nnewlines"
+
+
+def test_a_lora_language_model_exports_merged_with_its_tokenizer(tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    lora = "student.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"
+    assert main(["fit", "--recipe", "llm_kd_tiny", *TINY, lora]) == 0
+    best = tmp_path / "runs" / "llm_kd_tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(best), "--out", "exported"]) == 0
+    out = capsys.readouterr().out
+    assert "read back and compared on validation data" in out
+    folder = tmp_path / "exported"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    weights = load_file(str(folder / "model.safetensors"))
+    assert not any("lora" in key for key in weights)  # merged into the base weights
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    assert tokenizer(TEXT, add_special_tokens=False)["input_ids"] == ByteTokenizer().encode(TEXT)
+    student = restore(RunCheckpoint.read(best)).module.student.eval()  # with its adapters
+    ids = torch.tensor([ByteTokenizer().encode("def add(x, y):")])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, student(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_an_image_student_exports_as_safetensors_with_its_architecture(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(tmp_path / "runs", tmp_path / "teachers", teacher=None)
+    recipe["loss"] = {"ce_weight": 1.0, "terms": {}}
+    recipe["trainer"]["max_epochs"] = 1
+    assert main(["fit", "--recipe", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
+    best = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    (tmp_path / "out").mkdir()  # an empty folder is fine
+    assert main(["export", "--checkpoint", str(best), "--out", "out"]) == 0
+    described = json.loads((tmp_path / "out" / "distill_model.json").read_text())
+    assert described == {
+        "model": {"name": "convnet", "widths": [8, 8], "hidden": 0, "dropout": 0.0},  # defaults resolved
+        "data_args": {"num_classes": 10, "in_chans": 1},
+    }
+    model = create_model("convnet", num_classes=10, in_chans=1, widths=[8, 8], hidden=0).eval()
+    model.load_state_dict(load_file(str(tmp_path / "out" / "model.safetensors")))  # the model's own names
+    restored = restore(RunCheckpoint.read(best))
+    images = torch.stack([restored.data.val_set[i][0] for i in range(4)])
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), restored.module.student.eval()(images))
+
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(best), "--out", "out"]) == 2  # now it holds an export
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "distill: error: export: out exists and is not empty; give a new folder"
+    ]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
+def test_the_runs_tokenizers_export_exactly(tmp_path, kind):
+    texts = [TEXT, "the quick brown fox jumps over the lazy dog"] * 20
+    ours = ByteTokenizer() if kind == "bytes" else bpe_tokenizer(320, texts, tmp_path)
+    exported = hf_tokenizer(ours, "chatml")
+    exported.save_pretrained(str(tmp_path / "tok"))
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    for text in (TEXT, "fox and dog", ""):
+        assert loaded(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (ours.pad_id, ours.bos_id, ours.eos_id)
+    assert loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == (
+        "<|im_start|>user\nhi<|im_end|>\n"
+    )
