@@ -163,7 +163,7 @@ def check_recipe(raw: dict[str, Any], checker: Checker, require: bool) -> tuple[
         check_frozen(checker, recipe, spec)
         check_terms(spec, recipe.loss.terms, checker.fail)
         if spec.check is not None:
-            spec.check(recipe, checker.fail)
+            spec.check(recipe, settings, checker.fail)
     return recipe, settings, key
 
 

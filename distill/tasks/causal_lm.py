@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
-from distill.config.schema import Recipe
+from distill.config.schema import Recipe, setting
 from distill.data.interface import TokenData
 from distill.errors import DistillError
 from distill.models.causal_lm import output_rows
@@ -29,8 +29,10 @@ from distill.tasks.lm_outputs import (
     use_chunks,
 )
 from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
+from distill.tasks.policy import Mode, ResponsePolicy, SamplingSettings, Tokenizers, check_prompts
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from distill.tasks.step_tokens import plan_epoch
+from distill.teachers.cache_setup import open_response_store
 from losses import TokenDivergenceLoss
 from losses.chunked import (
     ChunkTargets,
@@ -53,6 +55,24 @@ class CausalLMSettings(HeadSettings):
     """The recipe's `causal_lm:` section."""
 
     SECTION: ClassVar[str] = "causal_lm"
+    mode: Mode = setting(
+        "off_policy",
+        "whose responses the student trains on: the data's (off_policy), its own samples (on_policy), its own in "
+        "a fraction student_fraction of the batches (mixed: GKD's lambda), or the teacher's, generated once and "
+        "stored in `responses` (sequence)",
+    )
+    student_fraction: float = setting(0.5, "mixed: the fraction of batches whose responses the student samples")
+    sampling: SamplingSettings = setting(SamplingSettings(), "how responses are generated")
+    responses: str | None = setting(None, "sequence: the folder keeping the teacher's responses for later runs")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.student_fraction <= 1.0:
+            raise DistillError(f"causal_lm.student_fraction must be in [0, 1], got {self.student_fraction}")
+        if self.mode == "sequence" and self.responses is None:
+            raise DistillError(
+                "causal_lm.mode sequence needs causal_lm.responses: a folder for the teacher's responses"
+            )
 
 
 def term_blocker(term: nn.Module) -> str | None:
@@ -119,6 +139,7 @@ class CausalLMTask(WeightedTermsTask):
         logits: LogitsMode = "auto",
         chunk_size: int | None = None,
         teacher_cache: TokenTeacherOutputs | None = None,
+        policy: ResponsePolicy | None = None,
         **common: Any,
     ) -> None:
         stored = teacher_cache is not None
@@ -128,6 +149,7 @@ class CausalLMTask(WeightedTermsTask):
         self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=chunk_size)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
         self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache
+        self.policy = policy
         if logits == "chunked":
             self.student_chunked()  # refuses now what it can
         needs_logits = [name for name, term in self.terms.items() if term_blocker(term)]
@@ -184,12 +206,19 @@ class CausalLMTask(WeightedTermsTask):
 
     def on_train_epoch_start(self) -> None:
         trainer = self.trainer
-        self.step_tokens = plan_epoch(
-            trainer.train_dataloader, self.current_epoch, trainer.accumulate_grad_batches, trainer.num_training_batches
-        )
+        self.step_tokens = None  # generated responses: their tokens are not known before the step
+        if self.policy is None or self.policy.mode == "off_policy":
+            self.step_tokens = plan_epoch(
+                trainer.train_dataloader,
+                self.current_epoch,
+                trainer.accumulate_grad_batches,
+                trainer.num_training_batches,
+            )
         self.epoch_batches, self.epoch_tokens = [], torch.zeros((), dtype=torch.long, device=self.device)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        if self.policy is not None:
+            batch = self.policy.batch(batch, batch_idx, self.current_epoch, self.student, self.teacher)
         student = self.run_student(batch)
         teacher = self.teacher_view(batch, "train", student.chunked) if len(self.terms) else None
         inputs = {**self.shifted_inputs(batch), "epoch": self.current_epoch + 1}
@@ -214,6 +243,8 @@ class CausalLMTask(WeightedTermsTask):
     def on_train_epoch_end(self) -> None:
         if self.teacher_cache is not None:
             self.teacher_cache.flush()
+        if self.policy is not None and self.policy.store is not None:
+            self.policy.store.flush()
         plan = getattr(self, "step_tokens", None)
         if plan is not None and self.epoch_batches:  # a resumed epoch starts part-way
             plan.check(self.epoch_batches[0], len(self.epoch_batches), int(self.epoch_tokens))
@@ -379,12 +410,39 @@ def build(ctx: BuildContext) -> CausalLMTask:
         logits=settings.logits,
         chunk_size=settings.chunk_size,
         teacher_cache=ctx.teacher_outputs,  # type: ignore[arg-type]
+        policy=response_policy(ctx, settings) if ctx.training else None,
         **ctx.common(),
     )
 
 
-def check(recipe: Recipe, fail: Callable[[str, str], Exception]) -> None:
-    """Per-token terms need both models on the same tokens: refused beside a teacher tokenizer of its own."""
+def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePolicy | None:
+    """Whose responses training reads (`causal_lm.mode`); None for the data's own."""
+    if settings.mode == "off_policy":
+        return None
+    check_prompts(ctx.data.train_set.tensors["labels"], settings.mode)
+    data: Any = ctx.data
+    tokenizers = Tokenizers(data.tokenizer, getattr(data, "teacher_tokenizer", data.tokenizer))
+    store = None
+    if settings.mode == "sequence":
+        if "teacher" not in ctx.frozen:
+            raise DistillError(
+                "causal_lm.mode sequence trains on the teacher's responses and the recipe has no teacher"
+            )
+        store = open_response_store(ctx.recipe, data, ctx.frozen["teacher"].source, settings)
+    return ResponsePolicy(
+        settings.mode, settings.student_fraction, settings.sampling, tokenizers, ctx.recipe.seed, store
+    )
+
+
+def check(recipe: Recipe, settings: CausalLMSettings, fail: Callable[[str, str], Exception]) -> None:
+    """Per-token terms need both models on the same tokens: refused beside a teacher tokenizer of its own. The
+    teacher cache holds outputs on the data's responses: refused beside generated ones."""
+    if settings.mode != "off_policy" and recipe.teacher is not None and recipe.teacher.cache is not None:
+        raise fail(
+            "teacher.cache",
+            f"stores the teacher's outputs on the data's responses; causal_lm.mode {settings.mode} trains on "
+            "generated ones: drop teacher.cache or use mode off_policy",
+        )
     if not recipe.data.get("teacher_tokenizer"):
         return
     for name, term in recipe.loss.terms.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from distill.registry import Registry
 
@@ -58,7 +58,7 @@ class TaskSpec:
         section: the recipe key of those settings (default: the task's name).
         reads_teacher_cache: whether it can read the teacher's outputs from `teacher.cache`.
         check: rules of its own for a recipe, run with the others before anything is built:
-            `check(recipe, fail)` raises `fail(key path, message)`.
+            `check(recipe, settings, fail)` (settings: the task's own section) raises `fail(key path, message)`.
     """
 
     name: str
@@ -73,7 +73,7 @@ class TaskSpec:
     settings: type | None = None
     section: str | None = None
     reads_teacher_cache: bool = False
-    check: Callable[[Recipe, Callable[[str, str], Exception]], None] | None = None
+    check: Callable[[Recipe, Any, Callable[[str, str], Exception]], None] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.frozen) - set(FROZEN_SECTIONS)

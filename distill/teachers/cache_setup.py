@@ -6,6 +6,7 @@ top-k per (row, position) (`TokenTeacherCache`): no views change between epochs,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -120,3 +121,25 @@ def rows_of(dataset: Any) -> dict[str, Any]:
     if not isinstance(tensors, dict):
         raise DistillError("teacher.cache: this data has no stored token rows to key the cache by")
     return {name: tensors[name] for name in sorted(tensors)}
+
+
+def open_response_store(recipe: Recipe, data: TokenData, teacher_source: dict[str, Any] | None, settings: Any) -> Any:
+    """The stored teacher responses of sequence-level KD (`causal_lm.responses`), keyed like the teacher cache:
+    the teacher, the tokenized rows, the data settings and precision, and the sampling that made them."""
+    from distill.teachers.response_store import ResponseStore
+
+    assert recipe.teacher is not None
+    teacher = {"model": dict(recipe.teacher.model or {}), "weights_sha256": _weights_id(teacher_source)}
+    if recipe.teacher.dtype is not None:
+        teacher["dtype"] = recipe.teacher.dtype
+    rows = rows_of(data.train_set)
+    meta = {
+        "teacher": teacher,
+        "data": {k: v for k, v in recipe.data.items() if k not in LOADING_KEYS},
+        "rows_sha256": tensor_sha256(*rows.values()),
+        "precision": str(recipe.trainer.get("precision")),
+        "sampling": dataclasses.asdict(settings.sampling),
+        "seed": recipe.seed,
+    }
+    count = len(next(iter(rows.values())))
+    return ResponseStore(settings.responses, meta, count, settings.sampling.max_new_tokens)
