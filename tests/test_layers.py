@@ -15,15 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # layer -> the distill layers it must never import
 FORBIDDEN = {
     "cli": set(),
-    "analysis": {"cli"},
-    "engine": {"cli", "analysis"},
-    "teachers": {"cli", "analysis", "engine", "tasks"},
-    "tasks": {"cli", "analysis", "engine", "teachers"},
-    "generate": {"cli", "analysis", "engine", "teachers", "tasks"},
-    "config": {"cli", "analysis", "engine", "teachers"},
-    "models": {"cli", "analysis", "engine", "teachers", "tasks", "generate", "config"},
-    "data": {"cli", "analysis", "engine", "teachers", "tasks", "generate", "config", "models"},
-    "base": {"cli", "analysis", "engine", "teachers", "tasks", "generate", "config", "models", "data"},
+    "analysis": {"cli", "export"},
+    "export": {"cli", "analysis"},
+    "engine": {"cli", "analysis", "export"},
+    "teachers": {"cli", "analysis", "export", "engine", "tasks"},
+    "tasks": {"cli", "analysis", "export", "engine", "teachers"},
+    "generate": {"cli", "analysis", "export", "engine", "teachers", "tasks"},
+    "config": {"cli", "analysis", "export", "engine", "teachers"},
+    "models": {"cli", "analysis", "export", "engine", "teachers", "tasks", "generate", "config"},
+    "data": {"cli", "analysis", "export", "engine", "teachers", "tasks", "generate", "config", "models"},
+    "base": {"cli", "analysis", "export", "engine", "teachers", "tasks", "generate", "config", "models", "data"},
 }
 
 

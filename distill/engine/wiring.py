@@ -18,7 +18,7 @@ from distill.data.interface import ClassData, DataSource
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.tasks import BuildContext, FrozenModel, TaskSpec, task_spec
 from distill.tasks.base import DistillationTask
-from distill.teachers.cache_setup import open_teacher_cache
+from distill.teachers.cache_setup import open_response_store, open_teacher_cache
 from distill.teachers.token_cache import TokenTeacherCache
 
 
@@ -58,6 +58,9 @@ def build_task(
         outputs = open_teacher_cache(recipe, data, teacher.source, teacher.model)
         if isinstance(outputs, TokenTeacherCache) and outputs.created:
             announce_token_cache(outputs)
+    responses = None
+    if training and teacher is not None and getattr(loaded.settings, "responses", None) is not None:
+        responses = open_response_store(recipe, data, teacher.source, loaded.settings)
     context = BuildContext(
         recipe=recipe,
         resolved=loaded.resolved,
@@ -68,6 +71,7 @@ def build_task(
         scheduler=partial(build_scheduler, recipe.scheduler) if recipe.scheduler.name != "constant" else None,
         init=str(init) if init is not None else None,
         teacher_outputs=outputs,
+        teacher_responses=responses,
         training=training,
     )
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the rest

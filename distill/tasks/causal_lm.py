@@ -32,7 +32,6 @@ from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
 from distill.tasks.policy import Mode, ResponsePolicy, SamplingSettings, Tokenizers, check_prompts
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from distill.tasks.step_tokens import plan_epoch
-from distill.teachers.cache_setup import open_response_store
 from losses import TokenDivergenceLoss
 from losses.chunked import (
     ChunkTargets,
@@ -422,13 +421,9 @@ def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePo
     check_prompts(ctx.data.train_set.tensors["labels"], settings.mode)
     data: Any = ctx.data
     tokenizers = Tokenizers(data.tokenizer, getattr(data, "teacher_tokenizer", data.tokenizer))
-    store = None
-    if settings.mode == "sequence":
-        if "teacher" not in ctx.frozen:
-            raise DistillError(
-                "causal_lm.mode sequence trains on the teacher's responses and the recipe has no teacher"
-            )
-        store = open_response_store(ctx.recipe, data, ctx.frozen["teacher"].source, settings)
+    store = ctx.teacher_responses
+    if settings.mode == "sequence" and store is None:
+        raise DistillError("causal_lm.mode sequence trains on a teacher's responses; the recipe has no teacher")
     return ResponsePolicy(
         settings.mode, settings.student_fraction, settings.sampling, tokenizers, ctx.recipe.seed, store
     )

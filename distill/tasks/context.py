@@ -71,6 +71,7 @@ class BuildContext:
         scheduler: builds the per-step schedule, or None for a constant learning rate.
         init: the student's first weights: None (fresh), "teacher" (a copy) or a weights file.
         teacher_outputs: the teacher-output cache of `teacher.cache`, for tasks that read it.
+        teacher_responses: the store of the teacher's generated responses a task's settings name (`responses`).
         training: False when the task is built to evaluate a checkpoint (a task may skip training-only work).
     """
 
@@ -83,6 +84,7 @@ class BuildContext:
     scheduler: SchedulerFactory | None
     init: str | None = None
     teacher_outputs: TeacherOutputs | TokenTeacherOutputs | None = None
+    teacher_responses: Any = None  # the teacher's stored responses (`causal_lm.responses`), for sequence-level KD
     training: bool = True
     extra_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
