@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.data.conversation import Conversation, parse_conversation
+from distill.data.conversation import Conversation, Message, parse_conversation
 from distill.data.tables import is_table_source, read_table
 from distill.errors import DistillError
 
 PYTHON_STDLIB = "python_stdlib"
+PYTHON_STDLIB_CHAT = "python_stdlib_chat"  # the same docstrings as conversations (`stdlib_conversations`)
+CHAT_SYSTEM = "You write the documentation of Python's standard library."
 MIN_DOCSTRING_CHARS = 200
 # Folders of the standard library that hold tests, tools, vendored or generated code rather than library docs.
 SKIPPED_DIRS = frozenset(
@@ -32,8 +34,8 @@ SKIPPED_DIRS = frozenset(
 )
 SOURCE_SUFFIXES = (".txt", ".jsonl")
 SOURCE_FORMS = (
-    f"'{PYTHON_STDLIB}', a .txt file, a .jsonl file, a folder of .txt/.jsonl files, 'hf:<dataset>' (the Hugging Face "
-    "Hub), a folder written by save_to_disk, or .parquet files"
+    f"'{PYTHON_STDLIB}', '{PYTHON_STDLIB_CHAT}', a .txt file, a .jsonl file, a folder of .txt/.jsonl files, "
+    "'hf:<dataset>' (the Hugging Face Hub), a folder written by save_to_disk, or .parquet files"
 )
 # the column sets a text source may have, in order of preference
 TEXT_COLUMNS = (("messages",), ("prompt", "response"), ("text",))
@@ -116,13 +118,31 @@ def python_stdlib_corpus(max_chars: int | None = None) -> list[str]:
     return chosen
 
 
+def stdlib_conversations(max_reply_chars: int = 400) -> list[Conversation]:
+    """The standard library's docstrings as chats, offline: the user gives a docstring's first sentence, the
+    assistant continues it (up to `max_reply_chars`, cut at a word). Docstrings without a sentence break are skipped."""
+    chats = []
+    for text in python_stdlib_corpus():
+        match = re.match(r"(.{10,160}?[.:!?])\s+(\S.*)", text, flags=re.S)
+        if match is None:
+            continue
+        reply = match.group(2)
+        if len(reply) > max_reply_chars:
+            reply = reply[:max_reply_chars].rsplit(None, 1)[0]
+        turns = (("system", CHAT_SYSTEM), ("user", match.group(1)), ("assistant", reply))
+        chats.append(Conversation(tuple(Message(role, content) for role, content in turns)))
+    return chats
+
+
 def read_source(
     source: str, split: str = "train", revision: str | None = None, columns: Mapping[str, str] | None = None
 ) -> Documents:
-    """The documents of a `data.source`: plain texts, or prompt/response pairs (a source holds one kind only).
-    `split`, `revision` and `columns` apply to `datasets` sources (`distill.data.tables`)."""
+    """The documents of a `data.source`: plain texts, prompt/response pairs or conversations (a source holds one
+    kind only). `split`, `revision` and `columns` apply to `datasets` sources (`distill.data.tables`)."""
     if source == PYTHON_STDLIB:
         return python_stdlib_corpus()
+    if source == PYTHON_STDLIB_CHAT:
+        return stdlib_conversations()
     if is_table_source(source):
         return _table_documents(source, split, revision, columns)
     path = Path(source).expanduser()

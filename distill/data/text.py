@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
 from distill.data.chat import ChatRenderer, encode_conversation
 from distill.data.conversation import Conversation
-from distill.data.corpus import PYTHON_STDLIB, SOURCE_FORMS, Documents, Pair, read_source
+from distill.data.corpus import PYTHON_STDLIB, PYTHON_STDLIB_CHAT, SOURCE_FORMS, Documents, Pair, read_source
 from distill.data.tables import check_source
 from distill.data.text_rows import (  # noqa: F401  (IGNORE is part of this module's API)
     IGNORE,
@@ -45,11 +45,13 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     tokens. Documents are split into train/val before tokenization, so no text is in both; test uses val.
 
     Args:
-        source: 'python_stdlib' (docstrings of Python's own modules: no download), a .txt file (one document per
-            blank-line-separated block), a .jsonl file (lines {"text": ...} or {"prompt": ..., "response": ...};
-            only the response is trained on), or a folder of such files; or a Hugging Face `datasets` source with
-            `text` or `prompt`/`response` columns: 'hf:<name>' (the Hub), a folder written by `save_to_disk`, or
-            .parquet files.
+        source: 'python_stdlib' (docstrings of Python's own modules: no download), 'python_stdlib_chat' (the same
+            as conversations: the user gives a docstring's first sentence, the assistant continues it), a .txt
+            file (one document per blank-line-separated block), a .jsonl file (lines {"text": ...},
+            {"prompt": ..., "response": ...} or {"messages": [...]}; only responses and assistant turns are
+            trained on), or a folder of such files; or a Hugging Face `datasets` source with `messages`, `text` or
+            `prompt`/`response` columns: 'hf:<name>' (the Hub), a folder written by `save_to_disk`, or .parquet
+            files.
         tokenizer: The student's tokenizer: 'bytes', 'bpe:<vocab_size>' (trained on the training split once, then
             cached) or 'hf:<name_or_path>' (a Hugging Face tokenizer).
         teacher_tokenizer: A different tokenizer for the teacher (same forms); None: the teacher reads the student's
@@ -106,7 +108,8 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             if teacher_tokenizer is None:
                 raise DistillError("data.teacher_seq_len is set but data.teacher_tokenizer is not; set both or neither")
             check_at_least("teacher_seq_len", teacher_seq_len, MIN_SEQ_LEN)
-        check_source(source, SOURCE_FORMS, val_split=val_split, revision=revision, columns=columns)
+        settings = {"val_split": val_split, "revision": revision, "columns": columns}
+        check_source(source, SOURCE_FORMS, (PYTHON_STDLIB, PYTHON_STDLIB_CHAT), **settings)
         self.source = source
         self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
         self.chat_template = chat_template
