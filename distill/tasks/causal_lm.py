@@ -31,7 +31,7 @@ from distill.tasks.lm_outputs import (
 from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
 from distill.tasks.policy import Mode, ResponsePolicy, SamplingSettings, Tokenizers, check_prompts
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
-from distill.tasks.step_tokens import plan_epoch
+from distill.tasks.step_tokens import StepTokenWeights
 from losses import TokenDivergenceLoss
 from losses.chunked import (
     ChunkTargets,
@@ -149,6 +149,7 @@ class CausalLMTask(WeightedTermsTask):
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
         self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache
         self.policy = policy
+        self.step_weights = StepTokenWeights()
         if logits == "chunked":
             self.student_chunked()  # refuses now what it can
         needs_logits = [name for name, term in self.terms.items() if term_blocker(term)]
@@ -204,16 +205,8 @@ class CausalLMTask(WeightedTermsTask):
         return {"labels": labels, "student_mask": labels != -100, "teacher_mask": teacher_labels != -100}
 
     def on_train_epoch_start(self) -> None:
-        trainer = self.trainer
-        self.step_tokens = None  # generated responses: their tokens are not known before the step
-        if self.policy is None or self.policy.mode == "off_policy":
-            self.step_tokens = plan_epoch(
-                trainer.train_dataloader,
-                self.current_epoch,
-                trainer.accumulate_grad_batches,
-                trainer.num_training_batches,
-            )
-        self.epoch_batches, self.epoch_tokens = [], torch.zeros((), dtype=torch.long, device=self.device)
+        generated = self.policy is not None and self.policy.mode != "off_policy"  # tokens unknown before the step
+        self.step_weights.start_epoch(self.trainer, self.current_epoch, self.device, enabled=not generated)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.policy is not None:
@@ -227,26 +220,15 @@ class CausalLMTask(WeightedTermsTask):
             token_loss, other_loss, parts = self._full_loss(student, teacher, inputs)
         self.last_parts = parts  # named in the message if the loss is ever not finite
         self.log_parts(token_loss + other_loss, parts)
-        return token_loss * self.token_scale(batch_idx, inputs["student_mask"].sum()) + other_loss
-
-    def token_scale(self, batch_idx: int, tokens: torch.Tensor) -> torch.Tensor | float:
-        """The weight of this micro-batch's token mean in the optimizer step: its tokens over the step's, across
-        accumulated micro-batches and ranks (`tasks.step_tokens`); 1 without a plan (a loader of another order)."""
-        plan = getattr(self, "step_tokens", None)
-        if plan is None:
-            return 1.0
-        self.epoch_batches.append(batch_idx)
-        self.epoch_tokens += tokens
-        return plan.scale(batch_idx, tokens)
+        # weighted by this micro-batch's share of the optimizer step's tokens (`tasks.step_tokens`)
+        return token_loss * self.step_weights.scale(batch_idx, inputs["student_mask"].sum()) + other_loss
 
     def on_train_epoch_end(self) -> None:
         if self.teacher_cache is not None:
             self.teacher_cache.flush()
         if self.policy is not None and self.policy.store is not None:
             self.policy.store.flush()
-        plan = getattr(self, "step_tokens", None)
-        if plan is not None and self.epoch_batches:  # a resumed epoch starts part-way
-            plan.check(self.epoch_batches[0], len(self.epoch_batches), int(self.epoch_tokens))
+        self.step_weights.end_epoch()
 
     def _full_loss(
         self, student: LMOutputs, teacher: TeacherView | None, inputs: dict[str, Any]

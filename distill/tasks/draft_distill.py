@@ -22,6 +22,7 @@ from distill.tasks.causal_lm import vision_inputs
 from distill.tasks.context import BuildContext
 from distill.tasks.lm_outputs import HeadSettings, LogitsMode, chunk_blocker, use_chunks
 from distill.tasks.spec import FrozenRole, SummaryRow, TaskSpec, register_task
+from distill.tasks.step_tokens import StepTokenWeights
 from losses import DraftDistillLoss
 from losses.chunked import rows_per_chunk
 
@@ -86,6 +87,7 @@ class DraftDistillTask(DistillationTask):
         self.prompt_count, self.prompt_tokens = prompts, prompt_tokens
         names = ("loss", "ce", "feature", "agreement")
         self.means = mean_metrics(names)
+        self.step_weights = StepTokenWeights()
 
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids, attention = batch["input_ids"], batch["attention_mask"]
@@ -111,12 +113,21 @@ class DraftDistillTask(DistillationTask):
         loss = self.objective.combine(ce, feature)
         return {"loss": loss, "ce": ce, "feature": feature, "agreement": agreed.float() / mask.sum().clamp(min=1)}
 
+    def on_train_epoch_start(self) -> None:
+        # pooled image positions change which tokens the loss reads: the plan counts the data's labels
+        pooled = getattr(self.student, "visual_pool", 1) > 1
+        self.step_weights.start_epoch(self.trainer, self.current_epoch, self.device, enabled=not pooled)
+
+    def on_train_epoch_end(self) -> None:
+        self.step_weights.end_epoch()
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self.step(batch)
         self.last_parts = {"ce": values["ce"], "feature": values["feature"]}  # named if the loss is not finite
         for name, value in values.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss")
-        return values["loss"]
+        tokens = (batch["labels"][:, 1:] != -100).sum()  # the positions the loss averages over
+        return values["loss"] * self.step_weights.scale(batch_idx, tokens)  # its share of the step's tokens
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:
         values = self.step(batch)

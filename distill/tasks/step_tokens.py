@@ -15,6 +15,7 @@ on every rank alike, with no communication and before any batch is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -86,3 +87,33 @@ def plan_epoch(loader: DataLoader, epoch: int, accumulate: int, limit_batches: i
     own = tokens[sampler.rank :: world]
     mine = tuple(int(own[k * batch : (k + 1) * batch].sum()) for k in range(micro_batches))
     return StepTokens(per_step, mine, accumulate, world)
+
+
+class StepTokenWeights:
+    """A task's per-epoch use of a `StepTokens` plan: planned at the epoch's start from the trainer's loader, each
+    micro-batch's weight given as it trains (`scale`), and the tokens that arrived checked at the epoch's end."""
+
+    def __init__(self) -> None:
+        self.plan: StepTokens | None = None
+        self.batches: list[int] = []
+        self.tokens: torch.Tensor | None = None
+
+    def start_epoch(self, trainer: Any, epoch: int, device: torch.device, enabled: bool = True) -> None:
+        """Plan the epoch (nothing when not `enabled`: batches whose tokens are not known before the step)."""
+        self.plan = None
+        if enabled:
+            batches = trainer.num_training_batches
+            self.plan = plan_epoch(trainer.train_dataloader, epoch, trainer.accumulate_grad_batches, batches)
+        self.batches, self.tokens = [], torch.zeros((), dtype=torch.long, device=device)
+
+    def scale(self, batch_idx: int, tokens: torch.Tensor) -> torch.Tensor | float:
+        """The weight of micro-batch `batch_idx`'s token mean (over `tokens`) in the optimizer step; 1 unplanned."""
+        if self.plan is None:
+            return 1.0
+        self.batches.append(batch_idx)
+        self.tokens = self.tokens + tokens
+        return self.plan.scale(batch_idx, tokens)
+
+    def end_epoch(self) -> None:
+        if self.plan is not None and self.batches:  # a resumed epoch starts part-way
+            self.plan.check(self.batches[0], len(self.batches), int(self.tokens))

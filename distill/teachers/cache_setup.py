@@ -139,7 +139,8 @@ def open_response_store(recipe: Recipe, data: TokenData, teacher_source: dict[st
         "rows_sha256": tensor_sha256(*rows.values()),
         "precision": str(recipe.trainer.get("precision")),
         "sampling": dataclasses.asdict(settings.sampling),
-        "seed": recipe.seed,
     }
+    if settings.sampling.temperature > 0:  # sampled responses depend on the run's seed; greedy ones do not
+        meta["seed"] = recipe.seed
     count = len(next(iter(rows.values())))
     return ResponseStore(settings.responses, meta, count, settings.sampling.max_new_tokens)

@@ -14,10 +14,12 @@ from distill.data.base import EpochSeededLoader
 from distill.data.sharding import SeededShardSampler
 from distill.data.text import CausalLMDataModule
 from distill.models import create_model
-from distill.tasks import causal_lm
+from distill.models.draft import EagleDraft
+from distill.tasks import step_tokens
 from distill.tasks.causal_lm import CausalLMTask
+from distill.tasks.draft_distill import DraftDistillTask
 from distill.tasks.step_tokens import StepTokens, plan_epoch, row_tokens
-from losses import TokenDivergenceLoss
+from losses import DraftDistillLoss, TokenDivergenceLoss
 
 
 def pairs_file(tmp_path, count: int = 40):
@@ -42,10 +44,22 @@ class FirstStepGradients(L.Callback):
             self.grads = {n: p.grad.clone() for n, p in module.student.named_parameters() if p.grad is not None}
 
 
-def first_step_gradients(tmp_path, batch_size: int, accumulate: int, logits: str) -> dict[str, torch.Tensor]:
-    data = CausalLMDataModule(source=str(pairs_file(tmp_path)), seq_len=64, packing=False, batch_size=batch_size)
+def causal_lm_task(logits: str) -> CausalLMTask:
     terms = {"kl": (0.5, TokenDivergenceLoss("forward_kl"))}
-    module = CausalLMTask(tiny_llama(0, 32), tiny_llama(1, 48), terms=terms, ce_weight=1.0, logits=logits)
+    return CausalLMTask(tiny_llama(0, 32), tiny_llama(1, 48), terms=terms, ce_weight=1.0, logits=logits)
+
+
+def draft_task(logits: str) -> DraftDistillTask:
+    target = tiny_llama(1, 48)
+    torch.manual_seed(2)
+    return DraftDistillTask(EagleDraft.for_target(target), target, DraftDistillLoss(), prompts=0, logits=logits)
+
+
+def first_step_gradients(
+    tmp_path, batch_size: int, accumulate: int, logits: str, make=causal_lm_task
+) -> dict[str, torch.Tensor]:
+    data = CausalLMDataModule(source=str(pairs_file(tmp_path)), seq_len=64, packing=False, batch_size=batch_size)
+    module = make(logits)
     grads = FirstStepGradients()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -67,14 +81,16 @@ def max_difference(a: dict, b: dict) -> float:
     return max(float((a[n] - b[n]).abs().max() / b[n].abs().max().clamp(min=1e-12)) for n in a)
 
 
-@pytest.mark.parametrize("logits", ["full", "chunked"])
-def test_four_accumulated_micro_batches_give_the_gradient_of_the_large_batch(tmp_path, logits, monkeypatch):
-    large = first_step_gradients(tmp_path, batch_size=8, accumulate=1, logits=logits)
-    accumulated = first_step_gradients(tmp_path, batch_size=2, accumulate=4, logits=logits)
+@pytest.mark.parametrize(
+    ("make", "logits"), [(causal_lm_task, "full"), (causal_lm_task, "chunked"), (draft_task, "chunked")]
+)
+def test_four_accumulated_micro_batches_give_the_gradient_of_the_large_batch(tmp_path, make, logits, monkeypatch):
+    large = first_step_gradients(tmp_path, batch_size=8, accumulate=1, logits=logits, make=make)
+    accumulated = first_step_gradients(tmp_path, batch_size=2, accumulate=4, logits=logits, make=make)
     assert max_difference(accumulated, large) < 1e-5
     # the per-micro-batch mean (what Lightning's division by N alone gives) is visibly another gradient
-    monkeypatch.setattr(causal_lm, "plan_epoch", lambda *args: None)
-    naive = first_step_gradients(tmp_path, batch_size=2, accumulate=4, logits=logits)
+    monkeypatch.setattr(step_tokens, "plan_epoch", lambda *args: None)
+    naive = first_step_gradients(tmp_path, batch_size=2, accumulate=4, logits=logits, make=make)
     assert max_difference(naive, large) > 1e-2
 
 
