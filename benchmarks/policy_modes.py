@@ -6,7 +6,7 @@ The data are prompt/response pairs cut from the standard library's docstrings (t
 sentence; the response: the text after it), written once to a JSONL file. The teacher (llm_kd_tiny's, trained first
 on the corpus and stored) is shared by every run; each mode then trains the same student for the same steps.
 
-    python benchmarks/policy_modes.py [--seeds 0 1] [--batches 60] [--new-tokens 32]
+    python benchmarks/policy_modes.py [--seeds 0 1] [--batches 60] [--new-tokens 32] [--warm-start 0]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ MODES = {
     "mixed": ["causal_lm.mode=mixed", "causal_lm.student_fraction=0.5"],
     "sequence": ["causal_lm.mode=sequence", "causal_lm.responses={work}/responses", "causal_lm.sampling.temperature=0"],
 }
+MODES_START: list[str] = []  # overrides every compared run gets (the warm start)
 METRICS = (("test/loss", "val loss"), ("test/kl", "KL(t||s)"), ("test/agreement", "agreement"))
 
 
@@ -62,6 +63,7 @@ def run(work: Path, mode: str, seed: int, args: argparse.Namespace, name: str | 
         "teacher.train.trainer.max_epochs=1",
         f"teacher.store={work / 'teachers'}",
         *[o.format(work=work) for o in MODES[mode]],
+        *(MODES_START if name != "teacher" else []),
     ]
     start = time.perf_counter()
     done = subprocess.run(
@@ -83,18 +85,30 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens sampled per response")
     parser.add_argument("--teacher-batches", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=1200)
+    parser.add_argument(
+        "--warm-start",
+        type=int,
+        default=0,
+        metavar="BATCHES",
+        help="first train the student off-policy for BATCHES, and start every mode from it (GKD's setting: a "
+        "student that already writes text samples useful responses)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         write_pairs(work / "pairs.jsonl", args.pairs)
-        warm_up = argparse.Namespace(**{**vars(args), "batches": 1})
+        warm_up = argparse.Namespace(**{**vars(args), "batches": max(1, args.warm_start)})
         run(work, "off_policy", args.seeds[0], warm_up, name="teacher")  # trains and stores the shared teacher
+        if args.warm_start:
+            MODES_START.append(f"init={work / 'runs' / 'teacher' / 'version_0' / 'checkpoints' / 'best.ckpt'}")
         table: dict[str, list[tuple[dict, float]]] = {mode: [] for mode in MODES}
         for seed in args.seeds:
             for mode in MODES:
                 table[mode].append(run(work, mode, seed, args))
                 print(f"{mode} seed {seed}: {table[mode][-1]}", file=sys.stderr)
-    print(f"{args.batches} steps of 16 rows, {args.new_tokens} sampled tokens, seeds {args.seeds}: mean [min, max]\n")
+    start = f"from an off-policy student of {args.warm_start} steps" if args.warm_start else "from a fresh student"
+    print(f"{args.batches} steps of 16 rows {start}, {args.new_tokens} sampled tokens, seeds {args.seeds}:")
+    print("mean [min, max] on the data's validation responses\n")
     print("| mode | " + " | ".join(label for _, label in METRICS) + " | seconds per run |")
     print("|---" * (len(METRICS) + 2) + "|")
     for mode, runs in table.items():
