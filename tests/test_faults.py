@@ -80,6 +80,8 @@ def test_resume_skips_an_unreadable_last_checkpoint_for_the_previous_one(recipe_
         last_checkpoint(run.run_dir)
 
 
+# slow (~42 s on 2 cores): SIGKILL mid-epoch; exact resume is also shown by tests/test_resume.py
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_final_metrics(recipe_file, tmp_path):
     args = [DISTILL, "fit", "--recipe", str(recipe_file), "trainer.max_epochs=5", "data.batch_size=8"]
     full = subprocess.run([*args, "run.name=full"], capture_output=True, text=True, cwd=tmp_path, timeout=600)

@@ -135,6 +135,8 @@ def assert_same_student(a: dict, b: dict, tolerance: float = 1e-3) -> None:
         torch.testing.assert_close(b["state_dict"][key], value, rtol=tolerance, atol=tolerance)
 
 
+# slow (~55 s on 2 cores): FSDP training stays covered by the language-model FSDP test below
+@pytest.mark.slow
 def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_sharded_or_in_one_process(tmp_path):
     recipe = str(write_recipe(tmp_path))
     one = distill(tmp_path, "--recipe", recipe)
