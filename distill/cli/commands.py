@@ -83,13 +83,21 @@ def cmd_export(args: argparse.Namespace) -> None:
     """Write a finished run's student where its users load it from, and check it by loading it back.
 
     A Hugging Face student becomes a save_pretrained folder (LoRA merged) with the run's tokenizer and chat template;
-    any other student becomes model.safetensors (its own parameter names) and distill_model.json (its architecture).
+    a speculative-decoding draft an EAGLE-layout folder; any other student model.safetensors (its own parameter
+    names) and distill_model.json (its architecture).
     """
     from distill.export import export_run
 
     exported = export_run(args.checkpoint, args.out)
-    kind = "Hugging Face folder" if exported.kind == "hf" else "safetensors weights"
+    kind = {"hf": "Hugging Face folder", "safetensors": "safetensors weights", "eagle": "EAGLE draft"}[exported.kind]
     print(f"exported the student to {exported.folder} ({kind}): {', '.join(exported.files)}")
+    if exported.kind == "eagle":
+        details = exported.details
+        print(
+            f"read back and decoded held-out prompts with the target: accepted length {details['accepted_length']:.3f}"
+            f" as in the run, lossless on {details['lossless']:.0%}; {exported.parameters:,} parameters"
+        )
+        return
     print(
         f"read back and compared on validation data: largest output difference {exported.max_difference:.3g} "
         f"(tolerance {exported.tolerance:.3g}); {exported.parameters:,} parameters, {exported.trainable:,} trained"

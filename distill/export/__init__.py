@@ -3,6 +3,8 @@
 - A Hugging Face student (causal LM) becomes a `save_pretrained` folder (safetensors), LoRA adapters merged into
   its weights, with the run's tokenizer and chat template: `AutoModelForCausalLM.from_pretrained(folder)` and
   `AutoTokenizer.from_pretrained(folder)` read it, as serving engines do.
+- A speculative-decoding draft becomes an EAGLE-layout folder (`export/eagle.py`) that serving engines load
+  beside its target.
 - Any other student (timm, torchvision, the CIFAR zoo, distill's own) becomes `model.safetensors` with the model's
   own parameter names, and `distill_model.json` naming the architecture and its arguments.
 
@@ -13,7 +15,7 @@ data: the export fails, and leaves nothing behind, when the outputs differ beyon
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.errors import DistillError
@@ -22,12 +24,13 @@ from distill.errors import DistillError
 @dataclass
 class Exported:
     folder: Path
-    kind: str  # "hf" or "safetensors"
+    kind: str  # "hf", "safetensors" or "eagle"
     files: list[str]
     max_difference: float  # largest |output difference| between the run's student and the exported one
     tolerance: float
     trainable: int  # the run's trainable parameters (the adapters for a LoRA student)
     parameters: int  # the exported model's parameters
+    details: dict = field(default_factory=dict)  # what the check measured beyond the output difference
 
 
 def export_run(checkpoint_path: str | Path, out: str | Path) -> Exported:
@@ -44,6 +47,10 @@ def export_run(checkpoint_path: str | Path, out: str | Path) -> Exported:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
+        if restored.loaded.recipe.task == "draft_distill":
+            from distill.export.eagle import export_eagle
+
+            return export_eagle(restored, folder)
         if hasattr(student, "save_pretrained"):
             from distill.export.hf_folder import export_hf
 

@@ -18,8 +18,6 @@ RELATIVE_TOLERANCE = 1e-4  # of the largest logit: float32 weights written and r
 
 def export_hf(restored: Any, folder: Path) -> Exported:
     module, data = restored.module, restored.data
-    if restored.loaded.recipe.task == "draft_distill":
-        raise DistillError("export: a speculative-decoding draft is exported in the EAGLE layout, not built yet")
     student = module.student.eval()
     trainable, _ = parameter_counts(student)
     inputs = sample_inputs(data)

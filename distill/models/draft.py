@@ -13,7 +13,7 @@ length after a verification round, whatever the transformers release.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,8 @@ class DraftShape:
     intermediate_size: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    input_norm: bool = True  # an RMSNorm before the layer's attention; EAGLE's checkpoint layout has none
+    fuse_bias: bool = True  # a bias on the fusion of [embedding, feature]
 
     @staticmethod
     def of(target: nn.Module, intermediate_size: int | None = None) -> DraftShape:
@@ -109,7 +111,7 @@ class DraftLayer(nn.Module):
         super().__init__()
         self.shape = shape
         h, d = shape.hidden_size, shape.head_dim
-        self.input_norm = RMSNorm(h, shape.rms_norm_eps)
+        self.input_norm = RMSNorm(h, shape.rms_norm_eps) if shape.input_norm else nn.Identity()
         self.q_proj = nn.Linear(h, shape.num_heads * d, bias=False)
         self.k_proj = nn.Linear(h, shape.num_kv_heads * d, bias=False)
         self.v_proj = nn.Linear(h, shape.num_kv_heads * d, bias=False)
@@ -167,7 +169,7 @@ class EagleDraft(nn.Module):
             raise DistillError(f"visual_pool must be >= 1, got {visual_pool}")
         self.shape = shape
         self.visual_pool, self.image_token_id = visual_pool, image_token_id
-        self.fuse = nn.Linear(2 * shape.hidden_size, shape.hidden_size)
+        self.fuse = nn.Linear(2 * shape.hidden_size, shape.hidden_size, bias=shape.fuse_bias)
         self.layer = DraftLayer(shape)
         self.reset_parameters()
 
@@ -183,10 +185,17 @@ class EagleDraft(nn.Module):
         nn.init.zeros_(self.layer.down_proj.weight)
 
     @staticmethod
-    def for_target(target: nn.Module, intermediate_size: int | None = None, visual_pool: int = 1) -> EagleDraft:
+    def for_target(
+        target: nn.Module,
+        intermediate_size: int | None = None,
+        visual_pool: int = 1,
+        input_norm: bool = True,
+        fuse_bias: bool = True,
+    ) -> EagleDraft:
         config = target.config
         image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
-        return EagleDraft(DraftShape.of(target, intermediate_size), visual_pool, image_token)
+        shape = replace(DraftShape.of(target, intermediate_size), input_norm=input_norm, fuse_bias=fuse_bias)
+        return EagleDraft(shape, visual_pool, image_token)
 
     def compress(
         self, features: torch.Tensor, next_embeddings: torch.Tensor, input_ids: torch.Tensor
@@ -219,7 +228,11 @@ class EagleDraft(nn.Module):
 
 @MODELS.register("eagle_draft")
 def eagle_draft(
-    target: nn.Module | None = None, intermediate_size: int | None = None, visual_pool: int = 1
+    target: nn.Module | None = None,
+    intermediate_size: int | None = None,
+    visual_pool: int = 1,
+    input_norm: bool = True,
+    fuse_bias: bool = True,
 ) -> EagleDraft:
     """An EAGLE-style one-layer draft for `target` (set by distill from the teacher), sized as its layers.
 
@@ -227,7 +240,10 @@ def eagle_draft(
         target: the model the draft serves.
         intermediate_size: width of the draft's MLP (None: the target's).
         visual_pool: VLM targets: pool the image positions the draft reads in groups of this many (1: none).
+        input_norm: an RMSNorm before the layer's attention. EAGLE's checkpoint layout (what serving engines
+            load, `distill export`) has none: set false for a draft you will serve.
+        fuse_bias: a bias on the fusion layer (EAGLE-1's own drafts have one; vLLM's loader reads none).
     """
     if target is None:
         raise DistillError("eagle_draft is built for a target model: use it as the student of a draft_distill recipe")
-    return EagleDraft.for_target(target, intermediate_size, visual_pool)
+    return EagleDraft.for_target(target, intermediate_size, visual_pool, input_norm, fuse_bias)

@@ -158,11 +158,15 @@ class DraftDistillTask(DistillationTask):
         for name in ("accepted_length", "speedup", "lossless"):
             self.log(f"{stage}/{name}", getattr(report, name), prog_bar=name == "accepted_length")
 
-    def held_out_prompts(self) -> list[Batch]:
-        """The first `prompt_tokens` tokens of the first `prompts` validation rows long enough to hold them."""
-        if self.trainer.datamodule is None:
+    def held_out_prompts(self, data: Any = None) -> list[Batch]:
+        """The first `prompt_tokens` tokens of the first `prompts` validation rows long enough to hold them, from
+        `data` (default: the trainer's datamodule)."""
+        if data is None:
+            trainer = self._trainer  # None outside a Trainer (Lightning's `trainer` property raises)
+            data = trainer.datamodule if trainer is not None else None
+        if data is None:
             return []
-        prompts = prompts_from_rows(self.trainer.datamodule.val_set, self.prompt_count, self.prompt_tokens)
+        prompts = prompts_from_rows(data.val_set, self.prompt_count, self.prompt_tokens)
         return [{k: v.to(self.device) for k, v in prompt.items()} for prompt in prompts]
 
 

@@ -91,3 +91,46 @@ def test_the_runs_tokenizers_export_exactly(tmp_path, kind):
     assert loaded.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == (
         "<|im_start|>user\nhi<|im_end|>\n"
     )
+
+
+def test_a_draft_exports_in_the_eagle_layout_and_decodes_as_in_the_run(tmp_path, monkeypatch, capsys):
+    from distill.export.eagle import load_eagle
+    from distill.generate.speculative import evaluate_speculative
+    from tests.cli.test_evaluate_tasks import DRAFT
+
+    monkeypatch.chdir(tmp_path)
+    eagle = ["student.input_norm=false", "student.fuse_bias=false", "trainer.limit_train_batches=20"]
+    assert main(["fit", "--recipe", "specvlm_draft_tiny", *DRAFT, *eagle]) == 0
+    best = tmp_path / "runs" / "specvlm_draft_tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(best), "--out", "draft"]) == 0
+    assert "as in the run, lossless on 100%" in capsys.readouterr().out
+    weights = load_file(str(tmp_path / "draft" / "model.safetensors"))
+    assert sorted(weights) == [
+        "fc.weight",
+        "layers.0.mlp.down_proj.weight",
+        "layers.0.mlp.gate_proj.weight",
+        "layers.0.mlp.up_proj.weight",
+        "layers.0.post_attention_layernorm.weight",
+        "layers.0.self_attn.k_proj.weight",
+        "layers.0.self_attn.o_proj.weight",
+        "layers.0.self_attn.q_proj.weight",
+        "layers.0.self_attn.v_proj.weight",
+    ]
+    config = json.loads((tmp_path / "draft" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["bias"] is False and config["hidden_size"] == 128
+    # independently: the reloaded draft drafts what the run's draft drafts, and decoding stays lossless
+    restored = restore(RunCheckpoint.read(best))
+    task = restored.module
+    prompts = task.held_out_prompts(restored.data)
+    run = evaluate_speculative(task.teacher, task.student.eval(), prompts, **task.decoding)
+    reloaded = evaluate_speculative(task.teacher, load_eagle(tmp_path / "draft"), prompts, **task.decoding)
+    assert reloaded.lossless == run.lossless == 1.0 and reloaded.accepted_length == run.accepted_length > 1.0
+
+    # a draft with a norm before its layer has no EAGLE form: one line, nothing written
+    assert main(["fit", "--recipe", "specvlm_draft_tiny", *DRAFT]) == 0
+    capsys.readouterr()
+    other = tmp_path / "runs" / "specvlm_draft_tiny" / "version_1" / "checkpoints" / "best.ckpt"
+    assert main(["export", "--checkpoint", str(other), "--out", "normed"]) == 2
+    assert "the EAGLE layout has no norm before the draft's layer" in capsys.readouterr().err
+    assert not (tmp_path / "normed").exists()
