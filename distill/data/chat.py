@@ -95,11 +95,18 @@ def _compile(template: str) -> Any:
 
 
 def encode_conversation(
-    conversation: Conversation, tokenizer: OffsetTokenizer, renderer: ChatRenderer, max_len: int | None
+    conversation: Conversation,
+    tokenizer: OffsetTokenizer,
+    renderer: ChatRenderer,
+    max_len: int | None,
+    last_turn_only: bool = False,
 ) -> TokenRow:
-    """The conversation's tokens, labelled on its assistant turns (IGNORE elsewhere), cut to `max_len` tokens. The
-    rendered text carries whatever bos the template writes, so none is added."""
+    """The conversation's tokens, labelled on its assistant turns (IGNORE elsewhere; with `last_turn_only`, on its
+    final answer alone), cut to `max_len` tokens. The rendered text carries whatever bos the template writes, so
+    none is added."""
     text, spans = renderer.assistant_spans(conversation)
+    if last_turn_only:
+        spans = spans[-1:]
     ids, offsets = tokenizer.encode_offsets(text)
     labels = [token if _inside(start, spans) else IGNORE for token, (start, _) in zip(ids, offsets, strict=True)]
     if max_len is None or len(ids) <= max_len:

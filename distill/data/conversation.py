@@ -31,9 +31,9 @@ class Conversation:
         return [m.content for m in self.messages]
 
 
-def parse_conversation(value: Any, where: str) -> Conversation:
-    """A `messages` value (a list of `{"role", "content"}`) as a Conversation; one with no assistant turn to train on,
-    or with malformed messages, is a one-line error naming `where`."""
+def parse_conversation(value: Any, where: str, needs_answer: bool = True) -> Conversation:
+    """A `messages` value (a list of `{"role", "content"}`) as a Conversation; one with malformed messages, or (when
+    it `needs_answer`) with no assistant turn to train on, is a one-line error naming `where`."""
     if not isinstance(value, list) or not value:
         raise DistillError(f"{where}: messages must be a non-empty list of {{'role', 'content'}}")
     messages = []
@@ -43,6 +43,6 @@ def parse_conversation(value: Any, where: str) -> Conversation:
         if message.get("role") not in ROLES:
             raise DistillError(f"{where}: message {number} has role {message.get('role')!r}; expected one of {ROLES}")
         messages.append(Message(message["role"], message["content"]))
-    if not any(m.role == "assistant" and m.content.strip() for m in messages):
+    if needs_answer and not any(m.role == "assistant" and m.content.strip() for m in messages):
         raise DistillError(f"{where}: the conversation has no assistant turn to train on")
     return Conversation(tuple(messages))

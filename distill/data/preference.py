@@ -21,6 +21,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
+from distill.data.chat import ChatRenderer
 from distill.data.corpus import PYTHON_STDLIB, python_stdlib_corpus
 from distill.data.preference_pairs import (
     CORRUPTIONS,
@@ -89,6 +90,8 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
             fraction.
         revision: The Hub revision (branch, tag or commit) of an 'hf:' source.
         columns: The source's column for each name read, e.g. {"chosen": "preferred"}.
+        chat_template: For chat pairs (chosen/rejected as conversations, or a prompt of turns): 'chatml' or a Jinja
+            template in place of the tokenizer's own; None: the tokenizer's own chat template.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         val_split: str | None = None,
         revision: str | None = None,
         columns: dict[str, str] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         super().__init__()
         check_at_least("seq_len", seq_len, MIN_SEQ_LEN)
@@ -126,6 +130,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         check_source(source, PREFERENCE_FORMS, val_split=val_split, revision=revision, columns=columns)
         self.source = source
         self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
+        self.chat_template, self.tokenizer_spec = chat_template, tokenizer
         self.seq_len = seq_len
         if corruption not in CORRUPTIONS:
             raise DistillError(f"data.corruption must be one of {sorted(CORRUPTIONS)}, got {corruption!r}")
@@ -185,7 +190,14 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
     def _training_texts(self) -> list[str]:
         """The texts a BPE tokenizer is trained on: the training split (whole docstrings, as the `text` module)."""
         train = self.records[0]
-        return [text for r in train for text in ((r,) if isinstance(r, str) else (r.prompt, r.chosen, r.rejected))]
+        texts: list[str] = []
+        for record in train:
+            if isinstance(record, str):
+                texts.append(record)
+            else:
+                texts += [record.prompt, record.chosen, record.rejected]
+                texts += record.conversation.texts() if record.conversation is not None else []
+        return texts
 
     @property
     def pairs(self) -> tuple[list[PreferencePair], ...]:
@@ -223,7 +235,11 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         self._splits = tuple(TokenRows(pair_tensors(p, self.seq_len, self.prompt_width, self.pad_id)) for p in encoded)
 
     def _encode(self, split: str, pairs: list[PreferencePair]) -> list[EncodedPair]:
-        encoded = encode_pairs(pairs, self.tokenizer, self.seq_len)
+        chat = any(pair.conversation is not None for pair in pairs)
+        renderer = (
+            ChatRenderer(self.tokenizer, self.chat_template, f"the tokenizer '{self.tokenizer_spec}'") if chat else None
+        )
+        encoded = encode_pairs(pairs, self.tokenizer, self.seq_len, renderer)
         self.dropped_pairs[split] = dropped = len(pairs) - len(encoded)
         if dropped:
             rank_zero_warn(f"data ({split}): dropped {dropped} pairs with no response token within data.seq_len")

@@ -8,10 +8,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
+from distill.data.chat import ChatRenderer, encode_conversation
+from distill.data.conversation import Conversation, Message, parse_conversation
 from distill.data.corpus import PYTHON_STDLIB, Pair, json_lines
 from distill.data.tables import read_table
 from distill.data.text_rows import IGNORE, TokenRow, _word_start, encode_row, has_target, row_tensors, text_rows
@@ -36,9 +38,10 @@ class PreferencePair:
     prompt: str
     chosen: str
     rejected: str
+    conversation: Conversation | None = None  # a chat prompt (its turns before the two answers); `prompt` is ""
 
     def swapped(self) -> PreferencePair:
-        return PreferencePair(self.prompt, self.rejected, self.chosen)
+        return PreferencePair(self.prompt, self.rejected, self.chosen, self.conversation)
 
 
 # Sources ------------------------------------------------------------------------------------------------------------
@@ -66,13 +69,11 @@ def read_preference_jsonl(source: str) -> list[PreferencePair]:
 def read_preference_table(
     source: str, split: str, revision: str | None, columns: Mapping[str, str] | None
 ) -> list[PreferencePair]:
-    """The pairs of a Hugging Face `datasets` source with prompt, chosen and rejected text columns."""
+    """The pairs of a Hugging Face `datasets` source: prompt, chosen and rejected text columns, or chosen and
+    rejected chats (the prompt column then optional)."""
     pairs = []
-    for number, record in enumerate(read_table(source, [PAIR_KEYS], columns, split, revision)):
-        problems = _problems(record)
-        if problems:
-            raise DistillError(f"data.source '{source}' ({split}) row {number}: {'; '.join(problems)}")
-        pairs.append(PreferencePair(*(record[key] for key in PAIR_KEYS)))
+    for number, record in enumerate(read_table(source, [PAIR_KEYS, SIDES], columns, split, revision)):
+        pairs.append(record_pair(record, f"data.source '{source}' ({split}) row {number}"))
     if not pairs:
         raise DistillError(f"data.source '{source}' ({split}) holds no preference pairs")
     return pairs
@@ -83,11 +84,41 @@ def _read_pairs(file: Path) -> list[PreferencePair]:
     for where, record in json_lines(file):
         if not isinstance(record, dict):
             raise DistillError(f"{where}: expected {PAIR_FORM}, got {type(record).__name__}")
-        problems = _problems(record)
-        if problems:
-            raise DistillError(f"{where}: expected {PAIR_FORM}; {'; '.join(problems)}")
-        pairs.append(PreferencePair(*(record[key] for key in PAIR_KEYS)))
+        pairs.append(record_pair(record, where))
     return pairs
+
+
+def record_pair(record: dict, where: str) -> PreferencePair:
+    """A pair from a record of texts, or of conversations: `chosen`/`rejected` whole chats that differ only in
+    their last (assistant) turn, as UltraFeedback ships them, or `prompt` a list of turns and the answers texts."""
+    if any(isinstance(record.get(key), list) for key in PAIR_KEYS):
+        return _chat_pair(record, where)
+    problems = _problems(record)
+    if problems:
+        raise DistillError(f"{where}: expected {PAIR_FORM}; {'; '.join(problems)}")
+    return PreferencePair(*(record[key] for key in PAIR_KEYS))
+
+
+def _chat_pair(record: dict, where: str) -> PreferencePair:
+    answers = []
+    prompts = []
+    for side in SIDES:
+        value = record.get(side)
+        if isinstance(value, str):
+            answers.append(value)
+            continue
+        chat = parse_conversation(value, f"{where} ({side})")
+        if chat.messages[-1].role != "assistant":
+            raise DistillError(f"{where}: the {side} conversation does not end with an assistant turn")
+        answers.append(chat.messages[-1].content)
+        prompts.append(chat.messages[:-1])
+    if isinstance(record.get("prompt"), list):
+        prompts.append(parse_conversation(record["prompt"], f"{where} (prompt)", needs_answer=False).messages)
+    if not prompts or any(p != prompts[0] for p in prompts):
+        raise DistillError(f"{where}: chosen and rejected must follow the same turns (a chat prompt) before answering")
+    if not prompts[0]:
+        raise DistillError(f"{where}: the chats have no turn before the answers")
+    return PreferencePair("", answers[0], answers[1], Conversation(prompts[0]))
 
 
 def _problems(record: dict) -> list[str]:
@@ -199,16 +230,33 @@ def halve(items: Sequence[T], seed: int) -> tuple[list[T], list[T]]:
 EncodedPair = tuple[TokenRow, TokenRow]  # (chosen, rejected), both starting with the same prompt tokens
 
 
-def encode_pairs(pairs: Sequence[PreferencePair], tokenizer: Tokenizer, seq_len: int) -> list[EncodedPair]:
-    """Each pair as two rows `[bos] prompt response [eos]` cut to `seq_len` (the response first); the pairs where
-    either side keeps no response token are left out."""
+def encode_pairs(
+    pairs: Sequence[PreferencePair], tokenizer: Tokenizer, seq_len: int, renderer: ChatRenderer | None = None
+) -> list[EncodedPair]:
+    """Each pair as two rows `[bos] prompt response [eos]` cut to `seq_len` (the response first), or, for a chat
+    pair, each answer after the chat prompt as `renderer` (the chat template) writes them, trained on the answer
+    and its end-of-turn markup; the pairs where either side keeps no response token are left out."""
     encoded = []
     for pair in pairs:
-        rows = text_rows([Pair(pair.prompt, pair.chosen), Pair(pair.prompt, pair.rejected)])
-        chosen, rejected = (encode_row(row, tokenizer, seq_len) for row in rows)
+        if pair.conversation is not None:
+            if renderer is None:
+                raise DistillError("data: chat preference pairs need a chat template (data.chat_template)")
+            chosen, rejected = (
+                encode_answer(pair.conversation, answer, tokenizer, renderer, seq_len)
+                for answer in (pair.chosen, pair.rejected)
+            )
+        else:
+            rows = text_rows([Pair(pair.prompt, pair.chosen), Pair(pair.prompt, pair.rejected)])
+            chosen, rejected = (encode_row(row, tokenizer, seq_len) for row in rows)
         if has_target(chosen) and has_target(rejected):
             encoded.append((chosen, rejected))
     return encoded
+
+
+def encode_answer(prompt: Conversation, answer: str, tokenizer: Any, renderer: ChatRenderer, seq_len: int) -> TokenRow:
+    """The chat prompt and an assistant answer to it, rendered as one conversation; the answer's tokens trained."""
+    chat = Conversation((*prompt.messages, Message("assistant", answer)))
+    return encode_conversation(chat, tokenizer, renderer, seq_len, last_turn_only=True)
 
 
 def prompt_length(row: TokenRow) -> int:

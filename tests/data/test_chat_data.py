@@ -133,3 +133,53 @@ def test_a_datasets_messages_column_gives_conversations(tmp_path):
     labels = data.train_set.tensors["labels"][0]
     trained = bytes(t for t in labels.tolist() if t != -100).decode()
     assert trained == "a list holds items in order.<|im_end|>\ncall sorted on it.<|im_end|>\n"
+
+
+def test_preference_chats_train_each_final_answer_after_the_shared_prompt(tmp_path):
+    import json
+
+    from datasets import Dataset
+
+    prompt = [{"role": "user", "content": "what is a list?"}]
+    rows = {
+        "chosen": [prompt + [{"role": "assistant", "content": f"a list holds items in order {i}."}] for i in range(6)],
+        "rejected": [prompt + [{"role": "assistant", "content": f"no idea {i}"}] for i in range(6)],
+    }
+    Dataset.from_dict(rows).to_parquet(str(tmp_path / "prefs.parquet"))  # UltraFeedback's layout: whole chats
+    data = create_datamodule(
+        "preference", source=str(tmp_path / "prefs.parquet"), chat_template="chatml", seq_len=160, val_fraction=0.34
+    )
+    data.setup()
+    tensors = data.train_set.tensors
+    chosen = bytes(t for t in tensors["chosen_labels"][0].tolist() if t != -100).decode()
+    rejected = bytes(t for t in tensors["rejected_labels"][0].tolist() if t != -100).decode()
+    assert chosen.startswith("a list holds items in order") and chosen.endswith(".<|im_end|>\n")
+    assert rejected.startswith("no idea") and rejected.endswith("<|im_end|>\n")
+    prompt_ids = tensors["prompt_input_ids"][0][tensors["prompt_attention_mask"][0]].tolist()
+    assert bytes(prompt_ids).decode() == "<|im_start|>user\nwhat is a list?<|im_end|>\n<|im_start|>assistant\n"
+
+    different = tmp_path / "different.jsonl"
+    other = [{"role": "user", "content": "something else"}, {"role": "assistant", "content": "x"}]
+    different.write_text(json.dumps({"prompt": "", "chosen": rows["chosen"][0], "rejected": other}) + "\n")
+    with pytest.raises(DistillError, match="chosen and rejected must follow the same turns"):
+        create_datamodule("preference", source=str(different), chat_template="chatml").records  # noqa: B018
+
+
+def test_dpo_trains_on_chat_pairs_end_to_end(tmp_path, monkeypatch):
+    import json
+
+    from distill.cli import main
+    from tests.cli.test_dpo_recipe import TINY
+
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    for i in range(24):
+        prompt = [{"role": "user", "content": f"question {i}: what is a list?"}]
+        chosen = prompt + [{"role": "assistant", "content": "a list holds items in order."}]
+        rejected = prompt + [{"role": "assistant", "content": "order in items holds list a."}]
+        lines.append(json.dumps({"chosen": chosen, "rejected": rejected}))
+    (tmp_path / "prefs.jsonl").write_text("\n".join(lines) + "\n")
+    chat = ["data.source=prefs.jsonl", "data.chat_template=chatml", "data.max_pairs=null"]
+    assert main(["fit", "--recipe", "dpo_tiny", *TINY, *chat]) == 0
+    results = json.loads(next((tmp_path / "runs").rglob("dpo_tiny/version_0/results.json")).read_text())["test"]
+    assert 0 <= results["test/pref_acc"] <= 1

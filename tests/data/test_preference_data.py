@@ -239,8 +239,8 @@ GOOD = '{"prompt": "p", "chosen": "c", "rejected": "r"}'
             ':2: expected {"prompt": str, "chosen": str, "rejected": str}; missing prompt, chosen, rejected',
         ),
         (
-            ['{"prompt": "p", "chosen": ["c"], "rejected": "r"}'],
-            ':1: expected {"prompt": str, "chosen": str, "rejected": str}; not a string: chosen (list)',
+            ['{"prompt": "p", "chosen": ["c"], "rejected": "r"}'],  # a list is a chat: its turns are checked
+            ":1 (chosen): message 0 has no text 'content'",
         ),
         (['["p", "c", "r"]'], ':1: expected {"prompt": str, "chosen": str, "rejected": str}, got list'),
     ],
