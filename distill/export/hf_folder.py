@@ -23,6 +23,9 @@ def export_hf(restored: Any, folder: Path) -> Exported:
     inputs = sample_inputs(data)
     with torch.no_grad():
         reference = student(**inputs).logits.float()
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one line per file written or read is noise here
     merged = merge_lora(student)
     merged.save_pretrained(str(folder), safe_serialization=True)
     chat_template = getattr(data, "chat_template", None)

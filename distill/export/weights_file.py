@@ -52,7 +52,7 @@ def export_weights(restored: Any, folder: Path) -> Exported:
         max_difference=difference,
         tolerance=tolerance,
         trainable=trainable,
-        parameters=sum(v.numel() for v in state.values() if v.is_floating_point()),
+        parameters=sum(p.numel() for p in student.parameters()),
     )
 
 
