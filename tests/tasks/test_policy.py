@@ -164,3 +164,21 @@ def test_modes_run_end_to_end_repeat_exactly_and_sequence_responses_are_reused(t
     capsys.readouterr()
     assert main(["fit", "--recipe", "llm_kd_tiny", *common, "causal_lm.mode=on_policy", "teacher.cache=c"]) == 2
     assert "'teacher.cache' stores the teacher's outputs on the data's responses" in capsys.readouterr().err
+
+
+def test_a_stopped_mixed_run_resumes_to_the_uninterrupted_runs_weights(tmp_path, monkeypatch):
+    from distill.cli import main
+    from distill.config.load import load_recipe
+    from distill.engine.pipeline import fit
+    from tests.cli.test_llm_recipes import TINY
+    from tests.test_resume import StopAfterEpochs
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [*TINY, "trainer.max_epochs=2", "causal_lm.sampling.max_new_tokens=8"]
+    full = fit(load_recipe("gkd_tiny", [*overrides, "run.name=full"]))
+    stopped = fit(load_recipe("gkd_tiny", [*overrides, "run.name=stopped"]), callbacks=[StopAfterEpochs(1)])
+    assert main(["fit", "--resume", str(stopped.run_dir)]) == 0
+    final, resumed = (torch.load(r.run_dir / "checkpoints" / "last.ckpt", weights_only=True) for r in (full, stopped))
+    assert resumed["global_step"] == final["global_step"] == 6
+    for key, value in final["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key  # the same samples in the same batches
