@@ -4,7 +4,6 @@ processor, and the dataset of token rows whose images are read and processed at 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from torch.utils.data import Dataset
 
 from distill.data.corpus import json_lines
 from distill.data.tables import read_table
-from distill.data.tokenizers import _first_line
+from distill.data.tokenizers import _first_line, hub_offline
 from distill.errors import DistillError
 
 KEYS = ("image", "prompt", "response")
@@ -87,7 +86,7 @@ def load_processor(spec: str) -> Any:
         raise DistillError(f"data.processor must be 'hf:<name_or_path>' (e.g. 'hf:llava-hf/llava-1.5-7b-hf'): '{spec}'")
     from transformers import AutoProcessor
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     try:
         processor = AutoProcessor.from_pretrained(name, local_files_only=offline)
     except Exception as exc:  # OSError, ValueError, hub errors: all mean "not found from here"

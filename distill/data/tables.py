@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from distill.data.tokenizers import _first_line, hub_offline
 from distill.errors import DistillError
 
 HUB_PREFIX = "hf:"
@@ -125,7 +126,7 @@ def _hub(datasets: Any, name: str, split: str, revision: str | None) -> Any:
     """A Hub dataset; when the Hub cannot be reached (or HF_HUB_OFFLINE is set) the libraries are put in offline
     mode first, so that a dataset in the local cache still loads and a missing one fails at once, not after the
     download retries."""
-    offline = _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE") or not hub_reachable()
+    offline = hub_offline("HF_DATASETS_OFFLINE") or not hub_reachable()
     try:
         with _offline_mode(datasets, offline):
             return datasets.load_dataset(name, split=split, revision=revision)
@@ -166,12 +167,3 @@ def _offline_mode(datasets: Any, offline: bool) -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__

@@ -176,7 +176,7 @@ def _load_hf_tokenizer(name_or_path: str) -> Any:
                 f"cannot load Hugging Face tokenizer from the local folder '{name_or_path}': {_first_line(exc)}"
             ) from None
     # Read at each call (huggingface_hub reads it once, at import): HF_HUB_OFFLINE=1 then fails fast, without retries.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     try:
         return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
     except Exception:  # OSError, ValueError, hub errors: all mean "not found from here"
@@ -186,6 +186,14 @@ def _load_hf_tokenizer(name_or_path: str) -> Any:
             "(nor the local Hub cache); where there is network, save it with "
             "AutoTokenizer.from_pretrained(name).save_pretrained(folder) and use 'hf:<folder>'"
         ) from None
+
+
+def hub_offline(*flags: str) -> bool:
+    """Whether the environment switches the Hugging Face Hub off (HF_HUB_OFFLINE, or any of `flags`), read at each
+    call: huggingface_hub reads it once, at import."""
+    return any(
+        os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in ("HF_HUB_OFFLINE", *flags)
+    )
 
 
 def _first_line(exc: BaseException) -> str:
