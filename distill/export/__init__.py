@@ -17,8 +17,12 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distill.errors import DistillError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -31,6 +35,16 @@ class Exported:
     trainable: int  # the run's trainable parameters (the adapters for a LoRA student)
     parameters: int  # the exported model's parameters
     details: dict = field(default_factory=dict)  # what the check measured beyond the output difference
+
+
+def within_tolerance(ours: torch.Tensor, theirs: torch.Tensor, relative: float, what: str) -> tuple[float, float]:
+    """`(largest |difference|, tolerance)` between the run's outputs and the reloaded export's, the tolerance being
+    `relative` times the largest output; beyond it the export fails in one line naming `what` differs."""
+    difference = float((theirs.float() - ours.float()).abs().max())
+    tolerance = relative * max(1.0, float(ours.float().abs().max()))
+    if difference > tolerance:
+        raise DistillError(f"export: the reloaded {what} differ by {difference:.3g} (> {tolerance:.3g})")
+    return difference, tolerance
 
 
 def export_run(checkpoint_path: str | Path, out: str | Path) -> Exported:

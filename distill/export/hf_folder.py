@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from distill.errors import DistillError
-from distill.export import Exported
+from distill.export import Exported, within_tolerance
 from distill.export.tokenizer_files import save_tokenizer
 from distill.models.lora import merge_lora, parameter_counts
 from distill.models.vlm import VISION_INPUTS
@@ -32,10 +32,8 @@ def export_hf(restored: Any, folder: Path) -> Exported:
     save_tokenizer(data.tokenizer, chat_template, folder)
     reloaded = load_exported(folder)
     with torch.no_grad():
-        difference = float((reloaded(**inputs).logits.float() - reference).abs().max())
-    tolerance = RELATIVE_TOLERANCE * max(1.0, float(reference.abs().max()))
-    if difference > tolerance:
-        raise DistillError(f"export: the reloaded model's logits differ by {difference:.3g} (> {tolerance:.3g})")
+        reread = reloaded(**inputs).logits
+    difference, tolerance = within_tolerance(reference, reread, RELATIVE_TOLERANCE, "model's logits")
     check_tokenizer(folder, data)
     return Exported(
         folder=folder,

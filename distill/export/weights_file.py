@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from distill.errors import DistillError
-from distill.export import Exported
+from distill.export import Exported, within_tolerance
 from distill.models import create_model
 from distill.models.lora import has_lora, merge_lora, parameter_counts
 
@@ -41,10 +40,8 @@ def export_weights(restored: Any, folder: Path) -> Exported:
     rebuilt = create_model(described["model"]["name"], **described["data_args"], **model_args)
     rebuilt.load_state_dict(load_file(str(folder / WEIGHTS)))
     with torch.no_grad():
-        difference = float((rebuilt.eval()(images).float() - reference).abs().max())
-    tolerance = RELATIVE_TOLERANCE * max(1.0, float(reference.abs().max()))
-    if difference > tolerance:
-        raise DistillError(f"export: the rebuilt model's outputs differ by {difference:.3g} (> {tolerance:.3g})")
+        reread = rebuilt.eval()(images)
+    difference, tolerance = within_tolerance(reference, reread, RELATIVE_TOLERANCE, "model's outputs")
     return Exported(
         folder=folder,
         kind="safetensors",

@@ -236,6 +236,10 @@ class WeightedTermsTask(DistillationTask):
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         self.last_parts = parts  # named in the message if the loss is ever not finite
+        return self.weighted_sum(parts)
+
+    def weighted_sum(self, parts: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        """`sum_i weight_i * part_i` over `parts` (CE weighs `ce_weight`)."""
         weights = {"ce": self.ce_weight, **self.weights}
         return sum(weights[name] * value for name, value in parts.items())
 

@@ -246,10 +246,9 @@ class CausalLMTask(WeightedTermsTask):
                 parts[name] = self._stored_term(term, student, teacher, inputs)
             else:
                 parts[name] = call_term(term, student.logits, teacher.logits, inputs)
-        weights = {"ce": self.ce_weight, **self.weights}
         sequence = {name for name, term in self.terms.items() if term.consumes.kind == SEQUENCE_LOGITS}
-        token_loss = sum(weights[name] * value for name, value in parts.items() if name not in sequence)
-        other_loss = sum(weights[name] * parts[name] for name in sequence)
+        token_loss = self.weighted_sum({name: value for name, value in parts.items() if name not in sequence})
+        other_loss = self.weighted_sum({name: parts[name] for name in sequence})
         return token_loss, other_loss, parts
 
     def _stored_term(
@@ -286,7 +285,7 @@ class CausalLMTask(WeightedTermsTask):
             else:
                 sequence[name] = self._sequence_term(term, student, teacher, inputs)
         parts: dict[str, torch.Tensor] = {}
-        sequence_loss = sum(self.weights[name] * value for name, value in sequence.items())
+        sequence_loss = self.weighted_sum(sequence)
         token_loss: torch.Tensor | float = 0.0
         if row_parts:
             assert student.hidden is not None and student.head is not None

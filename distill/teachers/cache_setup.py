@@ -35,9 +35,7 @@ def open_teacher_cache(
     settings = recipe.teacher
     if settings is None or settings.cache is None:
         return None
-    teacher = {"model": dict(settings.model or {}), "weights_sha256": _weights_id(teacher_source)}
-    if settings.dtype is not None:  # a teacher held in another precision gives other outputs
-        teacher["dtype"] = settings.dtype
+    teacher = teacher_key(recipe, teacher_source)
     if isinstance(data, TokenData):
         vocab = output_rows(teacher_model) or (_stored_vocab(settings.cache) if teacher_model is None else None)
         return _token_cache(recipe, data, teacher, vocab)
@@ -55,6 +53,16 @@ def open_teacher_cache(
         "channels_last": data.channels_last,
     }
     return TeacherCache(settings.cache, meta, len(images), data.num_classes, settings.cache_top_k)
+
+
+def teacher_key(recipe: Recipe, teacher_source: dict[str, Any] | None) -> dict[str, Any]:
+    """What identifies the teacher's outputs in a store's meta: its model spec, the sha256 of its weights (or its
+    hub name) and, when set, the precision it is held in (another precision gives other outputs)."""
+    assert recipe.teacher is not None
+    key = {"model": dict(recipe.teacher.model or {}), "weights_sha256": _weights_id(teacher_source)}
+    if recipe.teacher.dtype is not None:
+        key["dtype"] = recipe.teacher.dtype
+    return key
 
 
 def complete_token_cache(
@@ -128,13 +136,9 @@ def open_response_store(recipe: Recipe, data: TokenData, teacher_source: dict[st
     the teacher, the tokenized rows, the data settings and precision, and the sampling that made them."""
     from distill.teachers.response_store import ResponseStore
 
-    assert recipe.teacher is not None
-    teacher = {"model": dict(recipe.teacher.model or {}), "weights_sha256": _weights_id(teacher_source)}
-    if recipe.teacher.dtype is not None:
-        teacher["dtype"] = recipe.teacher.dtype
     rows = rows_of(data.train_set)
     meta = {
-        "teacher": teacher,
+        "teacher": teacher_key(recipe, teacher_source),
         "data": {k: v for k, v in recipe.data.items() if k not in LOADING_KEYS},
         "rows_sha256": tensor_sha256(*rows.values()),
         "precision": str(recipe.trainer.get("precision")),
