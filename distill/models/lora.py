@@ -9,7 +9,6 @@ them); a name that matches no layer of the model is a one-line error with the cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
@@ -71,14 +70,16 @@ def add_lora(model: nn.Module, settings: LoRASettings) -> nn.Module:
 
 
 def has_lora(model: nn.Module) -> bool:
-    return any(_is_lora_layer(module) for module in model.modules())
+    layer = _lora_layer_class()
+    return layer is not None and any(isinstance(module, layer) for module in model.modules())
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """`model` with every LoRA layer merged into its base layer and replaced by it (in place): a plain model with
     the base model's parameter names, as `from_pretrained` and serving engines read them."""
+    layer = _lora_layer_class()
     for name, module in list(model.named_modules()):
-        if not _is_lora_layer(module):
+        if layer is None or not isinstance(module, layer):
             continue
         module.merge()
         parent_name, _, child = name.rpartition(".")
@@ -87,12 +88,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def _is_lora_layer(module: Any) -> bool:
+def _lora_layer_class() -> type | None:
+    """peft's LoRA layer class, or None without peft (then no model has LoRA layers)."""
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:
-        return False
-    return isinstance(module, LoraLayer)
+        return None
+    return LoraLayer
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
