@@ -12,12 +12,16 @@ from distill.config import bundled_recipes, load_recipe
 from distill.engine.compare import is_comparison, load_comparison
 from distill.engine.wiring import create_data
 from distill.models import create_model, model_for_data
-from distill.tasks.loss_terms import build_terms
+from distill.tasks.causal_lm import token_probe
+from distill.tasks.classification import image_probe
+from distill.tasks.feature_terms import build_feature_terms, reads_features
+from distill.tasks.loss_terms import LOSSES, build_terms
 
 # Values a template recipe leaves as ??? for the user to give.
 REQUIRED_BY_TEMPLATES = {
     "kd_imagefolder_timm": ["data.root=/data/my_images", "teacher.checkpoint=/ckpt/teacher.pth"],
     "llm_kd_qwen2.5_1.5b_to_0.5b": ["data.source=/data/pairs.jsonl"],
+    "hidden_state_qwen2.5_1.5b_to_0.5b": ["data.source=/data/pairs.jsonl"],
     "llm_kd_llama3.1_8b_to_3.2_1b_8gpu": ["data.source=/data/pairs.jsonl"],
     "dpo_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
     "align_distil_qwen2.5_0.5b": ["data.source=/data/pairs.jsonl"],
@@ -68,10 +72,15 @@ def check_builds(recipe, monkeypatch) -> None:
         args = {k: v for k, v in recipe.student.items() if k != "name"}
         create_model(recipe.student["name"], target=teacher, **args)
     elif recipe.task != "amu":
-        model_for_data(recipe.student, data, "student")
+        student = model_for_data(recipe.student, data, "student")
     if recipe.second_teacher is not None:
         model_for_data(recipe.second_teacher.model, data, "second_teacher")
-    build_terms(recipe.loss.terms)
+    features = {k: t for k, t in recipe.loss.terms.items() if reads_features(LOSSES.get(t["loss"]))}
+    build_terms({k: t for k, t in recipe.loss.terms.items() if k not in features})
+    if features:  # the layers exist and their shapes pair up, on the recipe's real models
+        probe = token_probe if recipe.task == "causal_lm" else image_probe(data)
+        built = build_feature_terms(features, LOSSES.get, student, teacher, probe, num_samples=1000)
+        assert built.keys() == features.keys()
 
 
 def fake_imagefolder_init(self, **kwargs):

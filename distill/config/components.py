@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 from distill.config.schema import DatasetSpec, LossTermSpec, ModelSpec
 from distill.config.validate import Checker
 from distill.errors import DistillError, RecipeError
 from distill.models.lora import LoRASettings
+from distill.models.taps import LayerName
 
 # Arguments set by distill from the dataset (or, for a draft, the target model), not by the recipe.
 INJECTED_MODEL_ARGS = ("num_classes", "in_chans", "vocab_size", "image_token_id", "image_size", "patch_size", "target")
@@ -51,6 +53,7 @@ def _lora(checker: Checker, value: Any, path: str) -> dict[str, Any]:
 
 
 def _loss_term(checker: Checker, value: dict, path: str) -> dict[str, Any]:
+    from distill.tasks.feature_terms import shape_arguments
     from distill.tasks.loss_terms import LOSSES
 
     key = path.rsplit(".", 1)[-1]
@@ -61,12 +64,39 @@ def _loss_term(checker: Checker, value: dict, path: str) -> dict[str, Any]:
         raise checker.fail(f"{path}.weight", "is required: every loss term has an explicit weight")
     weight = checker.value(float, value["weight"], f"{path}.weight")
     target = _lookup(checker, LOSSES, loss_name, f"{path}.loss" if "loss" in value else path)
-    args = checker.arguments(target, {k: v for k, v in value.items() if k not in ("loss", "weight")}, path)
-    try:
-        target(**args)  # the loss validates its own values (e.g. temperature > 0)
-    except ValueError as exc:
-        raise checker.fail(path, f"is invalid: {exc}") from None
-    return {"loss": loss_name, "weight": weight, **args}
+    layers = _feature_layers(checker, target, value, path)
+    given = {k: v for k, v in value.items() if k not in ("loss", "weight", *layers)}
+    shaped = shape_arguments(target) if layers else ()
+    args = checker.arguments(target, given, path, skip=shaped)
+    if not any(name in shaped for name in inspect.signature(target).parameters):
+        try:
+            target(**args)  # the loss validates its own values (e.g. temperature > 0)
+        except ValueError as exc:
+            raise checker.fail(path, f"is invalid: {exc}") from None
+    return {"loss": loss_name, "weight": weight, **layers, **args}
+
+
+def _feature_layers(checker: Checker, target: type, value: dict, path: str) -> dict[str, Any]:
+    """A feature term's `student` and `teacher` layers (a layer or an equal-length list each); none for others."""
+    from distill.tasks.feature_terms import LAYER_KEYS, layer_list, reads_features
+
+    if not reads_features(target):
+        return {}
+    layers = {}
+    for side in LAYER_KEYS:
+        if side not in value:
+            raise checker.fail(
+                f"{path}.{side}", f"is required: the {side}'s layer(s) the term reads (a module path, e.g. layer2)"
+            )
+        layers[side] = checker.value(LayerName | list[LayerName], value[side], f"{path}.{side}")
+        if isinstance(layers[side], list) and not layers[side]:
+            raise checker.fail(f"{path}.{side}", "is an empty list: name at least one layer")
+    counts = [len(layer_list(layers[side])) for side in LAYER_KEYS]
+    if counts[0] != counts[1]:
+        raise checker.fail(
+            path, f"pairs layers in order: student names {counts[0]}, teacher {counts[1]}; give both the same number"
+        )
+    return layers
 
 
 def _lookup(checker: Checker, registry: Any, name: str, path: str) -> Any:

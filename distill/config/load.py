@@ -241,6 +241,22 @@ def check_frozen(checker: Checker, recipe: Recipe, spec: Any) -> None:
         check_teacher_source(checker, getattr(recipe, section), section)
     if recipe.teacher is not None and recipe.teacher.cache is not None and not spec.reads_teacher_cache:
         raise checker.fail("teacher.cache", f"is not read by task {spec.name}: its teacher runs on every batch")
+    if recipe.teacher is not None and recipe.teacher.cache is not None:
+        check_cache_terms(checker, recipe)
+
+
+def check_cache_terms(checker: Checker, recipe: Recipe) -> None:
+    """The teacher cache keeps the teacher's outputs, not its intermediate layers: feature terms are refused."""
+    from distill.tasks.feature_terms import reads_features
+    from distill.tasks.loss_terms import LOSSES
+
+    for name, term in recipe.loss.terms.items():
+        if reads_features(LOSSES.get(term["loss"])):
+            raise checker.fail(
+                f"loss.terms.{name}",
+                "reads the teacher's intermediate layers, which teacher.cache does not store (it keeps the "
+                "teacher's outputs only): drop teacher.cache, or the feature term",
+            )
 
 
 def check_teacher_source(checker: Checker, teacher: Any, path: str) -> None:

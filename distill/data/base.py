@@ -60,15 +60,32 @@ class TensorImageDataset(Dataset):
         return image, int(self.labels[index])
 
 
+class WithIndices(Dataset):
+    """`dataset`'s samples with their index appended: `(*sample, index)`."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.draws_random = draws_random(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], index)
+
+
 class SeededLoaders:
     """The loaders every datamodule here shares: a shuffled train loader whose order and augmentation depend only
     on (seed, epoch), and unshuffled val/test loaders. Needs `train_set`, `val_set`, `test_set`, `batch_size`,
     `num_workers`, `seed` and Lightning's `trainer` attribute."""
 
+    yield_indices = False  # set by a task whose terms keep a memory per training sample (CRD)
+    on_device = False  # on-device sets yield their indices anyway
+
     def train_dataloader(self) -> DataLoader:
         # Each sample's augmentation is seeded from (seed, epoch, index): the workers live across epochs.
         return EpochSeededLoader(
-            self.train_set,
+            WithIndices(self.train_set) if self.yield_indices and not self.on_device else self.train_set,
             seed=self.seed,
             epoch_fn=self._trainer_epoch if self.trainer is not None else None,
             batch_size=self.batch_size,

@@ -54,7 +54,10 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     block_names = set(getattr(model, "_no_split_modules", None) or [])
     if block_names:
         return [m for m in model.modules() if type(m).__name__ in block_names]
-    return [c for c in model.children() if any(True for _ in c.children()) and any(True for _ in c.parameters())]
+    children = []
+    for child in model.children():  # a list or dict of modules has no forward to gather around: its members do
+        children += list(child.children()) if isinstance(child, (nn.ModuleList, nn.ModuleDict)) else [child]
+    return [c for c in children if any(True for _ in c.children()) and any(True for _ in c.parameters())]
 
 
 def shard(model: nn.Module, mesh: Any, precision: str = "32-true") -> None:

@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
 from distill.tasks.context import OptimizerFactory, SchedulerFactory
+from distill.tasks.feature_terms import Captured, FeatureTerm, feature_readers
 from distill.tasks.frozen import drop_frozen_keys, freeze
 from distill.tasks.loss_terms import LossTerms, call_term, consumes
 
@@ -221,18 +222,49 @@ class WeightedTermsTask(DistillationTask):
         self.terms = nn.ModuleDict({name: module for name, (_, module) in terms.items()})
         self.weights = {name: weight for name, (weight, _) in terms.items()}
         self.ce_weight = ce_weight
+        # the layers feature terms read on each side (resolved now, before a strategy wraps or shards the models)
+        self.student_layers, self.teacher_layers = feature_readers(self.terms, student, getattr(self, "teacher", None))
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         trainable = super().trainable_modules()
-        if any(p.requires_grad for p in self.terms.parameters()):
-            trainable["terms"] = self.terms  # their gradients must be averaged over the ranks too
+        for name, term in self.terms.items():  # their gradients must be averaged over the ranks too
+            if any(p.requires_grad for p in term.parameters()):
+                trainable[f"terms.{name}"] = term
         return trainable
 
     def term_values(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, inputs: dict[str, Any]
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        inputs: dict[str, Any],
+        features: tuple[Captured, Captured] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Each term's unweighted value, called with the inputs of its declared kind."""
-        return {name: call_term(term, student_logits, teacher_logits, inputs) for name, term in self.terms.items()}
+        """Each term's unweighted value, called with the inputs of its declared kind: logit terms with the logits,
+        feature terms with their layers' `features` (the student's and the teacher's, read during this step)."""
+        values = {
+            name: call_term(term, student_logits, teacher_logits, inputs) for name, term in self.logit_terms().items()
+        }
+        values |= self.feature_values(features, inputs)
+        return {name: values[name] for name in self.terms}
+
+    def logit_terms(self) -> dict[str, nn.Module]:
+        return {name: term for name, term in self.terms.items() if not isinstance(term, FeatureTerm)}
+
+    def feature_values(
+        self, features: tuple[Captured, Captured] | None, inputs: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The feature terms' values on the step's `features` (the student's and the teacher's read layers)."""
+        values = {}
+        for name, term in self.terms.items():
+            if isinstance(term, FeatureTerm):
+                assert features is not None, "a feature term needs the step's features"
+                student, teacher = features[0].select(term.student_layers), features[1].select(term.teacher_layers)
+                values[name] = call_term(term, student, teacher, inputs)
+        return values
+
+    @property
+    def reads_features(self) -> bool:
+        return bool(self.student_layers.taps)
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         self.last_parts = parts  # named in the message if the loss is ever not finite

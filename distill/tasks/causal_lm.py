@@ -41,12 +41,12 @@ from losses.chunked import (
     rows_per_chunk,
     weighted_row_loss,
 )
-from losses.consumes import SEQUENCE_LOGITS, TOKEN_LOGITS
+from losses.consumes import SEQUENCE_LOGITS, TOKEN_FEATURES, TOKEN_LOGITS
 from losses.teacher_rows import TopKRows
 
 Batch = dict[str, torch.Tensor]
 SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
-ACCEPTS = frozenset({TOKEN_LOGITS, SEQUENCE_LOGITS})
+ACCEPTS = frozenset({TOKEN_LOGITS, SEQUENCE_LOGITS, TOKEN_FEATURES})
 
 
 @dataclass
@@ -211,13 +211,19 @@ class CausalLMTask(WeightedTermsTask):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         if self.policy is not None:
             batch = self.policy.batch(batch, batch_idx, self.current_epoch, self.student, self.teacher)
-        student = self.run_student(batch)
-        teacher = self.teacher_view(batch, "train", student.chunked) if len(self.terms) else None
+        with self.student_layers.read() as student_features:
+            student = self.run_student(batch)
+        with self.teacher_layers.read() as teacher_features:
+            teacher = self.teacher_view(batch, "train", student.chunked) if len(self.terms) else None
         inputs = {**self.shifted_inputs(batch), "epoch": self.current_epoch + 1}
+        # hidden states are per input position: position t is distilled where the token it predicts is
+        inputs["mask"] = F.pad(inputs["student_mask"], (0, 1), value=False)  # (B, T)
+        features = self.feature_values((student_features, teacher_features), inputs)
         if student.chunked:
             token_loss, other_loss, parts = self._chunked_loss(student, teacher, inputs)
         else:
             token_loss, other_loss, parts = self._full_loss(student, teacher, inputs)
+        token_loss, parts = token_loss + self.weighted_sum(features), {**parts, **features}
         self.last_parts = parts  # named in the message if the loss is ever not finite
         self.log_parts(token_loss + other_loss, parts)
         # weighted by this micro-batch's share of the optimizer step's tokens (`tasks.step_tokens`)
@@ -240,13 +246,13 @@ class CausalLMTask(WeightedTermsTask):
         if self.ce_weight:
             nll, tokens = next_token_nll(student.logits, inputs["labels"])
             parts["ce"] = nll / tokens.clamp(min=1)
-        for name, term in self.terms.items():
+        for name, term in self.logit_terms().items():
             assert teacher is not None
             if teacher.stored is not None:
                 parts[name] = self._stored_term(term, student, teacher, inputs)
             else:
                 parts[name] = call_term(term, student.logits, teacher.logits, inputs)
-        sequence = {name for name, term in self.terms.items() if term.consumes.kind == SEQUENCE_LOGITS}
+        sequence = {name for name, term in self.logit_terms().items() if term.consumes.kind == SEQUENCE_LOGITS}
         token_loss = self.weighted_sum({name: value for name, value in parts.items() if name not in sequence})
         other_loss = self.weighted_sum({name: parts[name] for name in sequence})
         return token_loss, other_loss, parts
@@ -276,7 +282,7 @@ class CausalLMTask(WeightedTermsTask):
         row_parts, padding, sequence = [], {}, {}
         if self.ce_weight:
             row_parts.append(("ce", self.ce_weight, cross_entropy_rows))
-        for name, term in self.terms.items():
+        for name, term in self.logit_terms().items():
             assert teacher is not None and source is not None
             if term.consumes.kind == TOKEN_LOGITS:
                 term.check_teacher(source)
@@ -382,10 +388,11 @@ def build(ctx: BuildContext) -> CausalLMTask:
     if not isinstance(ctx.data, TokenData):
         raise DistillError(f"data: task causal_lm reads token rows; {ctx.recipe.data['name']} has none")
     settings: CausalLMSettings = ctx.settings
+    student = ctx.student()
     return CausalLMTask(
-        ctx.student(),
+        student,
         ctx.teacher,
-        ctx.terms(),
+        ctx.terms(student, token_probe),
         ctx.recipe.loss.ce_weight,
         logits=settings.logits,
         chunk_size=settings.chunk_size,
@@ -393,6 +400,11 @@ def build(ctx: BuildContext) -> CausalLMTask:
         policy=response_policy(ctx, settings) if ctx.training else None,
         **ctx.common(),
     )
+
+
+def token_probe(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """A forward pass on one row of 8 tokens (what hidden-state terms are checked and shaped on)."""
+    model(input_ids=torch.zeros(1, 8, dtype=torch.long, device=device))
 
 
 def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePolicy | None:
@@ -422,7 +434,7 @@ def check(recipe: Recipe, settings: CausalLMSettings, fail: Callable[[str, str],
     if not recipe.data.get("teacher_tokenizer"):
         return
     for name, term in recipe.loss.terms.items():
-        if consumes(LOSSES.get(term["loss"]), term["loss"]).kind == TOKEN_LOGITS:
+        if consumes(LOSSES.get(term["loss"]), term["loss"]).kind in (TOKEN_LOGITS, TOKEN_FEATURES):
             raise fail(
                 f"loss.terms.{name}",
                 "compares teacher and student token by token, but data.teacher_tokenizer gives the teacher other "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,9 +15,12 @@ from distill.data.interface import ClassData
 from distill.errors import DistillError
 from distill.tasks.base import WeightedTermsTask
 from distill.tasks.context import BuildContext, TeacherOutputs
+from distill.tasks.feature_terms import Captured, Probe
 from distill.tasks.loss_terms import LossTerms
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
-from losses.consumes import CLASS_LOGITS
+from losses.consumes import CLASS_LOGITS, FEATURES
+
+ACCEPTS = frozenset({CLASS_LOGITS, FEATURES})
 
 
 class ClassificationTask(WeightedTermsTask):
@@ -50,7 +54,7 @@ class ClassificationTask(WeightedTermsTask):
         teacher_cache: TeacherOutputs | None = None,
         **common: Any,
     ) -> None:
-        super().__init__(student, {"teacher": teacher}, terms, ce_weight, frozenset({CLASS_LOGITS}), **common)
+        super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, **common)
         self.label_smoothing = label_smoothing
         self.teacher_cache = teacher_cache
         self.metrics = nn.ModuleDict(
@@ -94,21 +98,37 @@ class ClassificationTask(WeightedTermsTask):
         teacher_logits: torch.Tensor | None,
         target: torch.Tensor,
         epoch: int | None = None,
+        indices: torch.Tensor | None = None,
+        features: tuple[Captured, Captured] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Each unweighted loss term by name; `epoch` (1-based) reaches the terms that take it (DKD's warm-up)."""
+        """Each unweighted loss term by name; `epoch` (1-based) reaches the terms that take it (DKD's warm-up),
+        `indices` (the samples' places in the training set) those that keep a memory per sample (CRD), `features`
+        (the step's layers of the student and the teacher) the feature terms."""
         parts = {}
         if self.ce_weight:
             parts["ce"] = F.cross_entropy(student_logits.float(), target, label_smoothing=self.label_smoothing)
-        return {**parts, **self.term_values(student_logits, teacher_logits, {"target": target, "epoch": epoch})}
+        inputs = {"target": target, "epoch": epoch, "indices": indices}
+        return {**parts, **self.term_values(student_logits, teacher_logits, inputs, features)}
+
+    def needs_sample_indices(self) -> bool:
+        return any("indices" in term.consumes.extra for term in self.terms.values())
+
+    def training_data(self, data: L.LightningDataModule) -> L.LightningDataModule:
+        if self.needs_sample_indices():
+            data.yield_indices = True  # training batches become (x, y, indices)
+        return data
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         x, y = batch[:2]  # (B, C, H, W), (B,); on-device data adds the sample indices
         indices = batch[2] if len(batch) > 2 else None
         # The teacher first: run while the student's activations are alive, it made the CPU step ~10% slower
-        # (benchmarks/training_step_overhead.py).
-        teacher_logits = self.training_teacher_logits(x, indices) if len(self.terms) else None
-        student_logits = self.student(x)  # (B, K)
-        parts = self.loss_parts(student_logits, teacher_logits, y, epoch=self.current_epoch + 1)
+        # (benchmarks/training_step_overhead.py). Feature terms read both models' layers as they run.
+        with self.teacher_layers.read() as teacher_features:
+            teacher_logits = self.training_teacher_logits(x, indices) if len(self.terms) else None
+        with self.student_layers.read() as student_features:
+            student_logits = self.student(x)  # (B, K)
+        features = (student_features, teacher_features) if self.reads_features else None
+        parts = self.loss_parts(student_logits, teacher_logits, y, self.current_epoch + 1, indices, features)
         loss = self.total_loss(parts)
         self.log_parts(loss, parts)
         self.metrics["train_acc"](student_logits, y)
@@ -144,16 +164,23 @@ def build(ctx: BuildContext) -> ClassificationTask:
     data = ctx.data
     if not isinstance(data, ClassData):
         raise DistillError(f"data: task classification needs labelled images; {ctx.recipe.data['name']} is not")
+    student = ctx.student()
     return ClassificationTask(
-        ctx.student(),
+        student,
         ctx.teacher,
         num_classes=data.num_classes,
-        terms=ctx.terms(),
+        terms=ctx.terms(student, image_probe(data)),
         ce_weight=ctx.recipe.loss.ce_weight,
         label_smoothing=ctx.recipe.loss.label_smoothing,
         teacher_cache=ctx.teacher_outputs,
         **ctx.common(),
     )
+
+
+def image_probe(data: ClassData) -> Probe:
+    """A forward pass on two blank images of the data's size (what feature terms are checked and shaped on)."""
+    shape = (2, data.in_chans, data.image_size, data.image_size)
+    return lambda model, device, dtype: model(torch.zeros(shape, device=device, dtype=dtype))
 
 
 SPEC = register_task(
@@ -167,7 +194,7 @@ SPEC = register_task(
             SummaryRow("student accuracy", "acc", percent=True),
             SummaryRow("agreement with the teacher", "agreement", percent=True),
         ),
-        accepts=frozenset({CLASS_LOGITS}),
+        accepts=ACCEPTS,
         reads_teacher_cache=True,
     )
 )

@@ -16,7 +16,8 @@ from distill.errors import DistillError
 from distill.models import create_model, model_for_data
 from distill.models.lora import LoRASettings, add_lora
 from distill.models.weights import load_weights
-from distill.tasks.loss_terms import LossTerms, build_loss, build_terms
+from distill.tasks.feature_terms import Probe, build_feature_terms, reads_features
+from distill.tasks.loss_terms import LOSSES, LossTerms, build_loss, build_terms
 from losses.stored_teacher import StoredTopK
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -143,8 +144,18 @@ class BuildContext:
             raise DistillError(f"{what}: {exc}") from None
 
     # -- losses and what every task module takes ---------------------------------------------------------------------
-    def terms(self) -> LossTerms:
-        return build_terms(self.recipe.loss.terms)
+    def terms(self, student: nn.Module | None = None, probe: Probe | None = None) -> LossTerms:
+        """The recipe's loss terms; feature terms are checked and shaped on one `probe` pass of `student` and the
+        teacher (tasks that feed no features pass neither)."""
+        specs = self.recipe.loss.terms
+        features = {name: spec for name, spec in specs.items() if reads_features(LOSSES.get(spec["loss"]))}
+        built = build_terms({name: spec for name, spec in specs.items() if name not in features})
+        if features:
+            if student is None or probe is None:
+                raise DistillError(f"loss.terms.{next(iter(features))}: task {self.recipe.task} feeds no features")
+            num_samples = len(self.data.train_set)
+            built |= build_feature_terms(features, LOSSES.get, student, self.teacher, probe, num_samples)
+        return {name: built[name] for name in specs}  # in the recipe's order
 
     def objective(self) -> nn.Module:
         """The task's one objective (its spec says which; the recipe check made it the only term)."""

@@ -17,12 +17,20 @@ from distill.tasks.spec import TASKS, TaskSpec
 from losses import (
     AlignDistilLoss,
     AMULoss,
+    AttentionTransferLoss,
+    CRDLoss,
     DKDLoss,
     DPOLoss,
     DraftDistillLoss,
     GraphOnLogitsLoss,
+    HiddenStateLoss,
+    HintLoss,
     KDLoss,
+    PKTLoss,
     PlackettLuceLoss,
+    ReviewKDLoss,
+    RKDLoss,
+    SimilarityPreservingLoss,
     TokenDivergenceLoss,
     ZScoreKDLoss,
 )
@@ -40,6 +48,15 @@ LOSSES.register("align_distil")(AlignDistilLoss)  # the objective of `task: alig
 LOSSES.register("dpo")(DPOLoss)  # the objective of `task: dpo`
 LOSSES.register("draft_distill")(DraftDistillLoss)  # the objective of `task: draft_distill` (SpecVLM)
 LOSSES.register("amu")(AMULoss)  # the objective of `task: amu` (few-shot CLIP)
+# on intermediate features (distill.tasks.feature_terms): the CIFAR-100 benchmark's feature methods
+LOSSES.register("fitnet")(HintLoss)
+LOSSES.register("at")(AttentionTransferLoss)
+LOSSES.register("sp")(SimilarityPreservingLoss)
+LOSSES.register("rkd")(RKDLoss)
+LOSSES.register("pkt")(PKTLoss)
+LOSSES.register("crd")(CRDLoss)
+LOSSES.register("reviewkd")(ReviewKDLoss)
+LOSSES.register("hidden_state")(HiddenStateLoss)  # language models' layer maps
 
 LossTerms = dict[str, tuple[float, nn.Module]]
 

@@ -282,6 +282,40 @@ CASES = [
         "teacher.dtype: int8 needs a CUDA GPU (bitsandbytes' 8-bit kernels) and this run has none; use bfloat16",
     ),
     (
+        "a feature term naming a layer the student does not have",
+        lambda f: ["--recipe", B, "loss.terms.fitnet={weight: 1.0, student: featurs.6, teacher: features.6}"],
+        "loss.terms.fitnet.student: ConvNet has no layer 'featurs.6' (did you mean 'features.6'?)",
+    ),
+    (
+        "a feature term whose shapes cannot be matched",
+        lambda f: ["--recipe", B, "loss.terms.fitnet={weight: 1.0, student: head.1, teacher: features.2}"],
+        "loss.terms.fitnet: student head.1 (8,) cannot be mapped to teacher features.2 (4, 8, 8): the ranks differ",
+    ),
+    (
+        "a feature term pairing unequal lists of layers",
+        lambda f: [
+            "--recipe",
+            B,
+            "loss.terms.at={weight: 1.0, student: [features.2, features.6], teacher: features.6}",
+        ],
+        "student names 2, teacher 1; give both the same number",
+    ),
+    (
+        "a hidden-state index on a model that has none",
+        lambda f: ["--recipe", B, "loss.terms.sp={weight: 1.0, student: 2, teacher: features.6}"],
+        "layer 2 is a hidden-state index, which only Hugging Face language models have",
+    ),
+    (
+        "a feature term beside the teacher cache",
+        lambda f: [
+            "--recipe",
+            B,
+            "teacher.cache=cache_bad",
+            "loss.terms.sp={weight: 1.0, student: features.6, teacher: features.6}",
+        ],
+        "which teacher.cache does not store",
+    ),
+    (
         "teacher cache in a task whose teacher runs every batch",
         lambda f: ["--recipe", "align_distil_tiny", "teacher.cache=cache"],
         "'teacher.cache' is not read by task align_distil",
