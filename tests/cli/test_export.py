@@ -76,6 +76,22 @@ def test_an_image_student_exports_as_safetensors_with_its_architecture(tmp_path,
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_projectors_train_in_the_run_and_stay_out_of_the_export(tmp_path, teacher_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = tiny_recipe(tmp_path / "runs", teacher_store)
+    recipe["loss"]["terms"]["fitnet"] = {"weight": 1.0, "student": "features.6", "teacher": "features.6"}
+    recipe["trainer"]["max_epochs"] = 1
+    assert main(["fit", "--recipe", str(write_recipe(tmp_path / "r.yaml", recipe))]) == 0
+    best = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt"
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    assert any(key.startswith("terms.fitnet.projectors.") for key in saved)  # the regressor resumes with the run
+    assert main(["export", "--checkpoint", str(best), "--out", "out"]) == 0
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    student = {key.removeprefix("student."): value for key, value in saved.items() if key.startswith("student.")}
+    assert exported.keys() == student.keys()  # the student's own weights, no projector
+    assert all(torch.equal(exported[key], student[key]) for key in student)
+
+
 @pytest.mark.parametrize("kind", ["bytes", "bpe"])
 def test_the_runs_tokenizers_export_exactly(tmp_path, kind):
     texts = [TEXT, "the quick brown fox jumps over the lazy dog"] * 20
