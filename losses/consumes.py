@@ -11,7 +11,8 @@ The kinds, each with the call it stands for:
   teacher_mask (B, T'))`, each side over its own positions and vocabulary (tokenizers may differ).
 - `FEATURES`: `loss(student_features, teacher_features)`, each a list of intermediate outputs `(B, ...)`, one per
   paired layer (a single tensor is taken as a list of one). A loss whose class sets `needs_teacher_shape = True`
-  (FitNet's hint) gets each student feature already mapped to its teacher's shape by a projector; a loss that
+  (FitNet's hint) gets each student feature already mapped to its teacher's shape by a projector (where the shapes
+  differ, or always with `always_project = True`); a loss that
   builds modules from the feature shapes (CRD's embeddings, ReviewKD's fusion) names those constructor arguments in
   `shape_arguments` and fills them from the shapes with its `from_shapes(student_shapes, teacher_shapes)`.
 - `TOKEN_FEATURES`: `loss(student_hidden, teacher_hidden, mask (B, T))`, lists of per-token hidden states
