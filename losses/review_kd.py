@@ -6,7 +6,7 @@ megvii-research/mdistiller, `mdistiller/distillers/ReviewKD.py`). Deliberate dif
 - Sizes. Their ABF nearest-resizes its fused map to a configured `out_shape` before the 3x3 conv (used for
   ShuffleNet/MobileNet students against larger teacher maps); here every fused map keeps its student level's size
   and must match its teacher's (a ValueError names the pair). The deeper map is resized to (H, W), not (H, H).
-- `mid_channels` is an argument; theirs is `min(512, student_channels[-1])` (256 for resnet8x4, 64 for resnet20).
+- `mid_channels` defaults to the authors' `min(512, student_channels[-1])` (256 for resnet8x4, 64 for resnet20).
 - Warm-up: `min(epoch / warmup_epochs, 1)` with the 1-based epoch, as mdistiller; their own `train.py` passes the
   0-based epoch, so its first epoch has weight 0.
 - fp32 compute with autocast off, a detached teacher, 0 for an empty batch (theirs: NaN from an empty mean).
@@ -101,7 +101,7 @@ class ReviewKDLoss(nn.Module):
     Args:
         student_channels: channels of the student's maps, shallow to deep (resnet8x4: [64, 128, 256, 256]).
         teacher_channels: channels of the teacher's maps, one per student map.
-        mid_channels: channels of the fused maps (the authors: min(512, student_channels[-1])).
+        mid_channels: channels of the fused maps; None: the authors' `min(512, student_channels[-1])`.
         warmup_epochs: epochs of linear warm-up of the whole term (>= 0; 0 turns it off).
         pool_levels: sizes l of the pooled levels of HCL, each used when smaller than the map height.
 
@@ -117,7 +117,7 @@ class ReviewKDLoss(nn.Module):
         self,
         student_channels: list[int],
         teacher_channels: list[int],
-        mid_channels: int = 256,
+        mid_channels: int | None = None,
         warmup_epochs: int = 20,
         pool_levels: list[int] = [4, 2, 1],
     ) -> None:
@@ -133,6 +133,8 @@ class ReviewKDLoss(nn.Module):
                 f"({len(teacher_channels)}) must pair up one to one"
             )
         self.student_channels, self.teacher_channels = list(student_channels), list(teacher_channels)
+        if mid_channels is None:
+            mid_channels = min(512, self.student_channels[-1])
         self.mid_channels = check_int("mid_channels", mid_channels, minimum=1)
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, minimum=0)
         if isinstance(pool_levels, (str, bytes)) or not isinstance(pool_levels, Sequence):

@@ -263,7 +263,7 @@ class WeightedTermsTask(DistillationTask):
         return values
 
     @property
-    def reads_features(self) -> bool:
+    def has_feature_terms(self) -> bool:
         return bool(self.student_layers.taps)
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -127,7 +127,7 @@ class ClassificationTask(WeightedTermsTask):
             teacher_logits = self.training_teacher_logits(x, indices) if len(self.terms) else None
         with self.student_layers.read() as student_features:
             student_logits = self.student(x)  # (B, K)
-        features = (student_features, teacher_features) if self.reads_features else None
+        features = (student_features, teacher_features) if self.has_feature_terms else None
         parts = self.loss_parts(student_logits, teacher_logits, y, self.current_epoch + 1, indices, features)
         loss = self.total_loss(parts)
         self.log_parts(loss, parts)

@@ -50,3 +50,19 @@ def test_llm_recipe_trains_teacher_then_student(recipe, tmp_path, monkeypatch, c
         done = subprocess.run([DISTILL, "test", "--checkpoint", best], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stderr == "", done.stderr
         assert done.stdout.splitlines()[0].strip() == "test of best.ckpt" and "student perplexity" in done.stdout
+
+
+def test_a_hidden_state_layer_map_trains_its_projections_and_evaluates_from_its_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--recipe", "hidden_state_tiny", *TINY]) == 0
+    (run,) = (tmp_path / "runs" / "hidden_state_tiny").glob("version_0")
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    projections = {k: v.shape for k, v in state.items() if k.startswith("terms.hidden_state.projectors.")}
+    assert projections == {
+        f"terms.hidden_state.projectors.{i}.proj.{p}": shape
+        for i in (0, 1)
+        for p, shape in (("weight", (128, 64)), ("bias", (128,)))
+    }  # student width 64 -> teacher width 128, one per mapped pair
+    check_evaluation(run, capsys)  # validate and test rebuild the projections from the checkpoint

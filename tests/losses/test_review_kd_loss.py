@@ -156,7 +156,7 @@ def test_fused_outputs_have_the_teacher_shapes(student: list[int], teacher: list
     fused = loss.fuse([torch.randn(2, c, s, s) for c, s in zip(student, shapes, strict=True)])
     assert [tuple(f.shape) for f in fused] == [(2, c, s, s) for c, s in zip(teacher, shapes, strict=True)]
     assert [abf.att_conv is None for abf in loss.abfs] == [False, False, False, True]  # the deepest fuses nothing
-    assert all(abf.conv1[0].out_channels == 256 for abf in loss.abfs)
+    assert all(abf.conv1[0].out_channels == min(512, student[-1]) for abf in loss.abfs)  # the authors' default
     for conv in (loss.abfs[0].conv1[0], loss.abfs[2].conv2[0]):  # kaiming_uniform(a=1): bound sqrt(3 / fan_in)
         fan_in = conv.weight[0].numel()
         assert 1 / math.sqrt(fan_in) < conv.weight.abs().max() <= math.sqrt(3 / fan_in)
@@ -248,3 +248,9 @@ def test_from_shapes_reads_channels_and_refuses_unusable_shapes() -> None:
 def test_invalid_hyper_parameters_raise_value_error_naming_them(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         ReviewKDLoss(**{"student_channels": [4, 8], "teacher_channels": [4, 8], **kwargs})
+
+
+def test_mid_channels_default_to_the_authors_rule():
+    assert ReviewKDLoss([64, 128, 256, 256], [64, 128, 256, 256]).mid_channels == 256  # resnet8x4
+    assert ReviewKDLoss([16, 32, 64, 64], [16, 32, 64, 64]).mid_channels == 64  # resnet20
+    assert ReviewKDLoss([256, 1024], [256, 1024]).mid_channels == 512  # capped
