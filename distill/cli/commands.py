@@ -129,6 +129,7 @@ def cmd_recipes(args: argparse.Namespace) -> None:
 def cmd_losses(args: argparse.Namespace) -> None:
     """List the loss terms a recipe can use under `loss.terms`, with their arguments and defaults."""
     from distill.tasks import TASKS
+    from distill.tasks.feature_terms import reads_features
     from distill.tasks.loss_terms import LOSSES
 
     for name, cls in LOSSES.items():
@@ -140,6 +141,8 @@ def cmd_losses(args: argparse.Namespace) -> None:
         tasks = [t for t, spec in TASKS.items() if kind in spec.accepts or spec.objective == name]
         print(f"{name:12s} {cls.__module__}.{cls.__name__}({', '.join(params)})")
         print(f"{'':12s} {summary}\n{'':12s} consumes {kind}; tasks: {', '.join(tasks)}")
+        if reads_features(cls):
+            print(f"{'':12s} reads the layers named by `student:` and `teacher:` (a layer or a list, paired in order)")
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:

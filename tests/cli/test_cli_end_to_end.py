@@ -81,6 +81,9 @@ def test_recipes_and_losses_are_listed(capsys):
     for name, cls in (("zscore_kd", "ZScoreKDLoss"), ("pld", "PlackettLuceLoss"), ("dkd", "DKDLoss")):
         assert any(line.startswith(f"{name} ") and cls in line for line in out.splitlines())
     assert "warmup_epochs=20" in out and "ignore_index=-100" in out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("at ") and "AttentionTransferLoss(p=2.0)" in line)
+    assert "consumes features; tasks: classification" in lines[at + 2] and "`student:` and `teacher:`" in lines[at + 3]
 
 
 def test_help_comes_from_docstrings(capsys):
