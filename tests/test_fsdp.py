@@ -169,6 +169,7 @@ def test_fsdp_trains_as_one_process_and_its_checkpoints_resume_sharded_or_in_one
     assert_same_student(resumed_alone, resumed_sharded)
 
 
+@pytest.mark.slow
 def test_fsdp_shards_a_language_model_teacher_by_decoder_layer_and_trains_as_one_process(tmp_path):
     llama = {"name": "llama", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
     torch.manual_seed(0)

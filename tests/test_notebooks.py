@@ -1,5 +1,5 @@
-"""Every notebook runs top to bottom (a failing cell fails the test), is stored without outputs, and saves its plots
-as PNG files in its output folder. The runs here train at a fifth of the notebooks' budgets (`budget`): what is tested
+"""Every notebook runs top to bottom (a failing cell fails the test; the three longest under `-m slow`), is stored
+without outputs, and saves its plots as PNG files in its output folder. The runs here train at a fifth of the notebooks' budgets (`budget`): what is tested
 is that every cell runs, not the numbers a full run shows."""
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from distill.analysis.notebook import budget
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 SCALE = 0.2
+# the longest runs (40-100 s each here) keep the default suite under ten minutes; `pytest -m slow` runs them
+LONG = {"03_language_models", "04_speculative_decoding", "05_amu_shots"}
+RUNS = [pytest.param(p, marks=pytest.mark.slow) if p.stem in LONG else p for p in NOTEBOOKS]
 
 
 def test_budgets_scale_and_stay_at_least_one(monkeypatch):
@@ -38,7 +41,7 @@ def test_notebook_is_stored_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear the outputs"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", RUNS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_saves_its_plots(path, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILL_NOTEBOOK_OUT", str(tmp_path / "out"))
     monkeypatch.setenv("DISTILL_NOTEBOOK_SCALE", str(SCALE))

@@ -131,7 +131,7 @@ def test_strategies_that_cannot_run_on_this_cpu_fail_in_one_line(tmp_path, strat
     assert not any((tmp_path / "runs" / "one").glob("version_*"))
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_ranks_fill_disjoint_halves_of_the_teacher_cache(tmp_path, strategy):
     from distill.data import CIFAR100DataModule
     from distill.data.synthetic import write_fake_cifar100
@@ -173,6 +173,7 @@ def torchrun(folder: Path, *args: str, run_id: str = "job7") -> subprocess.Compl
     return subprocess.run(command, capture_output=True, text=True, cwd=folder, timeout=300)
 
 
+@pytest.mark.slow
 def test_processes_started_by_torchrun_share_one_run_folder_named_after_the_job(tmp_path):
     recipe = str(write_recipe(tmp_path))
     ddp = ["--recipe", recipe, "data.batch_size=32", "trainer.devices=2", "trainer.strategy=ddp"]

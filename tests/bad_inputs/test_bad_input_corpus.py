@@ -209,7 +209,7 @@ CASES = [
     (
         "token term in a classification recipe",
         lambda f: ["--recipe", B, "loss.terms={token_kl: {weight: 1.0}}"],
-        "(terms that fit: dkd, kd, pld, zscore_kd)",
+        "(terms that fit: at, crd, dkd, fitnet, kd, pkt, pld, reviewkd, rkd, sp, zscore_kd)",
     ),
     (
         "a task's objective as a term of another task",

@@ -60,7 +60,9 @@ def test_the_draft_learns_online_and_decoding_stays_lossless(tmp_path):
     result = fit(from_dict(draft_recipe(tmp_path), "test"))
     metrics = logged(result.run_dir)
     start, after = metrics["start/accepted_length"][0], metrics["val/accepted_length"][-1]
-    assert start < 1.2 and after > start + 0.3, (start, after)  # an untrained draft is almost never accepted
+    # an untrained draft is rarely accepted (1.0-1.3 tokens per round, by machine: the tiny target's training
+    # differs in the last bits between CPUs); the trained one is accepted far more often
+    assert start < 1.5 and after > start + 0.3, (start, after)
     assert metrics["val/lossless"] == [1.0, 1.0] and result.metrics["test/lossless"] == 1.0
     assert metrics["val/agreement"][-1] > metrics["val/agreement"][0]
     assert {"train/ce", "train/feature", "train/loss"} <= set(metrics)
