@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,6 +18,7 @@ from distill.models.causal_lm import output_rows
 from distill.models.vlm import VISION_INPUTS
 from distill.tasks.base import WeightedTermsTask
 from distill.tasks.context import BuildContext, TokenTeacherOutputs
+from distill.tasks.lm_evaluation import SUMS, epoch_metrics, evaluation_sums
 from distill.tasks.lm_outputs import (
     HeadSettings,
     LMOutputs,
@@ -34,18 +34,14 @@ from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from distill.tasks.step_tokens import StepTokenWeights
 from losses import TokenDivergenceLoss
 from losses.chunked import (
-    ChunkTargets,
-    chunk_sums,
     cross_entropy_rows,
     fused_masked_sum_and_count,
     rows_per_chunk,
     weighted_row_loss,
 )
 from losses.consumes import SEQUENCE_LOGITS, TOKEN_FEATURES, TOKEN_LOGITS
-from losses.teacher_rows import TopKRows
 
 Batch = dict[str, torch.Tensor]
-SUMS = ("nll", "tokens", "kl", "agree", "teacher_nll")
 ACCEPTS = frozenset({TOKEN_LOGITS, SEQUENCE_LOGITS, TOKEN_FEATURES})
 
 
@@ -322,40 +318,10 @@ class CausalLMTask(WeightedTermsTask):
         has_teacher = self.teacher is not None or self.teacher_cache is not None
         if has_teacher and "teacher_input_ids" not in batch:  # teacher numbers need the same tokens
             teacher = self.teacher_view(batch, "val", student.chunked)
-        sums, tokens = self._evaluation_sums(student, teacher, labels)
+        sums, tokens = evaluation_sums(student, teacher, labels, self.report_kl, self.chunk_size)
         self.sums[f"{stage}_tokens"].update(torch.tensor(float(tokens), device=labels.device))
         for what, value in sums.items():
             self.sums[f"{stage}_{what}"].update(value)
-
-    def _evaluation_sums(
-        self, student: LMOutputs, teacher: TeacherView | None, labels: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], int]:
-        """Summed student NLL, and with a teacher the summed KL, agreement and teacher NLL, a chunk at a time."""
-        source = None if teacher is None else teacher.source()
-        padding: list[torch.Tensor] = []
-        kl_rows = self.report_kl.row_loss(padding)
-
-        def stats(rows: torch.Tensor, targets: ChunkTargets) -> dict[str, torch.Tensor]:
-            out = {}
-            if targets.teacher is not None:
-                top = targets.teacher
-                teacher_top = top.indices[:, 0] if isinstance(top, TopKRows) else top.argmax(-1)
-                out["agree"] = (rows.argmax(-1) == teacher_top).sum().float()
-                if not isinstance(top, TopKRows):
-                    out["teacher_nll"] = cross_entropy_rows(top.clone(), targets, False)[0].sum()
-                out["kl"] = kl_rows(rows.clone(), targets.copy(), False)[0].sum()
-            out["nll"] = cross_entropy_rows(rows, targets, False)[0].sum()
-            return out
-
-        if source is not None:
-            self.report_kl.check_teacher(source)
-        sums, tokens = chunk_sums(stats, student.as_rows(), source, labels, -100, self.chunk_size)
-        if teacher is not None and teacher.stored is not None:
-            valid = labels != -100
-            sums["teacher_nll"] = -teacher.stored.stat("label_logp")[valid].sum()
-        if source is not None:
-            self.report_kl.check_padding(padding, student.vocab_size, source.vocab_size)
-        return sums, tokens
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")
@@ -364,24 +330,9 @@ class CausalLMTask(WeightedTermsTask):
         self._report("test")
 
     def _report(self, stage: str) -> None:
-        updated = [what for what in SUMS if self.sums[f"{stage}_{what}"].update_count > 0]
-        totals = {what: self.sums[f"{stage}_{what}"].compute() for what in updated}
-        for what in SUMS:
-            self.sums[f"{stage}_{what}"].reset()
-        if "tokens" not in totals:
-            return
-        tokens = totals["tokens"].clamp(min=1)
-        loss = totals["nll"] / tokens
-        metrics = {f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss.clamp(max=math.log(1e6)))}
-        if "teacher_nll" in totals:
-            teacher_loss = totals["teacher_nll"] / tokens
-            metrics |= {
-                f"{stage}/kl": totals["kl"] / tokens,
-                f"{stage}/agreement": totals["agree"] / tokens,
-                f"{stage}/teacher_loss": teacher_loss,
-                f"{stage}/teacher_ppl": torch.exp(teacher_loss.clamp(max=math.log(1e6))),
-            }
-        self.log_dict(metrics, prog_bar=stage == "val")
+        metrics = epoch_metrics(self.sums, stage)
+        if metrics:
+            self.log_dict(metrics, prog_bar=stage == "val")
 
 
 def build(ctx: BuildContext) -> CausalLMTask:
