@@ -191,6 +191,7 @@ def test_processes_started_by_torchrun_share_one_run_folder_named_after_the_job(
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_processes_started_by_torchrun_do_not_train_a_missing_teacher(tmp_path):
     recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
     recipe["teacher"] = {"model": recipe["teacher"]["model"], "store": "teachers", "train": {}}
