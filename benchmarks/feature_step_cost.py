@@ -106,7 +106,8 @@ def main() -> None:
     print(f"{'variant':10} {'median step (ms)':>17} {'/ KD':>7} {'per-round / KD':>20}")
     for variant in variants:
         median = statistics.median(t for r in rounds[variant] for t in r)
-        per_round = [statistics.median(r) / statistics.median(k) for r, k in zip(rounds[variant], rounds["kd"])]
+        pairs = zip(rounds[variant], rounds["kd"], strict=True)
+        per_round = [statistics.median(r) / statistics.median(k) for r, k in pairs]
         spread = f"{min(per_round):.2f} .. {max(per_round):.2f}"
         print(f"{variant:10} {median * 1e3:17.1f} {median / kd_all:7.2f} {spread:>20}")
 

@@ -1,6 +1,6 @@
 """Every notebook runs top to bottom (a failing cell fails the test; the three longest under `-m slow`), is stored
-without outputs, and saves its plots as PNG files in its output folder. The runs here train at a fifth of the notebooks' budgets (`budget`): what is tested
-is that every cell runs, not the numbers a full run shows."""
+without outputs, and saves its plots as PNG files in its output folder. The runs here train at a fifth of the
+notebooks' budgets (`budget`): what is tested is that every cell runs, not the numbers a full run shows."""
 
 from __future__ import annotations
 
