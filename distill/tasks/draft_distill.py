@@ -80,7 +80,8 @@ class DraftDistillTask(DistillationTask):
         if teacher is None:
             raise ValueError("draft distillation needs the target model as its teacher")
         super().__init__(student, {"teacher": teacher}, **common)
-        self.chunked = use_chunks(logits, "speculative", [chunk_blocker(teacher)])
+        self.logits_mode = logits
+        use_chunks(logits, "speculative", [chunk_blocker(teacher)])  # refuses `chunked` now where it cannot run
         self.chunk_size = chunk_size or rows_per_chunk(output_rows(teacher))
         self.objective = objective
         self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}
@@ -89,9 +90,16 @@ class DraftDistillTask(DistillationTask):
         self.means = mean_metrics(names)
         self.step_weights = StepTokenWeights()
 
+    @property
+    def chunked(self) -> bool:
+        """Whether this step runs without full logits: decided when it runs, since FSDP shards the target's head
+        (which then cannot be read a chunk at a time) after the task is built."""
+        return use_chunks(self.logits_mode, "speculative", [chunk_blocker(self.teacher)])
+
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids, attention = batch["input_ids"], batch["attention_mask"]
-        target = self.teacher.base_model if self.chunked else self.teacher  # the backbone alone: no logits
+        chunked = self.chunked
+        target = self.teacher.base_model if chunked else self.teacher  # the backbone alone: no logits
         with torch.no_grad():
             out = target(input_ids=ids, attention_mask=attention, output_hidden_states=True, **vision_inputs(batch))
         features, embeddings = out.hidden_states[-1], out.hidden_states[0]
@@ -102,7 +110,7 @@ class DraftDistillTask(DistillationTask):
         head = self.teacher.get_output_embeddings()  # the frozen head, shared
         mask = batch["labels"][:, aligned] != -100  # f_{t+1} is the state at a labelled token (not image, pad)
         target_features = features[:, aligned]
-        if self.chunked:
+        if chunked:
             ce, feature, agreed = self.objective.parts_from_head(
                 predicted, target_features, head, mask, self.chunk_size
             )
