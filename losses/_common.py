@@ -35,6 +35,16 @@ def check_flag(name: str, value: bool) -> bool:
     return value
 
 
+def linear_warmup(epoch: float | None, warmup_epochs: int) -> float:
+    """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch`: a term's linear ramp-in (DKD, ReviewKD); 1 when
+    `epoch` is None or `warmup_epochs` is 0."""
+    if epoch is None or warmup_epochs == 0:
+        return 1.0
+    if not epoch >= 0:
+        raise ValueError(f"epoch must be >= 0 (1-based: the first epoch is 1), got {epoch}")
+    return min(float(epoch) / warmup_epochs, 1.0)
+
+
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype a loss computes in: fp32 for fp16/bf16/fp32 input; fp64 stays fp64 (so `gradcheck` works)."""
     return torch.promote_types(tensor.dtype, torch.float32)

@@ -27,6 +27,7 @@ from losses._common import (
     check_positive,
     check_target,
     kl_rows,
+    linear_warmup,
     prepare_logits,
     zscore,
 )
@@ -106,11 +107,7 @@ class DKDLoss(nn.Module):
 
     def warmup(self, epoch: float | None) -> float:
         """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch`; 1 when `epoch` is None or warm-up is off."""
-        if epoch is None or self.warmup_epochs == 0:
-            return 1.0
-        if not epoch >= 0:
-            raise ValueError(f"epoch must be >= 0 (1-based: the first epoch is 1), got {epoch}")
-        return min(float(epoch) / self.warmup_epochs, 1.0)
+        return linear_warmup(epoch, self.warmup_epochs)
 
     def forward(
         self,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses._common import check_int, compute_dtype
+from losses._common import check_int, compute_dtype, linear_warmup
 from losses.consumes import FEATURES, Consumes
 
 __all__ = ["ReviewKDLoss", "hierarchical_context_loss"]
@@ -173,11 +173,7 @@ class ReviewKDLoss(nn.Module):
 
     def warmup(self, epoch: float | None) -> float:
         """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch`; 1 when `epoch` is None or warm-up is off."""
-        if epoch is None or self.warmup_epochs == 0:
-            return 1.0
-        if not epoch >= 0:
-            raise ValueError(f"epoch must be >= 0 (1-based: the first epoch is 1), got {epoch}")
-        return min(float(epoch) / self.warmup_epochs, 1.0)
+        return linear_warmup(epoch, self.warmup_epochs)
 
     def fuse(self, student_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The ABF outputs, shallow to deep: (B, C_s_i, H_i, W_i) maps -> (B, C_t_i, H_i, W_i), in the ABFs' dtype."""
