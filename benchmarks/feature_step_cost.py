@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
+from training_step_overhead import WARMUP, step_times  # the same timed Trainer loop (run from benchmarks/)
 
 from distill.config import load_recipe
 from distill.engine.quiet import quiet_expected_messages
@@ -29,20 +27,8 @@ from distill.tasks.classification import ClassificationTask
 from distill.tasks.feature_terms import build_feature_terms, reads_features
 from distill.tasks.loss_terms import LOSSES, build_terms
 
-WARMUP = 2  # steps left out of each round (first-call allocations)
 VARIANTS = ("kd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "reviewkd")
 CIFAR_TRAIN = 50_000
-
-
-class BatchStarts(Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
-
-    def on_train_end(self, trainer, module) -> None:
-        self.starts.append(time.perf_counter())
 
 
 def task(variant: str) -> ClassificationTask:
@@ -65,22 +51,6 @@ def task(variant: str) -> ClassificationTask:
     )
 
 
-def step_times(variant: str, loader: DataLoader) -> list[float]:
-    starts = BatchStarts()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[starts],
-    )
-    trainer.fit(task(variant), train_dataloaders=loader)
-    return [b - a for a, b in zip(starts.starts[:-1], starts.starts[1:], strict=True)][WARMUP:]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="batches per round and variant")
@@ -99,7 +69,7 @@ def main() -> None:
     rounds: dict[str, list[list[float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for variant in variants:
-            rounds[variant].append(step_times(variant, loader))
+            rounds[variant].append(step_times(task(variant), loader))
     kd_all = statistics.median(t for r in rounds["kd"] for t in r)
     print(f"resnet32x4 -> resnet8x4, batch 64, 32x32, CPU, {args.threads} threads, {args.rounds} rounds x ", end="")
     print(f"{args.steps - WARMUP} steps per variant")

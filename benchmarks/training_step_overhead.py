@@ -80,6 +80,12 @@ def framework(loader: DataLoader) -> list[float]:
     module = ClassificationTask(
         student, teacher, num_classes=100, terms={"kd": (0.9, KDLoss(temperature=4.0))}, ce_weight=0.1, optimizer=sgd
     )
+    return step_times(module, loader)
+
+
+def step_times(module: L.LightningModule, loader: DataLoader) -> list[float]:
+    """The step times of one epoch of `module` on `loader` under a bare Lightning Trainer (CPU, no logger,
+    checkpoints or progress bar), warm-up left out."""
     starts = BatchStarts()
     trainer = L.Trainer(
         accelerator="cpu",
