@@ -27,13 +27,17 @@ def check_component(checker: Checker, kind: type, value: dict, path: str) -> dic
         from distill.models import LIBRARY_PREFIXES, MODELS
 
         lora = _lora(checker, args.pop("lora", None), path)
+        options = _training_options(checker, args, path)
+        if name.startswith("hf:"):
+            args = _hf_arguments(checker, args, path)
         if name.startswith(LIBRARY_PREFIXES):
-            return {"name": name, **args, **lora}  # the library checks its own arguments when the model is built
+            # the library checks its own arguments when the model is built
+            return {"name": name, **args, **options, **lora}
         target = _lookup(checker, MODELS, name, f"{path}.name")
         for injected in INJECTED_MODEL_ARGS:
             if injected in args:
                 raise checker.fail(f"{path}.{injected}", "is set from the dataset; remove it from the recipe")
-        return {"name": name, **checker.arguments(target, args, path, skip=INJECTED_MODEL_ARGS), **lora}
+        return {"name": name, **checker.arguments(target, args, path, skip=INJECTED_MODEL_ARGS), **options, **lora}
     if kind is DatasetSpec:
         from distill.data import DATASETS
 
@@ -50,6 +54,36 @@ def _lora(checker: Checker, value: Any, path: str) -> dict[str, Any]:
         raise checker.fail(f"{path}.lora", "only the student takes LoRA adapters")
     settings = checker.dataclass(LoRASettings, value, f"{path}.lora")
     return {"lora": dataclasses.asdict(settings)}
+
+
+def _training_options(checker: Checker, args: dict[str, Any], path: str) -> dict[str, Any]:
+    """Keys distill reads on a model section besides the model's own arguments, taken out of `args`:
+    `gradient_checkpointing` (the student's only; written back only when given, so that recipes without it keep
+    their resolved form, and with it the store keys of their trained teachers)."""
+    if "gradient_checkpointing" not in args:
+        return {}
+    value = checker.value(bool, args.pop("gradient_checkpointing"), f"{path}.gradient_checkpointing")
+    if path != "student":
+        raise checker.fail(
+            f"{path}.gradient_checkpointing", "applies to the student only (frozen models keep no activations)"
+        )
+    return {"gradient_checkpointing": value}
+
+
+def _hf_arguments(checker: Checker, args: dict[str, Any], path: str) -> dict[str, Any]:
+    """A Hugging Face model's arguments with its precision checked. The student loads in float32 unless the recipe
+    says otherwise: trainable weights need fp32 master copies (`bf16-mixed` computes in bf16 but updates the weights
+    in their own dtype, and most AdamW updates round away in bf16), whatever dtype its checkpoint was saved in.
+    Frozen models load as saved (`auto`) unless given."""
+    from distill.models.causal_lm import HF_DTYPES
+
+    if "torch_dtype" in args:
+        raise checker.fail(f"{path}.torch_dtype", "is called dtype in transformers 5: write dtype")
+    if path == "student":
+        args = {"dtype": "float32", **args}
+    if "dtype" in args and args["dtype"] not in HF_DTYPES:
+        raise checker.fail(f"{path}.dtype", f"must be one of {', '.join(HF_DTYPES)}, got {args['dtype']!r}")
+    return args
 
 
 def _loss_term(checker: Checker, value: dict, path: str) -> dict[str, Any]:

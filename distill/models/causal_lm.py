@@ -3,6 +3,7 @@ from a config for offline runs and tests."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ def llama(
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
     padded_vocab_size: int | None = None,
+    attn_implementation: str = "sdpa",
 ) -> nn.Module:
     """A Llama-style causal LM (transformers' LlamaForCausalLM) built from a config, randomly initialized.
 
@@ -40,6 +42,8 @@ def llama(
         num_key_value_heads: key/value heads (fewer than attention heads: grouped-query attention).
         max_position_embeddings: longest sequence.
         tie_word_embeddings: share the input embedding and the LM head.
+        attn_implementation: the attention kernel (`eager`, `sdpa`, `flash_attention_2` where flash-attn is
+            installed, ...), as for `hf:` models.
     """
     try:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -49,6 +53,7 @@ def llama(
         raise DistillError(
             f"padded_vocab_size {padded_vocab_size} is smaller than the tokenizer's vocabulary ({vocab_size})"
         )
+    check_attention(attn_implementation, "llama")
     config = LlamaConfig(
         vocab_size=padded_vocab_size or vocab_size,
         hidden_size=hidden_size,
@@ -58,6 +63,7 @@ def llama(
         num_key_value_heads=num_key_value_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings,
+        attn_implementation=attn_implementation,
     )
     return LlamaForCausalLM(config)
 
@@ -81,6 +87,8 @@ def from_pretrained(name_or_path: str, vocab_size: int | None = None, **kwargs: 
             f"hf:{name_or_path}: trust_remote_code runs Python code from the model's repository; "
             "pass --allow-remote-code to distill to allow it"
         )
+    if "attn_implementation" in kwargs:
+        check_attention(kwargs["attn_implementation"], f"hf:{name_or_path}")
     config_kwargs = {key: kwargs[key] for key in ("revision", "trust_remote_code") if key in kwargs}
     config = _reach(name_or_path, AutoConfig.from_pretrained, **config_kwargs)
     auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
@@ -103,3 +111,48 @@ def _reach(name_or_path: str, load: Callable[..., Any], **kwargs: Any) -> Any:
             f"hf:{name_or_path}: cannot load it (no local folder of that name and the Hugging Face Hub is "
             f"unreachable or does not have it): {first}"
         ) from None
+
+
+# The kernels transformers selects by name, and the package each needs beyond torch.
+ATTENTION_PACKAGES = {
+    "eager": None,
+    "sdpa": None,
+    "flex_attention": None,
+    "flash_attention_2": "flash_attn",
+    "flash_attention_3": "flash_attn_interface",
+}
+
+# The precisions a Hugging Face model can be loaded in (`dtype`); `auto`: the one its weights were saved in.
+HF_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def check_attention(implementation: str, what: str) -> None:
+    """A one-line error for an attention kernel transformers does not know, or one whose package is missing
+    (transformers' own error for it would be reported as an unreachable model)."""
+    if implementation not in ATTENTION_PACKAGES:
+        raise DistillError(
+            f"{what}: attn_implementation must be one of {', '.join(ATTENTION_PACKAGES)}, got {implementation!r}"
+        )
+    package = ATTENTION_PACKAGES[implementation]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise DistillError(
+            f"{what}: attn_implementation {implementation} needs the {package} package (and a CUDA GPU), which is "
+            "not installed: use sdpa"
+        )
+
+
+def enable_gradient_checkpointing(model: nn.Module, what: str) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (less memory,
+    about one more forward pass of time). Non-reentrant: it works with frozen inputs and LoRA adapters."""
+    if not hasattr(model, "gradient_checkpointing_enable") or not getattr(model, "supports_gradient_checkpointing", 0):
+        raise DistillError(
+            f"{what}: gradient_checkpointing applies to Hugging Face transformer models (hf:<name>, llama); "
+            f"{type(model).__name__} does not support it"
+        )
+    non_reentrant = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
+    if getattr(model.config, "use_cache", False):
+        model.config.use_cache = False  # a KV cache is of no use while training, and checkpointing refuses it

@@ -66,7 +66,13 @@ def add_lora(model: nn.Module, settings: LoRASettings) -> nn.Module:
         target_modules=list(settings.target_modules),
         bias="none",
     )
-    return inject_adapter_in_model(config, model)
+    adapted = inject_adapter_in_model(config, model)
+    for name, parameter in adapted.named_parameters():
+        if "lora_" in name:
+            # peft makes adapters in their base layer's dtype; trainable weights stay fp32 over a bf16/fp16 base
+            # (peft's layers cast their input to the adapter's dtype and the sum back to the base's)
+            parameter.data = parameter.data.float()
+    return adapted
 
 
 def has_lora(model: nn.Module) -> bool:
