@@ -162,6 +162,7 @@ class HFTokenizer:
 
 
 def _load_hf_tokenizer(name_or_path: str) -> Any:
+    """A Hugging Face tokenizer from a local folder, or from the Hub as `name` or `name@revision`."""
     path = Path(name_or_path).expanduser()
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~"))  # a Hub name is 'name' or 'org/name'
     if looks_local and not path.exists():
@@ -177,8 +178,9 @@ def _load_hf_tokenizer(name_or_path: str) -> Any:
             ) from None
     # Read at each call (huggingface_hub reads it once, at import): HF_HUB_OFFLINE=1 then fails fast, without retries.
     offline = hub_offline()
+    repo, _, revision = name_or_path.partition("@")  # a Hub name holds no '@' of its own
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
+        return AutoTokenizer.from_pretrained(repo, revision=revision or None, local_files_only=offline)
     except Exception:  # OSError, ValueError, hub errors: all mean "not found from here"
         raise DistillError(
             f"cannot load Hugging Face tokenizer 'hf:{name_or_path}': it is not a local folder, and the Hugging Face "

@@ -71,6 +71,7 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
     run = RunFolder(run_dir)
     if fresh:
         save_recipe(loaded.resolved, run.recipe_file)
+        run.sources_file.write_text(json.dumps(module.sources, indent=2))  # what the checkpoints record, readable
     os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes of the other ranks, if the strategy starts them, use it
     release(trainer.device_info)
     try:

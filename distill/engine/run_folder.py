@@ -6,6 +6,7 @@ weights the student learned from.
 runs/<name>/version_N/
     recipe.yaml          the resolved recipe
     results.json         test metrics of the best checkpoint
+    sources.json         where each frozen model came from, and the Hub commit of every hf: name it read
     checkpoints/         best.ckpt, last.ckpt (and previous.ckpt, last.ckpt one save earlier)
     logs/                CSV metrics (logs/resume_K for each resumed session)
 ```
@@ -25,6 +26,7 @@ from distill.tasks.spec import FROZEN_SECTIONS
 
 RECIPE_FILE = "recipe.yaml"
 RESULTS_FILE = "results.json"
+SOURCES_FILE = "sources.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST, LAST, PREVIOUS = "best.ckpt", "last.ckpt", "previous.ckpt"
 
@@ -71,7 +73,7 @@ class RunCheckpoint:
         start = self.sources.get("student_init")
         if start and pinned.get("init") not in (None, "teacher"):
             pinned["init"] = str(start["weights"])
-        return pinned
+        return pin_hub_commits(pinned, self.sources)
 
     def loaded(self, overrides: list[str] = ()) -> LoadedRecipe:
         """The stored recipe, pinned, with `key=value` overrides."""
@@ -113,6 +115,10 @@ class RunFolder:
     def results_file(self) -> Path:
         return self.path / RESULTS_FILE
 
+    @property
+    def sources_file(self) -> Path:
+        return self.path / SOURCES_FILE
+
     def recipe(self, overrides: list[str] = ()) -> LoadedRecipe:
         if not self.recipe_file.is_file():
             raise DistillError(f"{self.path} is not a run folder: {RECIPE_FILE} is missing")
@@ -134,3 +140,31 @@ class RunFolder:
         if not self.results_file.is_file():
             raise DistillError(f"{self.path} has no {RESULTS_FILE}: the run did not finish")
         return json.loads(self.results_file.read_text())
+
+
+def pin_hub_commits(recipe: dict[str, Any], sources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`recipe` reading every Hub repository at the commit the run read it at (recorded in `sources`): a branch that
+    has moved on since would give another model, tokenizer or dataset."""
+    pinned = dict(recipe)
+
+    def commit(key: str) -> str | None:
+        hub = (sources.get(key) or {}).get("hub") or {}
+        return hub.get("commit")
+
+    for role in ("student", *FROZEN_SECTIONS):
+        section = pinned.get(role)
+        model = section if role == "student" else (section or {}).get("model")
+        if not model or commit(role) is None:
+            continue
+        model = {**model, "revision": commit(role)}
+        pinned[role] = model if role == "student" else {**section, "model": model}
+    data = dict(pinned.get("data") or {})
+    for key, value in list(data.items()):
+        if isinstance(value, str) and value.startswith("hf:") and commit(f"data.{key}") is not None:
+            if key == "source":
+                data["revision"] = commit("data.source")
+            else:
+                data[key] = f"{value.split('@')[0]}@{commit(f'data.{key}')}"
+    if data:
+        pinned["data"] = data
+    return pinned

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from distill.config.schema import Recipe
+from distill.data.hub import hub_origin
 from distill.data.interface import DataSource
 from distill.errors import DistillError
 from distill.models import create_model, model_for_data
@@ -103,8 +104,10 @@ class BuildContext:
         return self.model("teacher")
 
     def sources(self) -> dict[str, dict[str, Any]]:
-        """Where every frozen model (and the student's starting weights, when read from a file) came from."""
-        return {**{role: frozen.source for role, frozen in self.frozen.items()}, **self.extra_sources}
+        """Where every frozen model (and the student's starting weights, when read from a file) came from, and the
+        Hub commit of every `hf:` student, tokenizer and dataset the recipe names."""
+        frozen = {role: frozen.source for role, frozen in self.frozen.items()}
+        return {**frozen, **self.extra_sources, **hub_sources(self.recipe)}
 
     # -- the student ----------------------------------------------------------------------------------------------
     def student(self) -> nn.Module:
@@ -170,3 +173,19 @@ class BuildContext:
             "sources": self.sources(),
             "recipe": self.resolved,
         }
+
+
+def hub_sources(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """`{"student": ..., "data.<key>": ...}`: what `hub_origin` records for each `hf:` name in the student's and the
+    data's sections (the frozen models record theirs in their own sources)."""
+    found = {}
+    student = recipe.student or {}
+    if str(student.get("name", "")).startswith("hf:"):
+        found["student"] = {"hub": hub_origin(student["name"].removeprefix("hf:"), student.get("revision"))}
+    data = recipe.data or {}
+    for key, value in data.items():
+        if isinstance(value, str) and value.startswith("hf:"):
+            kind = "dataset" if key == "source" else "model"
+            revision = data.get("revision") if kind == "dataset" else None
+            found[f"data.{key}"] = {"hub": hub_origin(value.removeprefix("hf:"), revision, kind)}
+    return found

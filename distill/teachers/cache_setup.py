@@ -7,6 +7,7 @@ top-k per (row, position) (`TokenTeacherCache`): no views change between epochs,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -59,7 +60,9 @@ def teacher_key(recipe: Recipe, teacher_source: dict[str, Any] | None) -> dict[s
     """What identifies the teacher's outputs in a store's meta: its model spec, the sha256 of its weights (or its
     hub name) and, when set, the precision it is held in (another precision gives other outputs)."""
     assert recipe.teacher is not None
-    key = {"model": dict(recipe.teacher.model or {}), "weights_sha256": _weights_id(teacher_source)}
+    # the revision asked for is left out: the commit it resolved to is in the weights' id (and evaluation pins it)
+    model = {k: v for k, v in (recipe.teacher.model or {}).items() if k != "revision"}
+    key = {"model": model, "weights_sha256": _weights_id(teacher_source)}
     if recipe.teacher.dtype is not None:
         key["dtype"] = recipe.teacher.dtype
     return key
@@ -89,12 +92,35 @@ def _stored_vocab(folder: str | Path) -> int | None:
 
 
 def _weights_id(teacher_source: dict[str, Any] | None) -> str:
-    """The teacher's weights: the sha256 of its file, or its name (a hub model) when there is no file."""
-    weights = (teacher_source or {}).get("weights")
+    """The teacher's weights: the sha256 of its file; for a Hugging Face model its Hub commit (`name@commit`), or
+    the sha256 of its local folder's weights and config; else its name."""
+    source = teacher_source or {}
+    weights, hub = source.get("weights"), source.get("hub")
+    if hub is not None and "folder" in hub:
+        return _folder_id(Path(hub["folder"]))
+    if hub is not None:
+        return f"{hub['repo']}@{hub['commit']}"  # a None commit (never resolved) matches no stored key
     if not weights or not Path(weights).is_file():
         return str(weights)
-    stat = Path(weights).stat()
-    return _file_id(str(Path(weights).resolve()), stat.st_size, stat.st_mtime_ns)
+    return _path_id(Path(weights))
+
+
+def _path_id(path: Path) -> str:
+    stat = path.stat()
+    return _file_id(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+# what decides a Hugging Face model folder's outputs: its weights in any format, and its config
+MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "config.json")
+
+
+def _folder_id(folder: Path) -> str:
+    """A local model folder's identity: the sha256 over its weights and config files (each hashed once per
+    process), so that a folder rewritten in place keys another cache."""
+    files = sorted({p for pattern in MODEL_FILES for p in folder.glob(pattern) if p.is_file()})
+    if not files:
+        return str(folder)
+    return hashlib.sha256("".join(f"{p.name}:{_path_id(p)};" for p in files).encode()).hexdigest()
 
 
 @lru_cache(maxsize=8)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from distill.config.load import LoadedRecipe, load_recipe
+from distill.data.hub import hub_origin
 from distill.data.interface import DataSource
 from distill.errors import DistillError
 from distill.models import model_for_data
@@ -42,8 +43,12 @@ class FrozenPlan:
 
     @property
     def source(self) -> dict[str, Any]:
-        """What the model is and where its weights are: recorded in the student's checkpoints."""
-        return {"model": dict(self.model), "weights": str(self.weights) if self.weights else self.model["name"]}
+        """What the model is and where its weights are: recorded in the student's checkpoints. A Hugging Face model
+        read from the Hub adds the commit its name resolved to (`hub`)."""
+        source = {"model": dict(self.model), "weights": str(self.weights) if self.weights else self.model["name"]}
+        if self.weights is None and self.model["name"].startswith("hf:"):
+            source["hub"] = hub_origin(self.model["name"].removeprefix("hf:"), self.model.get("revision"))
+        return source
 
 
 def plan_frozen(loaded: LoadedRecipe, role: str, teacher_task: str) -> FrozenPlan | None:
