@@ -29,18 +29,22 @@ pure=(
 )
 binary=("scikit-learn>=1.3" "scipy>=1.8" "joblib>=1.2" "threadpoolctl>=3.1" "narwhals>=1.0")
 
-pinned() {  # the .venv's version of each requirement, else the requirement as given
+pinned() {  # the .venv's version of each requirement where it is in the requirement's range, else the requirement
     "$py" - "$@" <<'EOF'
-import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-for requirement in sys.argv[1:]:
-    name = re.split(r"[<>=!~ ]", requirement, maxsplit=1)[0]
+from packaging.requirements import Requirement
+
+for given in sys.argv[1:]:
+    requirement = Requirement(given)
     try:
-        print(f"{name}=={version(name)}")
+        have = version(requirement.name)
     except PackageNotFoundError:
-        print(requirement)
+        print(given)
+        continue
+    # an install outside the range (setuptools 65 for ">=70.1") is not what the wheels must carry
+    print(f"{requirement.name}=={have}" if requirement.specifier.contains(have, prereleases=True) else given)
 EOF
 }
 
