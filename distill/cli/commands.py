@@ -13,7 +13,9 @@ from distill.errors import DistillError
 def cmd_fit(args: argparse.Namespace) -> None:
     """Train a student as the recipe says; the teacher is trained first when the recipe asks for it.
 
-    Overrides are `key=value` pairs on any recipe key, e.g. `trainer.max_epochs=5 loss.terms.kd.temperature=2`.
+    Overrides are `key=value` pairs on any recipe key, e.g. `trainer.max_epochs=5 loss.terms.kd.temperature=2`,
+    applied in order: `key={...}` replaces the mapping at key, `~key` deletes a key (it takes its default), and
+    `key=null` deletes a named entry such as `loss.terms.kd`. `distill keys` lists every key.
     The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
     """
     from distill.config import load_recipe, to_yaml
