@@ -107,17 +107,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    """Run every variant of a comparison recipe over several seeds and print one table of student accuracy and
-    agreement with the teacher (mean ± standard deviation over seeds).
+    """Run every variant of a comparison recipe, or any one recipe, over several seeds and print one table of the
+    task's metrics (mean ± standard deviation over seeds).
 
-    Overrides apply to the comparison's base recipe, e.g. `trainer.max_epochs=5`.
+    Overrides apply to the comparison's base recipe (or to the recipe), e.g. `trainer.max_epochs=5`.
     """
     from distill.cli.report import print_comparison
     from distill.engine.compare import load_comparison, run_comparison, summary_rows
 
-    comparison, variants, path = load_comparison(args.recipe, args.overrides)
-    folder, results = run_comparison(comparison, variants, path, seeds=args.seeds)
-    print_comparison(f"{path.stem}: {comparison.description}", results, summary_rows(variants), folder)
+    plan = load_comparison(args.recipe, args.overrides)
+    folder, results = run_comparison(plan, seeds=args.seeds)
+    print_comparison(f"{plan.path.stem}: {plan.description}", results, summary_rows(plan.variants), folder)
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:

@@ -64,9 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by distill fit")
         evaluate.add_argument("--recipe", help="build the run from this recipe instead of the checkpoint's")
     compare = _add(sub, "compare", cmd_compare)
-    compare.add_argument("--recipe", required=True, help="a comparison recipe (base recipe plus variants)")
     compare.add_argument(
-        "--seeds", type=parse_seeds, help="comma-separated seeds to run, e.g. 0,1,2 (default: the recipe's)"
+        "--recipe",
+        required=True,
+        help="a comparison recipe (base recipe plus variants), or any recipe to run over seeds",
+    )
+    compare.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help="comma-separated seeds to run, e.g. 0,1,2 (default: the comparison's, or 0,1,2,3,4 for a recipe)",
     )
     for command in (fit, compare, sub.choices["validate"], sub.choices["test"]):
         command.add_argument(
