@@ -102,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from distill.registry import allow_modules, allow_remote_code
 
-    allow_modules(getattr(args, "allow_module", []))
+    allowed = getattr(args, "allow_module", [])
+    allow_modules(allowed)
+    if allowed and os.getcwd() not in sys.path:
+        # an allowed module is looked for in the working folder too, as `python` would: the `distill` script's sys.path
+        # holds its own folder instead. Appended, so an installed package of the same name wins.
+        sys.path.append(os.getcwd())
     allow_remote_code(getattr(args, "allow_remote_code", False))
     try:
         args.func(args)
