@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def cmd_losses(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    """List the tasks a recipe can name under `task`, with what each trains on and the frozen models it reads."""
+    """List the tasks a recipe can name under `task`, with what each trains on, the frozen models it reads and its own
+    recipe section."""
     from distill.tasks import TASKS
 
     for name, spec in TASKS.items():
@@ -156,3 +158,18 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         kinds = ", ".join(sorted(spec.accepts))
         trains = f"objective {spec.objective}" if spec.objective else f"CE + terms of kinds {kinds}"
         print(f"{name:14s} {spec.description}\n{'':14s} {trains}; {frozen}")
+        if spec.settings_key is not None:
+            keys = ", ".join(f.name for f in dataclasses.fields(spec.settings))
+            print(f"{'':14s} its section `{spec.settings_key}:` ({keys}): `distill keys {spec.settings_key}`")
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    """List every recipe key, or those under SECTION (e.g. `optimizer`, `teacher.train`, a task's section), with its
+    type, default and what it does."""
+    from distill.config.keys import keys_of
+
+    for doc in keys_of(args.section):
+        default = f" = {doc.shown_default}" if doc.shown_default else ""
+        print(f"{doc.key}: {doc.type}{default}")
+        if doc.help:
+            print(f"    {doc.help}")

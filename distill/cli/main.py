@@ -15,6 +15,7 @@ from distill.cli.commands import (
     cmd_compare,
     cmd_export,
     cmd_fit,
+    cmd_keys,
     cmd_losses,
     cmd_recipes,
     cmd_tasks,
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "recipes", cmd_recipes)
     _add(sub, "losses", cmd_losses)
     _add(sub, "tasks", cmd_tasks)
+    keys = _add(sub, "keys", cmd_keys)
+    keys.add_argument("section", nargs="?", help="a recipe key whose keys to list (default: all of them)")
     return parser
 
 
