@@ -68,6 +68,8 @@ def load_comparison(name_or_path: str, overrides: list[str] = ()) -> ComparisonP
     )
     if not comparison.variants:
         raise RecipeError(f"{path}: 'variants' is empty: name at least one variant")
+    if "base" not in config:
+        raise RecipeError(f"{path}: 'base' is required: the recipe every variant starts from (written out or named)")
     base = merge_overrides(base_config(config.base, path), list(overrides))
     variants = {}
     for name, changes in comparison.variants.items():

@@ -93,11 +93,13 @@ def test_a_base_names_a_recipe_and_a_variant_removes_a_term_with_null(tmp_path, 
         ("tiny.yaml", {"loss": {"terms": {"dkd": None}}}, "variant 'v': 'loss.terms.dkd: null': the recipe does not"),
         ("compare_losses_digits", {}, "'base' names "),
         ("quickstart_digit", {}, "did you mean 'quickstart_digits'"),
+        (None, {}, "'base' is required"),
     ],
 )
 def test_a_bad_base_or_null_is_refused_before_anything_trains(tmp_path, teacher_store, capsys, base, variant, expected):
     write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path / "runs", teacher_store))
-    path = write_recipe(tmp_path / "compare.yaml", {"base": base, "variants": {"v": variant}})
+    comparison = {"base": base, "variants": {"v": variant}} if base else {"variants": {"v": variant}}
+    path = write_recipe(tmp_path / "compare.yaml", comparison)
     assert main(["compare", "--recipe", str(path)]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
