@@ -42,9 +42,9 @@ def test_bundled_recipe_is_valid_and_documented(name, monkeypatch, tmp_path):
     first_line = path.read_text().splitlines()[0]
     if is_comparison(path):
         assert first_line.startswith(f"# distill compare --recipe {name}"), "first line: the command that runs it"
-        comparison, variants, _ = load_comparison(name)
-        assert comparison.description and len(comparison.seeds) >= 2
-        for loaded in variants.values():
+        plan = load_comparison(name)
+        assert plan.description and len(plan.seeds) >= 2
+        for loaded in plan.variants.values():
             check_builds(loaded.recipe, monkeypatch)
         return
     assert first_line.startswith(f"# distill fit --recipe {name}"), "first line: the command that runs it"

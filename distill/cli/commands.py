@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from distill.errors import DistillError
 def cmd_fit(args: argparse.Namespace) -> None:
     """Train a student as the recipe says; the teacher is trained first when the recipe asks for it.
 
-    Overrides are `key=value` pairs on any recipe key, e.g. `trainer.max_epochs=5 loss.terms.kd.temperature=2`.
+    Overrides are `key=value` pairs on any recipe key, e.g. `trainer.max_epochs=5 loss.terms.kd.temperature=2`,
+    applied in order: `key={...}` replaces the mapping at key, `~key` deletes a key (it takes its default), and
+    `key=null` deletes a named entry such as `loss.terms.kd`. `distill keys` lists every key.
     The run folder (runs/<name>/version_N) gets the resolved recipe, checkpoints last and best, and metrics.
     """
     from distill.config import load_recipe, to_yaml
@@ -105,17 +108,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    """Run every variant of a comparison recipe over several seeds and print one table of student accuracy and
-    agreement with the teacher (mean ± standard deviation over seeds).
+    """Run every variant of a comparison recipe, or any one recipe, over several seeds and print one table of the
+    task's metrics (mean ± standard deviation over seeds).
 
-    Overrides apply to the comparison's base recipe, e.g. `trainer.max_epochs=5`.
+    Overrides apply to the comparison's base recipe (or to the recipe), e.g. `trainer.max_epochs=5`.
     """
     from distill.cli.report import print_comparison
     from distill.engine.compare import load_comparison, run_comparison, summary_rows
 
-    comparison, variants, path = load_comparison(args.recipe, args.overrides)
-    folder, results = run_comparison(comparison, variants, path, seeds=args.seeds)
-    print_comparison(f"{path.stem}: {comparison.description}", results, summary_rows(variants), folder)
+    plan = load_comparison(args.recipe, args.overrides)
+    folder, results = run_comparison(plan, seeds=args.seeds)
+    print_comparison(f"{plan.path.stem}: {plan.description}", results, summary_rows(plan.variants), folder)
 
 
 def cmd_recipes(args: argparse.Namespace) -> None:
@@ -146,7 +149,8 @@ def cmd_losses(args: argparse.Namespace) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
-    """List the tasks a recipe can name under `task`, with what each trains on and the frozen models it reads."""
+    """List the tasks a recipe can name under `task`, with what each trains on, the frozen models it reads and its own
+    recipe section."""
     from distill.tasks import TASKS
 
     for name, spec in TASKS.items():
@@ -154,3 +158,18 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         kinds = ", ".join(sorted(spec.accepts))
         trains = f"objective {spec.objective}" if spec.objective else f"CE + terms of kinds {kinds}"
         print(f"{name:14s} {spec.description}\n{'':14s} {trains}; {frozen}")
+        if spec.settings_key is not None:
+            keys = ", ".join(f.name for f in dataclasses.fields(spec.settings))
+            print(f"{'':14s} its section `{spec.settings_key}:` ({keys}): `distill keys {spec.settings_key}`")
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    """List every recipe key, or those under SECTION (e.g. `optimizer`, `teacher.train`, a task's section), with its
+    type, default and what it does."""
+    from distill.config.keys import keys_of
+
+    for doc in keys_of(args.section):
+        default = f" = {doc.shown_default}" if doc.shown_default else ""
+        print(f"{doc.key}: {doc.type}{default}")
+        if doc.help:
+            print(f"    {doc.help}")

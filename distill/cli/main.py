@@ -15,6 +15,7 @@ from distill.cli.commands import (
     cmd_compare,
     cmd_export,
     cmd_fit,
+    cmd_keys,
     cmd_losses,
     cmd_recipes,
     cmd_tasks,
@@ -64,9 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("--checkpoint", required=True, help="a checkpoint written by distill fit")
         evaluate.add_argument("--recipe", help="build the run from this recipe instead of the checkpoint's")
     compare = _add(sub, "compare", cmd_compare)
-    compare.add_argument("--recipe", required=True, help="a comparison recipe (base recipe plus variants)")
     compare.add_argument(
-        "--seeds", type=parse_seeds, help="comma-separated seeds to run, e.g. 0,1,2 (default: the recipe's)"
+        "--recipe",
+        required=True,
+        help="a comparison recipe (base recipe plus variants), or any recipe to run over seeds",
+    )
+    compare.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        help="comma-separated seeds to run, e.g. 0,1,2 (default: the comparison's, or 0,1,2,3,4 for a recipe)",
     )
     for command in (fit, compare, sub.choices["validate"], sub.choices["test"]):
         command.add_argument(
@@ -88,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "recipes", cmd_recipes)
     _add(sub, "losses", cmd_losses)
     _add(sub, "tasks", cmd_tasks)
+    keys = _add(sub, "keys", cmd_keys)
+    keys.add_argument("section", nargs="?", help="a recipe key whose keys to list (default: all of them)")
     return parser
 
 
@@ -96,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from distill.registry import allow_modules, allow_remote_code
 
-    allow_modules(getattr(args, "allow_module", []))
+    allowed = getattr(args, "allow_module", [])
+    allow_modules(allowed)
+    if allowed and os.getcwd() not in sys.path:
+        # an allowed module is looked for in the working folder too, as `python` would: the `distill` script's sys.path
+        # holds its own folder instead. Appended, so an installed package of the same name wins.
+        sys.path.append(os.getcwd())
     allow_remote_code(getattr(args, "allow_remote_code", False))
     try:
         args.func(args)

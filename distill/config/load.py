@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from distill.config.components import check_component
+from distill.config.overrides import merge_overrides
 from distill.config.schema import REQUIRED, RESERVED_TRAINER_KEYS, TRAINER_DEFAULTS, DatasetSpec, Recipe
 from distill.config.validate import MISSING, Checker
 from distill.errors import DistillError, RecipeError, did_you_mean
@@ -78,16 +79,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return config
 
 
-def parse_overrides(overrides: list[str]) -> Any:
-    for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise RecipeError(f"command line: override '{item}' is not of the form key=value")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except (OmegaConfBaseException, yaml.YAMLError) as exc:
-        raise RecipeError(f"command line: bad override: {str(exc).splitlines()[0]}") from None
-
-
 def to_plain(config: Any, source: str, allow_missing: bool = False) -> dict[str, Any]:
     """The config as plain data with interpolations resolved; a `???` value left unset is an error."""
     missing = sorted(OmegaConf.missing_keys(config)) if not allow_missing else []
@@ -115,15 +106,8 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> LoadedRecipe:
     return from_dict(to_plain(merge_overrides(file_config, overrides), source), source, path)
 
 
-def merge_overrides(config: Any, overrides: list[str]) -> Any:
-    try:
-        return OmegaConf.merge(OmegaConf.create(config), parse_overrides(list(overrides)))
-    except OmegaConfBaseException as exc:
-        raise RecipeError(f"command line: {str(exc).splitlines()[0]}") from None
-
-
 def apply_overrides(config: Any, overrides: list[str]) -> dict[str, Any]:
-    """A plain dict of `config` (dict or OmegaConf) with the `key=value` overrides merged in."""
+    """A plain dict of `config` (dict or OmegaConf) with the overrides applied (`distill.config.overrides`)."""
     return to_plain(merge_overrides(config, overrides), "command line")
 
 

@@ -21,10 +21,12 @@ ADAPTABLE = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)
 class LoRASettings:
     """The student's `lora:` section."""
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    r: int = field(default=8, metadata={"help": "rank of the adapters"})
+    alpha: float = field(default=16.0, metadata={"help": "scale: the adapters' update is multiplied by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' input, in [0, 1)"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "the layers adapted, by their last name part"}
+    )
 
     def check(self) -> None:
         if self.r < 1:

@@ -95,6 +95,18 @@ CASES = [
     ("negative epochs", lambda f: ["--recipe", B, "trainer.max_epochs=-5"], "`max_epochs` must be"),
     ("reserved trainer key", lambda f: ["--recipe", B, "trainer.callbacks=[]"], "cannot be set in a recipe"),
     ("override not key=value", lambda f: ["--recipe", B, "seed"], "override 'seed' is not of the form key=value"),
+    (
+        "deleting a key the recipe does not set",
+        lambda f: ["--recipe", B, "~no.such.key"],
+        "'~no.such.key': the recipe does not set 'no.such.key', so there is nothing to delete: it has no 'no'",
+    ),
+    ("a deletion naming no key", lambda f: ["--recipe", B, "~"], "'~' names no key: write ~KEY to delete one"),
+    ("a deletion with a value", lambda f: ["--recipe", B, "~seed=1"], "'~seed=1': a deletion takes no value"),
+    (
+        "null for a loss term the recipe does not have",
+        lambda f: ["--recipe", B, "loss.terms.kdd=null"],
+        "does not set 'loss.terms.kdd', so there is nothing to delete (did you mean 'kd'?)",
+    ),
     ("unknown recipe name", lambda f: ["--recipe", "quickstart_digit"], "did you mean 'quickstart_digits'"),
     ("validation fraction out of range", lambda f: ["--recipe", B, "data.val_fraction=1.5"], "must be in (0, 1)"),
     ("zero batch size", lambda f: ["--recipe", B, "data.batch_size=0"], "data.batch_size must be >= 1"),

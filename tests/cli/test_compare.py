@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from distill.cli import main
-from tests.helpers import tiny_recipe
+from distill.config import load_recipe
+from distill.engine.compare import load_comparison
+from tests.helpers import tiny_recipe, write_recipe
 
 
 def write_comparison(tmp_path, teacher_store, variants: dict) -> str:
@@ -52,3 +55,52 @@ def test_fit_on_a_comparison_says_to_use_compare(tmp_path, teacher_store, capsys
     path = write_comparison(tmp_path, teacher_store, VARIANTS)
     assert main(["fit", "--recipe", path]) == 2
     assert "run it with `distill compare --recipe compare`" in capsys.readouterr().err
+
+
+def test_any_recipe_runs_over_seeds_with_mean_and_spread(tmp_path, teacher_store, capsys):
+    path = write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path / "runs", teacher_store))
+    budget = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
+    assert main(["compare", "--recipe", str(path), "--seeds", "0,1", *budget]) == 0
+    out = capsys.readouterr().out
+    assert "tiny: tiny test recipe" in out and "±" in out
+    folder = tmp_path / "runs" / "tiny_seeds" / "version_0"  # apart from `distill fit`'s own runs/tiny
+    results = json.loads((folder / "summary.json").read_text())
+    assert list(results) == ["tiny"] and [r["seed"] for r in results["tiny"]] == [0, 1]
+    assert results["tiny"][0]["test/loss"] != results["tiny"][1]["test/loss"]
+    saved = yaml.safe_load((folder / "tiny" / "seed_1" / "version_0" / "recipe.yaml").read_text())
+    assert saved["seed"] == 1 and saved["trainer"]["max_epochs"] == 1
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_a_base_names_a_recipe_and_a_variant_removes_a_term_with_null(tmp_path, teacher_store):
+    write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path / "runs", teacher_store))
+    variants = {"kd": {}, "ce": {"loss": {"ce_weight": 1.0, "terms": {"kd": None}}}}
+    comparison = {"description": "by name", "seeds": [0, 1], "base": "../tiny.yaml", "variants": variants}
+    (tmp_path / "sub").mkdir()
+    path = write_recipe(tmp_path / "sub" / "compare.yaml", comparison)  # the base is looked for beside it first
+    plan = load_comparison(str(path), ["optimizer.lr=0.5"])
+    assert list(plan.variants["kd"].resolved["loss"]["terms"]) == ["kd"]
+    assert plan.variants["ce"].resolved["loss"] == {"ce_weight": 1.0, "label_smoothing": 0.0, "terms": {}}
+    assert {v.resolved["optimizer"]["lr"] for v in plan.variants.values()} == {0.5}  # overrides apply to the base
+
+    bundled = write_recipe(tmp_path / "bundled.yaml", {**comparison, "base": "quickstart_digits"})
+    assert load_comparison(str(bundled)).variants["kd"].resolved == load_recipe("quickstart_digits").resolved
+
+
+@pytest.mark.parametrize(
+    ("base", "variant", "expected"),
+    [
+        ("tiny.yaml", {"loss": {"terms": {"dkd": None}}}, "variant 'v': 'loss.terms.dkd: null': the recipe does not"),
+        ("compare_losses_digits", {}, "'base' names "),
+        ("quickstart_digit", {}, "did you mean 'quickstart_digits'"),
+        (None, {}, "'base' is required"),
+    ],
+)
+def test_a_bad_base_or_null_is_refused_before_anything_trains(tmp_path, teacher_store, capsys, base, variant, expected):
+    write_recipe(tmp_path / "tiny.yaml", tiny_recipe(tmp_path / "runs", teacher_store))
+    comparison = {"base": base, "variants": {"v": variant}} if base else {"variants": {"v": variant}}
+    path = write_recipe(tmp_path / "compare.yaml", comparison)
+    assert main(["compare", "--recipe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
