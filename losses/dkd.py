@@ -75,7 +75,8 @@ class DKDLoss(nn.Module):
         temperature: softening temperature T (> 0).
         warmup_epochs: epochs of linear warm-up of the whole term (>= 0; 0 turns it off, and only then may `epoch`
             be left out).
-        standardize: z-score both logit vectors per sample first (`zscore`; the "DKD + LS" variant of Sun et al.).
+        standardize: z-score both logit vectors per sample first (`zscore`; the "DKD + LS" variant of Sun et al.,
+            whose published run also scaled alpha and beta: docs/methods.md, section 4).
 
     Shapes:
         student_logits: (B, C); teacher_logits: (B, C), C >= 2; target: (B,) integer labels (required).
