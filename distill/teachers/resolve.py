@@ -83,7 +83,7 @@ def check_int8(role: str, model: dict[str, Any], accelerator: Any) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise DistillError(f"{role}.dtype: int8 needs the bitsandbytes library: pip install bitsandbytes") from None
+        raise DistillError(f"{role}.dtype: int8 needs the bitsandbytes library: pip install 'distill[bnb]'") from None
 
 
 def load_frozen(plan: FrozenPlan, data: DataSource) -> Any:
