@@ -35,13 +35,25 @@ def check_flag(name: str, value: bool) -> bool:
     return value
 
 
-def linear_warmup(epoch: float | None, warmup_epochs: int) -> float:
+def linear_warmup(epoch: float | None, warmup_epochs: int, loss: str) -> float:
     """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch`: a term's linear ramp-in (DKD, ReviewKD); 1 when
-    `epoch` is None or `warmup_epochs` is 0."""
-    if epoch is None or warmup_epochs == 0:
+    `warmup_epochs` is 0.
+
+    The authors' loops always ramp (mdistiller passes its 1-based epoch to every step), so a missing epoch is an
+    error while the ramp is on, not a silent factor of 1: `warmup_epochs=0` is the explicit way to have no ramp.
+    An epoch below 1 is refused too: epoch 0 would scale the term by exactly 0, the sign of a 0-based counter.
+    """
+    if epoch is None:
+        if warmup_epochs == 0:
+            return 1.0
+        raise ValueError(
+            f"{loss} ramps in over warmup_epochs={warmup_epochs} epochs: pass epoch (1-based: the first epoch is 1), "
+            "or build it with warmup_epochs=0 for no ramp"
+        )
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not epoch >= 1:
+        raise ValueError(f"epoch must be a number >= 1 (1-based: the first epoch is 1), got {epoch!r}")
+    if warmup_epochs == 0:
         return 1.0
-    if not epoch >= 0:
-        raise ValueError(f"epoch must be >= 0 (1-based: the first epoch is 1), got {epoch}")
     return min(float(epoch) / warmup_epochs, 1.0)
 
 

@@ -30,13 +30,20 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from losses._common import compute_dtype
-from losses.teacher_rows import TeacherSource, TopKRows, as_teacher, check_head
+from losses.teacher_rows import TeacherHead, TeacherLogits, TeacherSource, TeacherTopK, TopKRows, as_teacher, check_head
 
+# the teacher sources are defined in `losses.teacher_rows` and exported here too, beside the functions that take
+# them, as the docs import them: `from losses.chunked import TeacherHead`
 __all__ = [
     "ChunkTargets",
     "ChunkedRowLoss",
     "FusedLinearRowLoss",
     "RowLoss",
+    "TeacherHead",
+    "TeacherLogits",
+    "TeacherSource",
+    "TeacherTopK",
+    "TopKRows",
     "chunk_sums",
     "cross_entropy_rows",
     "fused_masked_sum_and_count",

@@ -10,7 +10,8 @@ value where theirs is finite:
   (`log p_y = z_y - lse(z)`, `log(1 - p_y) = lse(z without y) - lse(z)`), finite for any logits.
 - T^2. They multiply TCKD and NCKD by T^2 each; here `(alpha * TCKD + beta * NCKD) * T^2` once. Same value.
 - CE and warm-up. Their distiller adds `ce_weight * CE` and multiplies by `min(epoch / warmup, 1)` with its 1-based
-  epoch; here CE is the recipe's `ce_weight` term and the epoch is an argument (None: no warm-up factor).
+  epoch, at every step; here CE is the recipe's `ce_weight` term and the epoch is an argument, required while the
+  ramp is on (`warmup_epochs=0` is the explicit opt-out; a missing epoch is an error, not a silent factor of 1).
 - fp32 compute and a detached teacher (theirs runs the teacher under `no_grad`).
 """
 
@@ -72,13 +73,16 @@ class DKDLoss(nn.Module):
         beta: weight of NCKD (>= 0); CIFAR-100: 8, 6 for vgg13->vgg8 and WRN students, 2 for resnet56->resnet20
             and resnet110->resnet32.
         temperature: softening temperature T (> 0).
-        warmup_epochs: epochs of linear warm-up of the whole term (>= 0; 0 turns it off).
-        standardize: z-score both logit vectors per sample first (`zscore`; the "DKD + LS" variant of Sun et al.).
+        warmup_epochs: epochs of linear warm-up of the whole term (>= 0; 0 turns it off, and only then may `epoch`
+            be left out).
+        standardize: z-score both logit vectors per sample first (`zscore`; the "DKD + LS" variant of Sun et al.,
+            whose published run also scaled alpha and beta: docs/methods.md, section 4).
 
     Shapes:
         student_logits: (B, C); teacher_logits: (B, C), C >= 2; target: (B,) integer labels (required).
         epoch: the current epoch, 1-based as in the authors' training loop (the first epoch is 1, so warm-up starts
-        at 1 / warmup_epochs, not 0); fractional values are allowed. None: no warm-up factor (1).
+        at 1 / warmup_epochs, not 0); fractional values are allowed, values below 1 raise a ValueError. Required
+        (a ValueError without it) unless `warmup_epochs` is 0. The framework's tasks pass `current_epoch + 1`.
         Returns a scalar, the unweighted term averaged over the batch.
     """
 
@@ -106,8 +110,9 @@ class DKDLoss(nn.Module):
         )
 
     def warmup(self, epoch: float | None) -> float:
-        """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch`; 1 when `epoch` is None or warm-up is off."""
-        return linear_warmup(epoch, self.warmup_epochs)
+        """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch` (>= 1); 1 when warm-up is off. Without an epoch
+        it raises unless warm-up is off."""
+        return linear_warmup(epoch, self.warmup_epochs, "DKDLoss")
 
     def forward(
         self,

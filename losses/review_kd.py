@@ -102,12 +102,14 @@ class ReviewKDLoss(nn.Module):
         student_channels: channels of the student's maps, shallow to deep (resnet8x4: [64, 128, 256, 256]).
         teacher_channels: channels of the teacher's maps, one per student map.
         mid_channels: channels of the fused maps; None: the authors' `min(512, student_channels[-1])`.
-        warmup_epochs: epochs of linear warm-up of the whole term (>= 0; 0 turns it off).
+        warmup_epochs: epochs of linear warm-up of the whole term (>= 0; 0 turns it off, and only then may `epoch`
+            be left out).
         pool_levels: sizes l of the pooled levels of HCL, each used when smaller than the map height.
 
     Shapes:
         student_features / teacher_features: lists of (B, C_i, H_i, W_i) maps or (B, C_i) pooled vectors, shallow to
-        deep, pair i with the same H_i, W_i. epoch: 1-based, None for no warm-up factor. Returns a scalar, 0 for B = 0.
+        deep, pair i with the same H_i, W_i. epoch: 1-based (>= 1), required unless `warmup_epochs` is 0. Returns a
+        scalar, 0 for B = 0.
     """
 
     consumes = Consumes(FEATURES, extra=("epoch",))
@@ -172,8 +174,9 @@ class ReviewKDLoss(nn.Module):
         return f"warmup_epochs={self.warmup_epochs}, pool_levels={self.pool_levels}"
 
     def warmup(self, epoch: float | None) -> float:
-        """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch`; 1 when `epoch` is None or warm-up is off."""
-        return linear_warmup(epoch, self.warmup_epochs)
+        """`min(epoch / warmup_epochs, 1)` for the 1-based `epoch` (>= 1); 1 when warm-up is off. Without an epoch
+        it raises unless warm-up is off."""
+        return linear_warmup(epoch, self.warmup_epochs, "ReviewKDLoss")
 
     def fuse(self, student_maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The ABF outputs, shallow to deep: (B, C_s_i, H_i, W_i) maps -> (B, C_t_i, H_i, W_i), in the ABFs' dtype."""

@@ -50,6 +50,10 @@ def test_bundled_recipe_is_valid_and_documented(name, monkeypatch, tmp_path):
     assert first_line.startswith(f"# distill fit --recipe {name}"), "first line: the command that runs it"
     loaded = load_recipe(name, REQUIRED_BY_TEMPLATES.get(name, []))
     assert loaded.recipe.description, "a one-line description for `distill recipes`"
+    logger = loaded.recipe.logger  # W&B and MLflow need the loggers extra: a bundled recipe shows them commented out
+    assert logger.wandb is None and logger.mlflow is None, "runs with the core install: the CSV log by default"
+    for frozen in (loaded.recipe.teacher, loaded.recipe.second_teacher):  # one key for a frozen model's precision
+        assert frozen is None or "dtype" not in frozen.model, "hold a frozen model's precision in <section>.dtype"
     check_builds(loaded.recipe, monkeypatch)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not copied into the build: environments, VCS data, build outputs and run/data folders (at the root only:
@@ -115,6 +116,17 @@ def test_extras(setup_cfg: configparser.ConfigParser) -> None:
     assert {"llm", "clip", "dev"} <= set(extras)
     dev = {Requirement(line).name for line in lines(extras["dev"])}
     assert {"pytest", "ruff"} <= dev
+
+
+def test_bnb_extra_installs_a_bitsandbytes_that_transformers_loads_8_bit_weights_with(
+    setup_cfg: configparser.ConfigParser,
+) -> None:
+    """teacher.dtype=int8 loads through transformers' 8-bit quantizer, which refuses bitsandbytes below its minimum."""
+    import_utils = pytest.importorskip("transformers.utils.import_utils")
+    (requirement,) = (Requirement(line) for line in lines(setup_cfg["options.extras_require"]["bnb"]))
+    floors = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
+    assert requirement.name == "bitsandbytes" and floors
+    assert min(floors) >= Version(import_utils.BITSANDBYTES_MIN_VERSION)
 
 
 def test_core_dependencies(setup_cfg: configparser.ConfigParser) -> None:

@@ -4,6 +4,7 @@ Resolution plans (distill.teachers); the engine trains what the plan says is mis
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import distill.engine.pipeline as pipeline
 from distill.config import LoadedRecipe, from_dict, load_recipe
 from distill.config.load import save_recipe
 from distill.engine.wiring import prepare_data
+from distill.errors import DistillError
 from distill.models import create_model
 from distill.models.weights import read_checkpoint
 from distill.teachers.resolve import plan_frozen
@@ -234,3 +236,13 @@ def test_a_missing_teacher_is_a_plan_to_train_it_not_a_training(raw: dict) -> No
     assert plan.run.recipe.student == load(raw).recipe.teacher.model  # the teacher run trains the teacher's model
     assert plan.run.recipe.loss.terms == {} and plan.run.recipe.teacher is None  # on labels alone
     assert not plan.weights.parent.exists()  # planning wrote nothing
+
+
+def test_the_lora_recipe_plans_its_teacher_without_bitsandbytes_and_int8_stays_an_option(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed: no extra brings it by default
+    plan = plan_frozen(load_recipe("chat_kd_qwen2.5_1.5b_to_0.5b_lora"), "teacher", "causal_lm")
+    assert plan.dtype == "bfloat16" and plan.weights is None  # the Hub teacher, held in bf16
+    int8 = load_recipe("chat_kd_qwen2.5_1.5b_to_0.5b_lora", ["teacher.dtype=int8"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the GPU check, to the missing library
+    with pytest.raises(DistillError, match=r"^teacher.dtype: int8 needs the bitsandbytes library: .*distill\[bnb\]"):
+        plan_frozen(int8, "teacher", "causal_lm")

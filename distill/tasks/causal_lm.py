@@ -120,7 +120,8 @@ class CausalLMTask(WeightedTermsTask):
         terms: loss terms by name, each `(weight, module)`.
         ce_weight: weight of the next-token cross-entropy on the labels.
         logits: "auto", "chunked" or "full" (see above).
-        chunk_size: tokens per chunk of the LM heads; None: `losses.chunked.rows_per_chunk` of the vocabulary.
+        chunk_size: tokens per chunk of the LM heads, and of the token terms built without a chunk size of their own
+            when they get full logits; None: `losses.chunked.rows_per_chunk` of the vocabulary.
         teacher_cache: the stored teacher outputs, or None.
         common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
     """
@@ -141,6 +142,11 @@ class CausalLMTask(WeightedTermsTask):
         super().__init__(student, {"teacher": teacher}, terms, ce_weight, ACCEPTS, teacher_stored=stored, **common)
         teacher_rows = output_rows(teacher) or (teacher_cache.vocab_size if teacher_cache is not None else 0)
         chunk_size = chunk_size or rows_per_chunk(max(output_rows(student), teacher_rows))
+        for term in self.terms.values():
+            # one chunk size on both paths: a token term given full logits (`full`, or `auto` falling back) runs in
+            # the task's chunks too, unless it was built with its own
+            if term.consumes.kind == TOKEN_LOGITS and getattr(term, "chunk_size", 0) is None:
+                term.chunk_size = chunk_size
         self.report_kl = TokenDivergenceLoss("forward_kl", chunk_size=chunk_size)  # reported, not trained
         self.sums = nn.ModuleDict({f"{stage}_{what}": SumMetric() for stage in ("val", "test") for what in SUMS})
         self.logits_mode, self.chunk_size, self.teacher_cache = logits, chunk_size, teacher_cache
@@ -346,11 +352,21 @@ def build(ctx: BuildContext) -> CausalLMTask:
         ctx.terms(student, token_probe),
         ctx.recipe.loss.ce_weight,
         logits=settings.logits,
-        chunk_size=settings.chunk_size,
+        chunk_size=chunk_size(ctx.recipe, settings),
         teacher_cache=ctx.teacher_outputs,  # type: ignore[arg-type]
         policy=response_policy(ctx, settings) if ctx.training else None,
         **ctx.common(),
     )
+
+
+def term_chunk_sizes(recipe: Recipe) -> dict[str, int]:
+    """The chunk sizes the recipe's loss terms set themselves (`loss.terms.<name>.chunk_size`), by term."""
+    return {name: term["chunk_size"] for name, term in recipe.loss.terms.items() if term.get("chunk_size") is not None}
+
+
+def chunk_size(recipe: Recipe, settings: CausalLMSettings) -> int | None:
+    """The task's one chunk size: `causal_lm.chunk_size`, else the one its token terms set (`check` refuses two)."""
+    return settings.chunk_size or next(iter(term_chunk_sizes(recipe).values()), None)
 
 
 def token_probe(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -374,8 +390,19 @@ def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePo
 
 
 def check(recipe: Recipe, settings: CausalLMSettings, fail: Callable[[str, str], Exception]) -> None:
-    """Per-token terms need both models on the same tokens: refused beside a teacher tokenizer of its own. The
-    teacher cache holds outputs on the data's responses: refused beside generated ones."""
+    """One chunk size: the terms' and `causal_lm.chunk_size` may not differ. Per-token terms need both models on the
+    same tokens: refused beside a teacher tokenizer of its own. The teacher cache holds outputs on the data's
+    responses: refused beside generated ones."""
+    given = {f"loss.terms.{name}.chunk_size": size for name, size in term_chunk_sizes(recipe).items()}
+    if settings.chunk_size is not None:
+        given["causal_lm.chunk_size"] = settings.chunk_size
+    if len(set(given.values())) > 1:  # CE and the token terms share one chunk loop: one size, never one ignored
+        written = ", ".join(f"{key} {value}" for key, value in given.items())
+        raise fail(
+            next(iter(given)),
+            f"differs: task causal_lm runs CE and every token term in one chunk loop of one size ({written}); "
+            "set causal_lm.chunk_size alone",
+        )
     if settings.mode != "off_policy" and recipe.teacher is not None and recipe.teacher.cache is not None:
         raise fail(
             "teacher.cache",

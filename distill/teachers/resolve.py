@@ -20,6 +20,7 @@ from distill.data.interface import DataSource
 from distill.errors import DistillError
 from distill.models import model_for_data
 from distill.models.weights import load_weights
+from distill.teachers.hints import missing_cifar_teacher
 from distill.teachers.store import store_path, teacher_run
 
 
@@ -61,7 +62,11 @@ def plan_frozen(loaded: LoadedRecipe, role: str, teacher_task: str) -> FrozenPla
     if dtype == "int8":
         check_int8(role, model, loaded.recipe.trainer.get("accelerator"))
     if section.checkpoint is not None:
-        return FrozenPlan(role, model, Path(section.checkpoint).expanduser().resolve(), dtype=dtype)
+        weights = Path(section.checkpoint).expanduser().resolve()
+        if not weights.is_file() and (loaded.recipe.data or {}).get("name") == "cifar100":
+            # the CIFAR recipes' default path is a layout whose download server is gone: say where the file is now
+            raise DistillError(missing_cifar_teacher(role, section.checkpoint, model["name"]))
+        return FrozenPlan(role, model, weights, dtype=dtype)
     if section.recipe is not None:
         run = load_recipe(section.recipe, section.overrides)
         return FrozenPlan(role, model, store_path(section.store, run.name, run.resolved), run, dtype)
@@ -83,7 +88,7 @@ def check_int8(role: str, model: dict[str, Any], accelerator: Any) -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise DistillError(f"{role}.dtype: int8 needs the bitsandbytes library: pip install bitsandbytes") from None
+        raise DistillError(f"{role}.dtype: int8 needs the bitsandbytes library: pip install 'distill[bnb]'") from None
 
 
 def load_frozen(plan: FrozenPlan, data: DataSource) -> Any:

@@ -249,6 +249,11 @@ CASES = [
         "causal_lm.chunk_size must be >= 1, got 0",
     ),
     (
+        "two chunk sizes for one chunk loop",
+        lambda f: ["--recipe", "llm_kd_tiny", "loss.terms.token_kl.chunk_size=9", "causal_lm.chunk_size=5"],
+        "'loss.terms.token_kl.chunk_size' differs: task causal_lm runs CE and every token term in one chunk loop",
+    ),
+    (
         "an unknown way to compute LM logits",
         lambda f: ["--recipe", "llm_kd_tiny", "causal_lm.logits=fast"],
         "'causal_lm.logits' must be one of 'auto', 'chunked', 'full', got 'fast'",

@@ -64,7 +64,7 @@ def test_matches_the_authors_formula_where_theirs_is_finite() -> None:
     teacher = logits(8, 10, seed=4, dtype=torch.float64)
     target = labels(8, 10, seed=5)
     for alpha, beta, temperature in [(1.0, 8.0, 4.0), (1.0, 2.0, 1.0)]:
-        ours = DKDLoss(alpha, beta, temperature)(student, teacher, target)
+        ours = DKDLoss(alpha, beta, temperature, warmup_epochs=0)(student, teacher, target)
         torch.testing.assert_close(ours, authors_formula(student, teacher, target, alpha, beta, temperature))
 
 
@@ -76,7 +76,7 @@ def test_confident_student_stays_finite_where_the_log_of_summed_probabilities_do
     student = torch.tensor([[big, 0.0, 0.0], [0.0, 1.0, 2.0]], requires_grad=True)
     teacher = torch.tensor([[1.0, 0.0, 0.5], [0.0, 3.0, 1.0]])
     target = torch.tensor([0, 1])
-    loss = DKDLoss(1.0, 8.0, temperature=1.0)(student, teacher, target)
+    loss = DKDLoss(1.0, 8.0, temperature=1.0, warmup_epochs=0)(student, teacher, target)
     assert torch.isinf(authors_formula(student.detach(), teacher, target, 1.0, 8.0, 1.0))
     loss.backward()
     assert torch.isfinite(loss)
@@ -119,18 +119,22 @@ def test_warmup_factor_by_one_based_epoch(epoch: float, factor: float) -> None:
     assert loss_fn.warmup(epoch) == factor
     student, teacher, target = logits(4, 6, seed=8), logits(4, 6, seed=9), labels(4, 6, seed=10)
     warmed = loss_fn(student, teacher, target, epoch=epoch)
-    torch.testing.assert_close(warmed, factor * loss_fn(student, teacher, target))
+    torch.testing.assert_close(warmed, factor * DKDLoss(warmup_epochs=0)(student, teacher, target))
 
 
-def test_no_warmup_without_an_epoch_or_with_zero_warmup_epochs() -> None:
-    assert DKDLoss(warmup_epochs=20).warmup(None) == 1.0
-    assert DKDLoss(warmup_epochs=0).warmup(1) == 1.0
+def test_the_ramp_needs_a_one_based_epoch_unless_turned_off_explicitly() -> None:
     student, teacher, target = logits(4, 6, seed=11), logits(4, 6, seed=12), labels(4, 6, seed=13)
-    assert torch.equal(
-        DKDLoss(warmup_epochs=0)(student, teacher, target, epoch=1), DKDLoss()(student, teacher, target, epoch=None)
-    )
-    with pytest.raises(ValueError, match="epoch"):
-        DKDLoss().warmup(-1)
+    # mdistiller always ramps: without an epoch the ramp is an error, not a silent factor of 1
+    with pytest.raises(ValueError, match="DKDLoss ramps in over warmup_epochs=20 epochs: pass epoch"):
+        DKDLoss(warmup_epochs=20)(student, teacher, target)
+    for epoch in (0, 0.5, -1):  # epoch 0 would give exactly 0 (a 0-based counter): refused
+        with pytest.raises(ValueError, match="epoch must be a number >= 1"):
+            DKDLoss(warmup_epochs=20)(student, teacher, target, epoch=epoch)
+        with pytest.raises(ValueError, match="epoch must be a number >= 1"):
+            DKDLoss(warmup_epochs=0)(student, teacher, target, epoch=epoch)
+    off = DKDLoss(warmup_epochs=0)  # the explicit opt-out: no ramp, the epoch optional
+    assert off.warmup(None) == off.warmup(1) == 1.0
+    assert torch.equal(off(student, teacher, target), DKDLoss(warmup_epochs=20)(student, teacher, target, epoch=20))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
@@ -141,17 +145,17 @@ def test_decomposes_kd_into_tckd_and_nckd(temperature: float) -> None:
     tckd, nckd = reference_parts(student, teacher, target, temperature)
     t2 = temperature**2
 
-    both = DKDLoss(alpha=1.0, beta=1.0, temperature=temperature)(student, teacher, target)
+    both = DKDLoss(alpha=1.0, beta=1.0, temperature=temperature, warmup_epochs=0)(student, teacher, target)
     torch.testing.assert_close(both, t2 * (sum(tckd) + sum(nckd)) / 6, rtol=1e-10, atol=1e-12)
-    only_tckd = DKDLoss(alpha=1.0, beta=0.0, temperature=temperature)(student, teacher, target)
+    only_tckd = DKDLoss(alpha=1.0, beta=0.0, temperature=temperature, warmup_epochs=0)(student, teacher, target)
     torch.testing.assert_close(only_tckd, t2 * sum(tckd) / 6, rtol=1e-10, atol=1e-12)
 
     # the DKD paper's identity, per sample: KD = TCKD + (1 - p_t,y) * NCKD
     p_t_y = torch.softmax(teacher / temperature, -1)[torch.arange(6), target]
     for i in range(6):
         kd = KDLoss(temperature)(student[i : i + 1], teacher[i : i + 1])
-        tckd_i = DKDLoss(1.0, 0.0, temperature)(student[i : i + 1], teacher[i : i + 1], target[i : i + 1])
-        nckd_i = DKDLoss(0.0, 1.0, temperature)(student[i : i + 1], teacher[i : i + 1], target[i : i + 1])
+        tckd_i = DKDLoss(1.0, 0.0, temperature, 0)(student[i : i + 1], teacher[i : i + 1], target[i : i + 1])
+        nckd_i = DKDLoss(0.0, 1.0, temperature, 0)(student[i : i + 1], teacher[i : i + 1], target[i : i + 1])
         torch.testing.assert_close(kd, tckd_i + (1 - p_t_y[i]) * nckd_i, rtol=1e-10, atol=1e-12)
 
 
@@ -159,7 +163,7 @@ def test_alpha_zero_leaves_nckd_only_and_it_ignores_the_target_logit() -> None:
     student = logits(5, 7, seed=17, dtype=torch.float64).requires_grad_()
     teacher = logits(5, 7, seed=18, dtype=torch.float64)
     target = labels(5, 7, seed=19)
-    loss = DKDLoss(alpha=0.0, beta=6.0, temperature=4.0)(student, teacher, target)
+    loss = DKDLoss(alpha=0.0, beta=6.0, temperature=4.0, warmup_epochs=0)(student, teacher, target)
     _, nckd = reference_parts(student.detach(), teacher, target, 4.0)
     torch.testing.assert_close(loss, 6.0 * 16.0 * sum(nckd) / 5, rtol=1e-10, atol=1e-12)
     loss.backward()
@@ -184,7 +188,7 @@ def test_empty_batch_gives_zero_and_finite_gradients() -> None:
 def test_no_gradient_reaches_the_teacher() -> None:
     target = torch.tensor([1, 0, 4])
     loss_fn = DKDLoss(standardize=True)
-    contract.assert_no_gradient_reaches_the_teacher(lambda s, t: loss_fn(s, t, target), seed=23)
+    contract.assert_no_gradient_reaches_the_teacher(lambda s, t: loss_fn(s, t, target, epoch=3), seed=23)
 
 
 def test_bf16_inputs_give_fp32_result_of_the_rounded_values() -> None:

@@ -121,7 +121,7 @@ def test_loss_matches_float64_reference_in_value_and_gradients() -> None:
     for s, r in zip(students, refs, strict=True):
         assert s.grad.abs().sum() > 0
         torch.testing.assert_close(s.grad, r.grad, rtol=1e-9, atol=1e-12)
-    small = randomized(ReviewKDLoss([2, 3], [2, 2], mid_channels=2), seed=5).double().eval()
+    small = randomized(ReviewKDLoss([2, 3], [2, 2], mid_channels=2, warmup_epochs=0), seed=5).double().eval()
     pair_s, pair_t = maps([2, 3], [4, 2], batch=2, seed=20), maps([2, 2], [4, 2], batch=2, seed=30)
     assert torch.autograd.gradcheck(lambda a, b: small([a, b], pair_t), tuple(s.requires_grad_() for s in pair_s))
 
@@ -134,13 +134,16 @@ def test_warmup_ramps_the_loss_by_the_one_based_epoch() -> None:
     assert full > 0
     torch.testing.assert_close(loss(students, teachers, epoch=10), full / 2)
     torch.testing.assert_close(loss(students, teachers, epoch=1), full / 20)
-    for epoch in (40, None):
-        torch.testing.assert_close(loss(students, teachers, epoch=epoch), full)
+    torch.testing.assert_close(loss(students, teachers, epoch=40), full)
     no_ramp = copy.deepcopy(loss)
     no_ramp.warmup_epochs = 0
     torch.testing.assert_close(no_ramp(students, teachers, epoch=1), full)
-    with pytest.raises(ValueError, match="epoch"):
-        loss(students, teachers, epoch=-1)
+    torch.testing.assert_close(no_ramp(students, teachers), full)  # the explicit opt-out needs no epoch
+    for epoch in (0, 0.5, -1):  # epoch 0 would scale the term by exactly 0: a 0-based counter
+        with pytest.raises(ValueError, match="epoch must be a number >= 1"):
+            loss(students, teachers, epoch=epoch)
+    with pytest.raises(ValueError, match="ramps in over warmup_epochs=20 epochs: pass epoch"):
+        loss(students, teachers)  # mdistiller always ramps: no silent factor of 1
 
 
 @pytest.mark.parametrize(
@@ -164,7 +167,7 @@ def test_fused_outputs_have_the_teacher_shapes(student: list[int], teacher: list
 
 def test_gradients_reach_every_abf_parameter_but_not_the_teacher() -> None:
     torch.manual_seed(2)
-    loss = ReviewKDLoss([3, 4, 5], [2, 6, 3], mid_channels=4)
+    loss = ReviewKDLoss([3, 4, 5], [2, 6, 3], mid_channels=4, warmup_epochs=0)
     teacher_layer = torch.nn.Conv2d(6, 6, 1)
     teachers = maps([2, 6, 3], [8, 4, 0], batch=3, seed=60, dtype=torch.float32)
     teachers[1] = teacher_layer(teachers[1])
@@ -173,7 +176,7 @@ def test_gradients_reach_every_abf_parameter_but_not_the_teacher() -> None:
     assert teachers[0].grad is None and teacher_layer.weight.grad is None
     for name, parameter in loss.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
-    single = ReviewKDLoss([5], [5], mid_channels=4)
+    single = ReviewKDLoss([5], [5], mid_channels=4, warmup_epochs=0)
     contract.assert_no_gradient_reaches_the_teacher(lambda s, t: single(s, t), seed=80)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distill.config import load_recipe
 from distill.errors import DistillError
 from distill.models import create_model
+from distill.tasks import causal_lm
 from distill.tasks.causal_lm import CausalLMTask
 from distill.teachers.token_cache import TokenTeacherCache
-from losses import GraphOnLogitsLoss, TokenDivergenceLoss
+from losses import GraphOnLogitsLoss, TokenDivergenceLoss, token_divergence
 from tests.tasks.test_causal_lm_task import TokenRecorder, batch
 
 TOKENIZER_V, PADDED_V = 259, 320  # byte tokenizer entries; head rows, padded as real models pad them
@@ -161,3 +163,22 @@ def test_the_cache_refuses_another_setup(tmp_path):
 def test_a_term_that_needs_full_teacher_logits_is_refused_with_the_cache(tmp_path):
     with pytest.raises(DistillError, match="teacher.cache: loss term rec needs the teacher's full logits"):
         CausalLMTask(llama(0), llama(1, 48), terms={"rec": (1.0, TokenRecorder())}, teacher_cache=cache(tmp_path, 8))
+
+
+def test_one_chunk_size_runs_both_paths_and_a_terms_own_size_becomes_the_tasks(monkeypatch):
+    seen = []
+    full, fused = token_divergence.masked_sum_and_count, causal_lm.fused_masked_sum_and_count
+    monkeypatch.setattr(token_divergence, "masked_sum_and_count", lambda *a: seen.append(("full", a[-1])) or full(*a))
+    monkeypatch.setattr(
+        causal_lm, "fused_masked_sum_and_count", lambda *a: seen.append(("chunked", a[-1])) or fused(*a)
+    )
+    for logits in ("full", "chunked"):  # the task's chunk_size is 7 (`step`); the term was built without one
+        step(logits, {"kl": (1.0, TokenDivergenceLoss("forward_kl"))}, batch())
+    assert seen == [("full", 7), ("chunked", 7)]  # before, the full path ran the term in one chunk of every token
+
+    own = load_recipe("llm_kd_tiny", ["loss.terms.token_kl.chunk_size=9"])
+    assert causal_lm.chunk_size(own.recipe, own.settings) == 9  # a term's own size is honoured, not ignored
+    given = load_recipe("llm_kd_tiny", ["causal_lm.chunk_size=9"])
+    assert causal_lm.chunk_size(given.recipe, given.settings) == 9
+    with pytest.raises(DistillError, match=r"'loss.terms.token_kl.chunk_size' differs: .*set causal_lm.chunk_size"):
+        load_recipe("llm_kd_tiny", ["loss.terms.token_kl.chunk_size=9", "causal_lm.chunk_size=5"])
