@@ -74,9 +74,14 @@ def _hf_arguments(checker: Checker, args: dict[str, Any], path: str) -> dict[str
     """A Hugging Face model's arguments with its precision checked. The student loads in float32 unless the recipe
     says otherwise: trainable weights need fp32 master copies (`bf16-mixed` computes in bf16 but updates the weights
     in their own dtype, and most AdamW updates round away in bf16), whatever dtype its checkpoint was saved in.
-    Frozen models load as saved (`auto`) unless given."""
+    A frozen model's precision is its section's `dtype` (`teacher.dtype`: it loads in it directly), one key for
+    every kind of model, int8 included."""
     from distill.models.causal_lm import HF_DTYPES
 
+    if path != "student" and path.endswith(".model") and ("dtype" in args or "torch_dtype" in args):
+        key = "dtype" if "dtype" in args else "torch_dtype"
+        section = path.removesuffix(".model")
+        raise checker.fail(f"{path}.{key}", f"a frozen model's precision is {section}.dtype: write that instead")
     if "torch_dtype" in args:
         raise checker.fail(f"{path}.torch_dtype", "is called dtype in transformers 5: write dtype")
     if path == "student":

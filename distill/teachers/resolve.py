@@ -97,6 +97,8 @@ def load_frozen(plan: FrozenPlan, data: DataSource) -> Any:
     spec = dict(plan.model)
     if plan.dtype == "int8":
         spec.update(int8_arguments())
+    elif plan.dtype in FLOAT_DTYPES and spec["name"].startswith("hf:"):
+        spec["dtype"] = plan.dtype  # loaded in it, never held in another precision first
     model = model_for_data(spec, data, f"{plan.role}.model")
     if plan.weights is not None:
         load_weights(model, plan.weights, f"{plan.role}.checkpoint")

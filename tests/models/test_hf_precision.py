@@ -118,6 +118,7 @@ def test_lora_adapters_stay_fp32_over_a_bf16_base(bf16_folder, tmp_path):
         ("student.dtype=float64", "'student.dtype' must be one of float32, bfloat16, float16, auto, got 'float64'"),
         ("student.torch_dtype=bfloat16", "'student.torch_dtype' is called dtype in transformers 5: write dtype"),
         ("teacher.model.gradient_checkpointing=true", "'teacher.model.gradient_checkpointing' applies to the student"),
+        ("teacher.model.dtype=bfloat16", "'teacher.model.dtype' a frozen model's precision is teacher.dtype"),
     ],
 )
 def test_bad_precision_and_checkpointing_keys_are_refused(bf16_folder, tmp_path, override, message):
