@@ -12,6 +12,7 @@ from torch import nn
 
 from distill.config.schema import Recipe
 from distill.data.interface import DataSource
+from distill.data.record import data_record
 from distill.errors import DistillError
 from distill.models import create_model, model_for_data
 from distill.models.lora import LoRASettings, add_lora
@@ -163,10 +164,12 @@ class BuildContext:
         return build_loss(term)
 
     def common(self) -> dict[str, Any]:
-        """The arguments every task module takes: optimizer and schedule factories, sources, the recipe."""
+        """The arguments every task module takes: optimizer and schedule factories, sources, the recipe, and what
+        the models took from the data (`data.record`: kept in checkpoints, so the student is rebuilt without it)."""
         return {
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "sources": self.sources(),
             "recipe": self.resolved,
+            "data_record": data_record(self.data),
         }
