@@ -84,15 +84,16 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     The student is rebuilt from the checkpoint alone (its recipe, the sizes and tokenizer the run recorded, its
     weights): neither the data nor the teacher is read. A Hugging Face student becomes a save_pretrained folder
-    (LoRA merged) with the run's tokenizer, chat template and end-of-turn token; a speculative-decoding draft an
-    EAGLE-layout folder (read with its target); any other student model.safetensors (its own parameter names) and
-    distill_model.json (its architecture).
+    (LoRA merged) with the run's tokenizer, chat template and end-of-turn token, or with --adapter-only its LoRA
+    adapters as a PEFT folder; a speculative-decoding draft an EAGLE-layout folder (read with its target); any other
+    student model.safetensors (its own parameter names) and distill_model.json (its architecture).
     """
     from distill.export import export_run
 
-    exported = export_run(args.checkpoint, args.out, dtype=args.dtype)
+    exported = export_run(args.checkpoint, args.out, adapter_only=args.adapter_only, dtype=args.dtype)
     kinds = {
         "hf": "Hugging Face folder",
+        "adapter": "PEFT adapter folder",
         "safetensors": "safetensors weights",
         "eagle": "EAGLE draft",
     }
@@ -110,12 +111,19 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"{exported.max_difference:.3g} (tolerance {exported.tolerance:.3g}); {exported.parameters:,} parameters, "
         f"{exported.trainable:,} trained"
     )
+    if exported.kind == "adapter":
+        print(f"base model: {details['base']} (adapter_config.json's base_model_name_or_path)")
     if details.get("eos_token_id") is not None:
         print(f"generation stops at token ids {details['eos_token_id']} (generation_config.json's eos_token_id)")
     if details.get("stop_string"):
         print(
             f"the chat template ends a turn with {details['stop_string']!r}, several tokens of this tokenizer: "
             "pass it as a stop string with requests"
+        )
+    if exported.kind == "adapter" and details.get("end_of_turn"):
+        print(
+            f"the chat template ends a turn with token id {details['end_of_turn'][0]}: pass it in stop_token_ids "
+            "unless the base model's generation_config.json lists it"
         )
 
 

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="a checkpoint written by distill fit (e.g. best.ckpt)")
     export.add_argument("--out", required=True, help="a new (or empty) folder to write the student to")
     export.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="a LoRA run with an hf: student: write its adapters as a PEFT folder (for vLLM --enable-lora) instead "
+        "of the merged model",
+    )
+    export.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "float16"),  # distill.export.DTYPES, not imported: the CLI starts lazily
         default=None,

@@ -3,7 +3,7 @@
 - A Hugging Face student (causal LM) becomes a `save_pretrained` folder (safetensors), LoRA adapters merged into
   its weights, with the run's tokenizer and chat template and the ids generation stops at (`export/generation.py`):
   `AutoModelForCausalLM.from_pretrained(folder)` and `AutoTokenizer.from_pretrained(folder)` read it, as serving
-  engines do.
+  engines do. With `adapter_only`, a LoRA run's adapters alone become a PEFT adapter folder (`export/adapter.py`).
 - A speculative-decoding draft becomes an EAGLE-layout folder (`export/eagle.py`) that serving engines load
   beside its target.
 - Any other student (timm, torchvision, the CIFAR zoo, distill's own) becomes `model.safetensors` with the model's
@@ -38,7 +38,7 @@ NOT_EXPORTED = {  # tasks whose student has no form of its own to export, and wh
 @dataclass
 class Exported:
     folder: Path
-    kind: str  # "hf", "safetensors" or "eagle"
+    kind: str  # "hf", "adapter", "safetensors" or "eagle"
     files: list[str]
     max_difference: float  # largest |output difference| between the run's student and the exported one
     tolerance: float
@@ -66,9 +66,11 @@ def within_tolerance(ours: torch.Tensor, theirs: torch.Tensor, relative: float, 
     return difference, tolerance
 
 
-def export_run(checkpoint_path: str | Path, out: str | Path, dtype: str | None = None) -> Exported:
-    """Export the student of `checkpoint_path` (a checkpoint written by `distill fit`) to the new folder `out`, its
-    weights in `dtype` (None: the student's own)."""
+def export_run(
+    checkpoint_path: str | Path, out: str | Path, adapter_only: bool = False, dtype: str | None = None
+) -> Exported:
+    """Export the student of `checkpoint_path` (a checkpoint written by `distill fit`) to the new folder `out`:
+    whole, or with `adapter_only` a LoRA run's adapters; its weights in `dtype` (None: the student's own)."""
     from distill.engine.run_folder import RunCheckpoint
     from distill.engine.run_student import DRAFT_TASK, restore_student
 
@@ -81,11 +83,19 @@ def export_run(checkpoint_path: str | Path, out: str | Path, dtype: str | None =
     task = checkpoint.recipe.get("task")
     if task in NOT_EXPORTED:
         raise DistillError(f"export: {NOT_EXPORTED[task]}")
+    if adapter_only:
+        from distill.export.adapter import check_adapter_run
+
+        check_adapter_run(checkpoint.recipe)
     run = restore_student(checkpoint)
     weights_dtype = getattr(torch, dtype) if dtype is not None else own_dtype(run.model)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
+        if adapter_only:
+            from distill.export.adapter import export_adapter
+
+            return export_adapter(run, folder, weights_dtype)
         if task == DRAFT_TASK:
             from distill.export.eagle import export_eagle
 
