@@ -114,7 +114,8 @@ def load_adapter(base: str, revision: str | None, folder: Path, dtype: torch.dty
 
     kwargs = {"revision": revision} if revision else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
+        # cast after loading rather than through from_pretrained's dtype argument, which transformers 4 names otherwise
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs).to(dtype)
     except (OSError, ValueError) as exc:  # the run's student was built from it a moment ago: rare, but one line
         raise DistillError(f"export: cannot load the base model {base} to check the adapters: {exc}") from None
     return PeftModel.from_pretrained(model, str(folder)).eval()

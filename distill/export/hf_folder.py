@@ -35,8 +35,6 @@ def export_hf(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
     merged.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     reloaded = load_exported(folder)
-    if reloaded.dtype != dtype:
-        raise DistillError(f"export: the folder loads in {reloaded.dtype}, not the {dtype} it was written in")
     with torch.no_grad():
         reread = reloaded(**inputs).logits
     difference, tolerance = within_tolerance(
@@ -63,7 +61,8 @@ def quiet_transformers() -> None:
 
 
 def load_exported(folder: Path) -> Any:
-    """The exported model as a user loads it (in the dtype its config names)."""
+    """The exported model as a user loads it: in the dtype its config names with transformers 5 (earlier versions
+    load float32 unless told otherwise, which the tolerance covers too)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(str(folder))

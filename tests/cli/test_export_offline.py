@@ -75,7 +75,8 @@ def test_a_finished_run_exports_without_its_data_or_teacher(tmp_path, monkeypatc
     assert "(Hugging Face folder, bfloat16)" in capsys.readouterr().out
     weights = load_file(str(tmp_path / "half" / "model.safetensors"))
     assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}
-    assert json.loads((tmp_path / "half" / "config.json").read_text())["dtype"] == "bfloat16"
+    config = json.loads((tmp_path / "half" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"  # transformers 5 names it dtype
     half = AutoModelForCausalLM.from_pretrained(str(tmp_path / "half")).eval()
     assert half.dtype == torch.bfloat16
     with torch.no_grad():
