@@ -20,6 +20,7 @@ from distill.engine.run_student import RunStudent
 from distill.errors import DistillError
 from distill.export import Exported, relative_tolerance, within_tolerance
 from distill.export.generation import end_of_turn
+from distill.export.hf_folder import image_tokens
 from distill.export.probes import probe_inputs
 from distill.export.tokenizer_files import hf_tokenizer
 from distill.models.lora import parameter_counts
@@ -64,7 +65,7 @@ def export_adapter(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exporte
     student = run.model
     trainable, _ = parameter_counts(student)
     tokenizer = hf_tokenizer(run.tokenizer, run.chat_template)
-    inputs = probe_inputs(run.tokenizer, tokenizer)
+    inputs = probe_inputs(run.tokenizer, tokenizer, image_tokens(student))
     with torch.no_grad():
         reference = student(**inputs).logits.float()
     adapters = get_peft_model_state_dict(student)

@@ -25,7 +25,7 @@ def export_hf(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
     student = run.model
     trainable, _ = parameter_counts(student)
     tokenizer = hf_tokenizer(run.tokenizer, run.chat_template)
-    inputs = probe_inputs(run.tokenizer, tokenizer)
+    inputs = probe_inputs(run.tokenizer, tokenizer, image_tokens(student))
     with torch.no_grad():
         reference = student(**inputs).logits.float()
     quiet_transformers()
@@ -52,6 +52,12 @@ def export_hf(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
         dtype=dtype,
         details={"eos_token_id": eos, "stop_string": turn.text},
     )
+
+
+def image_tokens(model: Any) -> set[int]:
+    """A VLM's image token ids (LLaVA names it either way), which text-only probes must not hold."""
+    config = getattr(model, "config", None)
+    return {getattr(config, key) for key in ("image_token_id", "image_token_index") if getattr(config, key, None)}
 
 
 def quiet_transformers() -> None:

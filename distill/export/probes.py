@@ -1,11 +1,13 @@
 """The inputs an export is checked on: made from the run's tokenizer (or the recorded image size), never read from
 the run's data, which the export does not open. A reloaded export must give the run's student's outputs on any
 input; these cover ordinary text, code, non-ASCII text, a rendered conversation and tokens drawn across the whole
-vocabulary."""
+vocabulary. A VLM student is checked on text alone (its language model and head; its vision tower is written by
+the same `save_pretrained`, but no image input is made here)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -34,12 +36,16 @@ def probe_texts(chat_tokenizer: Any = None) -> list[str]:
     return texts
 
 
-def probe_inputs(tokenizer: Tokenizer, chat_tokenizer: Any = None) -> dict[str, torch.Tensor]:
+def probe_inputs(
+    tokenizer: Tokenizer, chat_tokenizer: Any = None, reserved: Collection[int] = ()
+) -> dict[str, torch.Tensor]:
     """Language-model inputs: a row per probe text (bos first where the tokenizer has one) and a row of seeded
-    random ids, padded on the right with the pad id and masked."""
+    random ids (none of the `reserved` ones: a VLM's image token wants image inputs), padded on the right with the
+    pad id and masked."""
     rows = [probe_ids(tokenizer, text)[:ROW_TOKENS] for text in probe_texts(chat_tokenizer)]
     generator = torch.Generator().manual_seed(SEED)
-    rows.append(torch.randint(0, tokenizer.vocab_size, (ROW_TOKENS,), generator=generator).tolist())
+    drawn = torch.randint(0, tokenizer.vocab_size, (ROW_TOKENS,), generator=generator).tolist()
+    rows.append([tokenizer.eos_id if i in reserved else i for i in drawn])
     length = max(len(row) for row in rows)
     ids = torch.full((len(rows), length), tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
