@@ -177,3 +177,14 @@ def test_a_draft_exports_in_the_eagle_layout_and_decodes_as_in_the_run(tmp_path,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "a draft is exported for its target" in line and f"the target's weights are gone ({target})" in line
     assert not (tmp_path / "orphan").exists()
+
+
+def test_a_head_read_beside_frozen_models_has_no_export_of_its_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {}, "distill": {"recipe": {"task": "amu"}, "sources": {}}}, tmp_path / "amu.ckpt")
+    assert main(["export", "--checkpoint", "amu.ckpt", "--out", "head"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line.startswith("distill: error: export: task amu's student is a logit bias")
+        and not (tmp_path / "head").exists()
+    )
