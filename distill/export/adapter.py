@@ -20,7 +20,7 @@ from distill.engine.run_student import RunStudent
 from distill.errors import DistillError
 from distill.export import Exported, relative_tolerance, within_tolerance
 from distill.export.generation import end_of_turn
-from distill.export.hf_folder import image_tokens
+from distill.export.hf_folder import image_tokens, quiet_transformers
 from distill.export.probes import probe_inputs
 from distill.export.tokenizer_files import hf_tokenizer
 from distill.models.lora import parameter_counts
@@ -68,6 +68,7 @@ def export_adapter(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exporte
     inputs = probe_inputs(run.tokenizer, tokenizer, image_tokens(student))
     with torch.no_grad():
         reference = student(**inputs).logits.float()
+    quiet_transformers()
     adapters = get_peft_model_state_dict(student)
     state = {f"{PREFIX}{k}": v.detach().to(dtype).contiguous().cpu() for k, v in adapters.items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
