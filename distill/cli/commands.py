@@ -85,26 +85,49 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a finished run's student where its users load it from, and check it by loading it back.
 
-    A Hugging Face student becomes a save_pretrained folder (LoRA merged) with the run's tokenizer and chat template;
-    a speculative-decoding draft an EAGLE-layout folder; any other student model.safetensors (its own parameter
-    names) and distill_model.json (its architecture).
+    The student is rebuilt from the checkpoint alone (its recipe, the sizes and tokenizer the run recorded, its
+    weights): neither the data nor the teacher is read. A Hugging Face student becomes a save_pretrained folder
+    (LoRA merged) with the run's tokenizer, chat template and end-of-turn token, or with --adapter-only its LoRA
+    adapters as a PEFT folder; a speculative-decoding draft an EAGLE-layout folder (read with its target); any other
+    student model.safetensors (its own parameter names) and distill_model.json (its architecture).
     """
     from distill.export import export_run
 
-    exported = export_run(args.checkpoint, args.out)
-    kind = {"hf": "Hugging Face folder", "safetensors": "safetensors weights", "eagle": "EAGLE draft"}[exported.kind]
-    print(f"exported the student to {exported.folder} ({kind}): {', '.join(exported.files)}")
+    exported = export_run(args.checkpoint, args.out, adapter_only=args.adapter_only, dtype=args.dtype)
+    kinds = {
+        "hf": "Hugging Face folder",
+        "adapter": "PEFT adapter folder",
+        "safetensors": "safetensors weights",
+        "eagle": "EAGLE draft",
+    }
+    dtype = str(exported.dtype).removeprefix("torch.")
+    print(f"exported the student to {exported.folder} ({kinds[exported.kind]}, {dtype}): {', '.join(exported.files)}")
+    details = exported.details
     if exported.kind == "eagle":
-        details = exported.details
         print(
-            f"read back and decoded held-out prompts with the target: accepted length {details['accepted_length']:.3f}"
+            f"read back and decoded prompts with the target: accepted length {details['accepted_length']:.3f}"
             f" as in the run, lossless on {details['lossless']:.0%}; {exported.parameters:,} parameters"
         )
         return
     print(
-        f"read back and compared on validation data: largest output difference {exported.max_difference:.3g} "
-        f"(tolerance {exported.tolerance:.3g}); {exported.parameters:,} parameters, {exported.trainable:,} trained"
+        f"read back and compared with the run's student on probe inputs: largest output difference "
+        f"{exported.max_difference:.3g} (tolerance {exported.tolerance:.3g}); {exported.parameters:,} parameters, "
+        f"{exported.trainable:,} trained"
     )
+    if exported.kind == "adapter":
+        print(f"base model: {details['base']} (adapter_config.json's base_model_name_or_path)")
+    if details.get("eos_token_id") is not None:
+        print(f"generation stops at token ids {details['eos_token_id']} (generation_config.json's eos_token_id)")
+    if details.get("stop_string"):
+        print(
+            f"the chat template ends a turn with {details['stop_string']!r}, several tokens of this tokenizer: "
+            "pass it as a stop string with requests"
+        )
+    if exported.kind == "adapter" and details.get("end_of_turn"):
+        print(
+            f"the chat template ends a turn with token id {details['end_of_turn'][0]}: pass it in stop_token_ids "
+            "unless the base model's generation_config.json lists it"
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = _add(sub, "export", cmd_export)
     export.add_argument("--checkpoint", required=True, help="a checkpoint written by distill fit (e.g. best.ckpt)")
     export.add_argument("--out", required=True, help="a new (or empty) folder to write the student to")
+    export.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="a LoRA run with an hf: student: write its adapters as a PEFT folder (for vLLM --enable-lora) instead "
+        "of the merged model",
+    )
+    export.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),  # distill.export.DTYPES, not imported: the CLI starts lazily
+        default=None,
+        help="the dtype of the written weights (default: the student's own, float32 unless it trained in another)",
+    )
     _add(sub, "recipes", cmd_recipes)
     _add(sub, "losses", cmd_losses)
     _add(sub, "tasks", cmd_tasks)

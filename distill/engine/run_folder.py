@@ -33,13 +33,15 @@ BEST, LAST, PREVIOUS = "best.ckpt", "last.ckpt", "previous.ckpt"
 
 @dataclass
 class RunCheckpoint:
-    """A checkpoint written by `distill fit`: the module's trained state, the recipe it was trained with, and where
-    each frozen model (and the student's starting weights) came from."""
+    """A checkpoint written by `distill fit`: the module's trained state, the recipe it was trained with, where
+    each frozen model (and the student's starting weights) came from, and what the models took from the data
+    (`data.record`; None in checkpoints written before it was kept)."""
 
     path: Path
     state: dict[str, Any]
     recipe: dict[str, Any]
     sources: dict[str, dict[str, Any]]
+    data_record: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, path: str | Path, what: str = "--checkpoint") -> RunCheckpoint:
@@ -50,7 +52,7 @@ class RunCheckpoint:
             raise DistillError(f"{what}: {path} was not written by distill fit; pass --recipe to say how to build it")
         # written before sources were kept per role: only the teacher's
         sources = meta.get("sources") or ({"teacher": meta["teacher"]} if meta.get("teacher") else {})
-        return cls(path, data.get("state_dict", {}), meta["recipe"], dict(sources))
+        return cls(path, data.get("state_dict", {}), meta["recipe"], dict(sources), meta.get("data_record"))
 
     def pinned(self, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
         """`recipe` (default: the one stored here) with each frozen model read from the file its student learned

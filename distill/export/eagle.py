@@ -4,7 +4,12 @@ decoder layer, the draft's MLP width and whether the fusion has a bias) and `mod
 `layers.0.mlp.{gate,up,down}_proj` and `layers.0.post_attention_layernorm`. The layer has no input norm (EAGLE's
 first layer reads the fusion directly), and the embeddings and LM head are the target's, so neither is written.
 This is the layout vLLM's and SGLang's EAGLE loaders read; it is checked here by loading it back into a draft and
-decoding held-out prompts with the target, which must be lossless with the run's accepted length.
+decoding prompts made from the run's tokenizer with the target, which must be lossless with the run's accepted
+length.
+
+Unlike other students, a draft is exported with its target: its sizes, and the rest of `config.json`, are the
+target's, and only decoding with the target shows the draft works. The target is rebuilt from the weights the draft
+learned from (`engine.run_student.restore_target`); when they are gone the export says so. The data is not read.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.engine.run_student import RunStudent
 from distill.errors import DistillError
-from distill.export import Exported
+from distill.export import Exported, relative_tolerance
+from distill.export.probes import probe_prompts
 from distill.models.draft import DraftShape, EagleDraft
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -34,17 +41,17 @@ LAYER_NAMES = {
 }
 
 
-def eagle_state(draft: EagleDraft) -> dict[str, torch.Tensor]:
-    """The draft's weights under EAGLE's names."""
+def eagle_state(draft: EagleDraft, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The draft's weights under EAGLE's names, in `dtype`."""
     state = {"fc.weight": draft.fuse.weight}
     if draft.fuse.bias is not None:
         state["fc.bias"] = draft.fuse.bias
     for ours, theirs in LAYER_NAMES.items():
         state[f"layers.0.{theirs}.weight"] = getattr(draft.layer, ours).weight
-    return {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
+    return {name: tensor.detach().to(dtype).contiguous().cpu() for name, tensor in state.items()}
 
 
-def eagle_config(draft: EagleDraft, target: nn.Module) -> dict[str, Any]:
+def eagle_config(draft: EagleDraft, target: nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     config = target.config.to_dict()
     config.pop("text_config", None)
     config.update(
@@ -52,7 +59,7 @@ def eagle_config(draft: EagleDraft, target: nn.Module) -> dict[str, Any]:
         intermediate_size=draft.shape.intermediate_size,
         bias=draft.fuse.bias is not None,
         architectures=["LlamaForCausalLM"],
-        torch_dtype="float32",
+        torch_dtype=str(dtype).removeprefix("torch."),
     )
     return config
 
@@ -86,11 +93,13 @@ def load_eagle(folder: Path) -> EagleDraft:
     return draft.eval()
 
 
-def export_eagle(restored: Any, folder: Path) -> Exported:
+def export_eagle(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
     from safetensors.torch import save_file
 
-    module = restored.module
-    draft: EagleDraft = module.student.eval()
+    from distill.generate.speculative import evaluate_speculative
+
+    draft: EagleDraft = run.model
+    target = run.target
     if draft.shape.input_norm:
         raise DistillError(
             "export: the EAGLE layout has no norm before the draft's layer, and this draft has one; train it with "
@@ -98,17 +107,17 @@ def export_eagle(restored: Any, folder: Path) -> Exported:
         )
     if draft.image_token_id is not None:
         raise DistillError("export: the EAGLE layout here is for text targets; this draft serves a VLM")
-    save_file(eagle_state(draft), str(folder / WEIGHTS))
-    (folder / CONFIG).write_text(json.dumps(eagle_config(draft, module.teacher), indent=2, default=str))
+    save_file(eagle_state(draft, dtype), str(folder / WEIGHTS))
+    (folder / CONFIG).write_text(json.dumps(eagle_config(draft, target, dtype), indent=2, default=str))
 
-    from distill.generate.speculative import evaluate_speculative
-
-    prompts = module.held_out_prompts(restored.data)
-    if not prompts:
-        raise DistillError("export: no held-out prompts to check the exported draft on (speculative.prompts: 0)")
-    before = evaluate_speculative(module.teacher, draft, prompts, **module.decoding)
-    after = evaluate_speculative(module.teacher, load_eagle(folder), prompts, **module.decoding)
-    if after.lossless < 1.0 or after.accepted_length != before.accepted_length:
+    settings = run.loaded.settings
+    decoding = {"depth": settings.depth, "max_new_tokens": settings.max_new_tokens, "eos_id": run.tokenizer.eos_id}
+    prompts = probe_prompts(run.tokenizer, max(settings.prompts, 1), settings.prompt_tokens)
+    before = evaluate_speculative(target, draft, prompts, **decoding)
+    after = evaluate_speculative(target, load_eagle(folder), prompts, **decoding)
+    # Greedy verification keeps decoding lossless whatever the draft; rounded weights may only change what it drafts
+    allowed = 0.0 if dtype == torch.float32 else relative_tolerance(dtype, 0.0) * before.accepted_length
+    if after.lossless < 1.0 or abs(after.accepted_length - before.accepted_length) > allowed:
         raise DistillError(
             f"export: the reloaded draft decodes with accepted length {after.accepted_length:.3f} (lossless "
             f"{after.lossless:.0%}); the run's draft had {before.accepted_length:.3f}"
@@ -119,8 +128,9 @@ def export_eagle(restored: Any, folder: Path) -> Exported:
         kind="eagle",
         files=sorted(p.name for p in folder.iterdir()),
         max_difference=abs(after.accepted_length - before.accepted_length),
-        tolerance=0.0,
+        tolerance=allowed,
         trainable=sum(p.numel() for p in draft.parameters()),
         parameters=sum(p.numel() for p in draft.parameters()),
+        dtype=dtype,
         details={"accepted_length": after.accepted_length, "lossless": after.lossless, "shape": shape},
     )

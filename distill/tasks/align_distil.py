@@ -83,7 +83,8 @@ class AlignDistilTask(DistillationTask):
         max_new_tokens: on-policy response length.
         eos_id: ends a sampled response; pad_id fills after it.
         pad_id: padding id for sampled rows.
-        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
+        common: `optimizer`, `scheduler`, `sources`, `recipe` and `data_record`, as every task takes them
+            (`DistillationTask`).
     """
 
     def __init__(

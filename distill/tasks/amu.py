@@ -48,7 +48,8 @@ class AMUTask(DistillationTask):
         features: the cached few-shot features (None when only evaluating).
         batch_size: training batch size over the cached features.
         seed: shuffling seed of the cached features.
-        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
+        common: `optimizer`, `scheduler`, `sources`, `recipe` and `data_record`, as every task takes them
+            (`DistillationTask`).
     """
 
     def __init__(

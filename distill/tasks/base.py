@@ -51,7 +51,8 @@ def optimizer_steps(trainer: L.Trainer) -> tuple[int, int]:
 class DistillationTask(L.LightningModule):
     """Base of the task modules. Frozen models (`frozen`: by role, e.g. `teacher`, `second_teacher`) are frozen,
     pinned in eval mode, kept out of the optimizer and out of checkpoints, which record `sources` instead (where
-    each came from), with the resolved `recipe`.
+    each came from), with the resolved `recipe` and the `data_record` (`data.record`: the sizes and tokenizer the
+    models took from the data, so that `distill export` rebuilds the student without the data).
 
     Subclasses implement `training_step` and `evaluate_batch`; a subclass whose training reads other data than the
     datamodule's (AMU: cached features) overrides `training_data`.
@@ -65,6 +66,7 @@ class DistillationTask(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         sources: Mapping[str, dict[str, Any]] | None = None,
         recipe: dict[str, Any] | None = None,
+        data_record: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.student = student
@@ -75,6 +77,7 @@ class DistillationTask(L.LightningModule):
         self.scheduler_factory = scheduler
         self.sources = dict(sources or {})
         self.recipe = recipe
+        self.data_record = data_record
 
     def add_frozen(self, name: str, model: nn.Module | None) -> None:
         """Hold `model` as the frozen model `name` (None: the role is empty)."""
@@ -159,7 +162,7 @@ class DistillationTask(L.LightningModule):
         state = self.without_frozen(checkpoint["state_dict"])
         untrained = self.untrained_student_keys()
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in untrained}
-        checkpoint["distill"] = {"sources": self.sources, "recipe": self.recipe}
+        checkpoint["distill"] = {"sources": self.sources, "recipe": self.recipe, "data_record": self.data_record}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen models are not in the file: give strict loading the ones we already hold.

@@ -123,7 +123,8 @@ class CausalLMTask(WeightedTermsTask):
         chunk_size: tokens per chunk of the LM heads, and of the token terms built without a chunk size of their own
             when they get full logits; None: `losses.chunked.rows_per_chunk` of the vocabulary.
         teacher_cache: the stored teacher outputs, or None.
-        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
+        common: `optimizer`, `scheduler`, `sources`, `recipe` and `data_record`, as every task takes them
+            (`DistillationTask`).
     """
 
     def __init__(

@@ -40,7 +40,8 @@ class ClassificationTask(WeightedTermsTask):
         label_smoothing: label smoothing of that cross-entropy.
         teacher_cache: the teacher's outputs per (epoch, sample), read instead of running the teacher when a
             training batch carries its sample indices (`(x, y, indices)`, on-device data) and written otherwise.
-        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
+        common: `optimizer`, `scheduler`, `sources`, `recipe` and `data_record`, as every task takes them
+            (`DistillationTask`).
     """
 
     def __init__(

@@ -13,6 +13,7 @@ from torch import nn
 from distill.config.schema import Recipe
 from distill.data.hub import hub_origin
 from distill.data.interface import DataSource
+from distill.data.record import data_record
 from distill.errors import DistillError
 from distill.models import create_model, model_for_data
 from distill.models.lora import LoRASettings, add_lora
@@ -166,12 +167,14 @@ class BuildContext:
         return build_loss(term)
 
     def common(self) -> dict[str, Any]:
-        """The arguments every task module takes: optimizer and schedule factories, sources, the recipe."""
+        """The arguments every task module takes: optimizer and schedule factories, sources, the recipe, and what
+        the models took from the data (`data.record`: kept in checkpoints, so the student is rebuilt without it)."""
         return {
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "sources": self.sources(),
             "recipe": self.resolved,
+            "data_record": data_record(self.data),
         }
 
 

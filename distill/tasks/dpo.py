@@ -47,7 +47,8 @@ class DPOTask(DistillationTask):
         student: the policy.
         teacher: the frozen reference model.
         objective: the DPO loss.
-        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
+        common: `optimizer`, `scheduler`, `sources`, `recipe` and `data_record`, as every task takes them
+            (`DistillationTask`).
     """
 
     def __init__(

@@ -60,7 +60,8 @@ class DraftDistillTask(DistillationTask):
         prompt_tokens: tokens of each prompt.
         max_new_tokens: tokens generated per prompt.
         eos_id: stops generation; None: always `max_new_tokens`.
-        common: `optimizer`, `scheduler`, `sources` and `recipe`, as every task takes them (`DistillationTask`).
+        common: `optimizer`, `scheduler`, `sources`, `recipe` and `data_record`, as every task takes them
+            (`DistillationTask`).
     """
 
     def __init__(

@@ -5,6 +5,7 @@ when read back; the run's tokenizers exported exactly; a non-empty target refuse
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_a_lora_language_model_exports_merged_with_its_tokenizer(tmp_path, monke
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(best), "--out", "exported"]) == 0
     out = capsys.readouterr().out
-    assert "read back and compared on validation data" in out
+    assert "read back and compared with the run's student on probe inputs" in out
     folder = tmp_path / "exported"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     weights = load_file(str(folder / "model.safetensors"))
@@ -65,8 +66,9 @@ def test_an_image_student_exports_as_safetensors_with_its_architecture(tmp_path,
     model.load_state_dict(load_file(str(tmp_path / "out" / "model.safetensors")))  # the model's own names
     restored = restore(RunCheckpoint.read(best))
     images = torch.stack([restored.data.val_set[i][0] for i in range(4)])
+    student = restored.module.student.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(images), restored.module.student.eval()(images))
+        torch.testing.assert_close(model(images), student(images))
 
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(best), "--out", "out"]) == 2  # now it holds an export
@@ -74,6 +76,21 @@ def test_an_image_student_exports_as_safetensors_with_its_architecture(tmp_path,
         "distill: error: export: out exists and is not empty; give a new folder"
     ]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+    # float16 weights (integer buffers as they are), read back within float16's tolerance
+    assert main(["export", "--checkpoint", str(best), "--out", "half", "--dtype", "float16"]) == 0
+    half = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert {v.dtype for v in half.values() if v.is_floating_point()} == {torch.float16}
+    model.load_state_dict(half)
+    with torch.no_grad():
+        torch.testing.assert_close(model.half()(images.half()).float(), student(images), rtol=0, atol=2e-2)
+
+    # a checkpoint written before runs kept their data record still exports, reading the data again
+    saved = torch.load(best, weights_only=True)
+    del saved["distill"]["data_record"]
+    torch.save(saved, tmp_path / "old.ckpt")
+    assert main(["export", "--checkpoint", str(tmp_path / "old.ckpt"), "--out", "old"]) == 0
+    assert load_file(str(tmp_path / "old" / "model.safetensors")).keys() == half.keys()
 
 
 def test_projectors_train_in_the_run_and_stay_out_of_the_export(tmp_path, teacher_store, monkeypatch):
@@ -119,7 +136,9 @@ def test_a_draft_exports_in_the_eagle_layout_and_decodes_as_in_the_run(tmp_path,
     assert main(["fit", "--recipe", "specvlm_draft_tiny", *DRAFT, *eagle]) == 0
     best = tmp_path / "runs" / "specvlm_draft_tiny" / "version_0" / "checkpoints" / "best.ckpt"
     capsys.readouterr()
-    assert main(["export", "--checkpoint", str(best), "--out", "draft"]) == 0
+    with monkeypatch.context() as patched:  # the draft is exported with its target, never with the data
+        patched.setattr("distill.engine.wiring.prepare_data", lambda loaded: pytest.fail("the export read the data"))
+        assert main(["export", "--checkpoint", str(best), "--out", "draft"]) == 0
     assert "as in the run, lossless on 100%" in capsys.readouterr().out
     weights = load_file(str(tmp_path / "draft" / "model.safetensors"))
     assert sorted(weights) == [
@@ -150,3 +169,22 @@ def test_a_draft_exports_in_the_eagle_layout_and_decodes_as_in_the_run(tmp_path,
     assert main(["export", "--checkpoint", str(other), "--out", "normed"]) == 2
     assert "the EAGLE layout has no norm before the draft's layer" in capsys.readouterr().err
     assert not (tmp_path / "normed").exists()
+
+    # without its target a draft has no export, and the error says the target is what is missing
+    target = Path(RunCheckpoint.read(best).sources["teacher"]["weights"])
+    target.unlink()
+    assert main(["export", "--checkpoint", str(best), "--out", "orphan"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "a draft is exported for its target" in line and f"the target's weights are gone ({target})" in line
+    assert not (tmp_path / "orphan").exists()
+
+
+def test_a_head_read_beside_frozen_models_has_no_export_of_its_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {}, "distill": {"recipe": {"task": "amu"}, "sources": {}}}, tmp_path / "amu.ckpt")
+    assert main(["export", "--checkpoint", "amu.ckpt", "--out", "head"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert (
+        line.startswith("distill: error: export: task amu's student is a logit bias")
+        and not (tmp_path / "head").exists()
+    )
