@@ -182,6 +182,8 @@ def build(ctx: BuildContext) -> DraftDistillTask:
     """A draft for the target (the teacher): sized from it; its embeddings and head stay the target's."""
     if not isinstance(ctx.data, TokenData):
         raise DistillError(f"data: task draft_distill reads token rows; {ctx.recipe.data['name']} has none")
+    if "position_ids" in getattr(ctx.data.train_set, "tensors", {}):  # its target reads rows by their mask alone
+        raise DistillError("data.packing: task draft_distill reads one conversation per row; set data.packing=false")
     target = ctx.teacher
     draft = ctx.model_from_spec("student", target=target)
     settings: SpeculativeSettings = ctx.settings

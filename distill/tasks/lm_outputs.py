@@ -113,19 +113,31 @@ class LMOutputs:
         return head_rows_map(keep, self.hidden, self.head.weight, self.head.bias, chunk_size)  # type: ignore[return-value]
 
 
+def row_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """What a model reads of a batch's rows besides their ids (`prefix` 'teacher_' for the teacher's own tokens):
+    the attention mask; for rows packed from several conversations the position ids instead, which restart at each
+    one. Given position ids and no 2-D mask, transformers finds the packed sequences from the restarts and masks
+    attention block-diagonally (`masking_utils.find_packed_sequence_indices`); a 2-D mask would switch that off and
+    let every token see the conversations before it."""
+    positions = batch.get(f"{prefix}position_ids")
+    if positions is not None:
+        return {"position_ids": positions}
+    return {"attention_mask": batch[f"{prefix}attention_mask"]}
+
+
 def run_lm(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    rows: dict[str, torch.Tensor],
     vision: dict[str, torch.Tensor],
     chunked: bool,
 ) -> LMOutputs:
-    """`model` on a batch, shifted to the predicting positions: its hidden states and head when `chunked` (the
-    backbone runs, the head does not), else its logits."""
+    """`model` on a batch (`rows`: `row_inputs`), shifted to the predicting positions: its hidden states and head
+    when `chunked` (the backbone runs, the head does not), else its logits."""
     if not chunked:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **vision).logits
+        logits = model(input_ids=input_ids, **rows, **vision).logits
         return LMOutputs(logits=logits[:, :-1])
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **vision).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, **rows, **vision).last_hidden_state
     return LMOutputs(hidden=hidden[:, :-1], head=model.get_output_embeddings())
 
 
