@@ -6,6 +6,7 @@ weights the student learned from.
 runs/<name>/version_N/
     recipe.yaml          the resolved recipe
     results.json         test metrics of the best checkpoint
+    data.json            what building the rows cost, per split (rows, dropped, cut per side), for data that counts it
     checkpoints/         best.ckpt, last.ckpt (and previous.ckpt, last.ckpt one save earlier)
     logs/                CSV metrics (logs/resume_K for each resumed session)
 ```
@@ -25,6 +26,7 @@ from distill.tasks.spec import FROZEN_SECTIONS
 
 RECIPE_FILE = "recipe.yaml"
 RESULTS_FILE = "results.json"
+DATA_FILE = "data.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST, LAST, PREVIOUS = "best.ckpt", "last.ckpt", "previous.ckpt"
 
@@ -112,6 +114,10 @@ class RunFolder:
     @property
     def results_file(self) -> Path:
         return self.path / RESULTS_FILE
+
+    @property
+    def data_file(self) -> Path:
+        return self.path / DATA_FILE
 
     def recipe(self, overrides: list[str] = ()) -> LoadedRecipe:
         if not self.recipe_file.is_file():

@@ -366,13 +366,7 @@ def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePo
     """Whose responses training reads (`causal_lm.mode`); None for the data's own."""
     if settings.mode == "off_policy":
         return None
-    rows = ctx.data.train_set.tensors
-    if "position_ids" in rows:
-        raise DistillError(
-            f"causal_lm.mode {settings.mode} samples one answer per row, and data.packing puts several conversations "
-            "in a row: set data.packing=false"
-        )
-    check_prompts(rows["labels"], settings.mode)
+    check_data(ctx.data, settings)
     data: Any = ctx.data
     tokenizers = Tokenizers(data.tokenizer, getattr(data, "teacher_tokenizer", data.tokenizer))
     if isinstance(data, ResponseData):  # answers end at the template's end of turn; rows keep the data's length
@@ -385,6 +379,19 @@ def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePo
     return ResponsePolicy(
         settings.mode, settings.student_fraction, settings.sampling, tokenizers, ctx.recipe.seed, store
     )
+
+
+def check_data(data: Any, settings: CausalLMSettings) -> None:
+    """Generated responses need rows that start with a prompt and hold one conversation each."""
+    if settings.mode == "off_policy":
+        return
+    rows = data.train_set.tensors
+    if "position_ids" in rows:
+        raise DistillError(
+            f"causal_lm.mode {settings.mode} samples one answer per row, and data.packing puts several conversations "
+            "in a row: set data.packing=false"
+        )
+    check_prompts(rows["labels"], settings.mode)
 
 
 def check(recipe: Recipe, settings: CausalLMSettings, fail: Callable[[str, str], Exception]) -> None:
@@ -423,6 +430,7 @@ SPEC = register_task(
         ),
         accepts=ACCEPTS,
         check=check,
+        check_data=check_data,
         settings=CausalLMSettings,
         reads_teacher_cache=True,
     )

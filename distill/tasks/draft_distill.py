@@ -178,12 +178,16 @@ class DraftDistillTask(DistillationTask):
         return [{k: v.to(self.device) for k, v in prompt.items()} for prompt in prompts]
 
 
+def check_data(data: Any, settings: Any) -> None:
+    """The target reads rows by their attention mask alone: one conversation per row."""
+    if "position_ids" in getattr(data.train_set, "tensors", {}):
+        raise DistillError("data.packing: task draft_distill reads one conversation per row; set data.packing=false")
+
+
 def build(ctx: BuildContext) -> DraftDistillTask:
     """A draft for the target (the teacher): sized from it; its embeddings and head stay the target's."""
     if not isinstance(ctx.data, TokenData):
         raise DistillError(f"data: task draft_distill reads token rows; {ctx.recipe.data['name']} has none")
-    if "position_ids" in getattr(ctx.data.train_set, "tensors", {}):  # its target reads rows by their mask alone
-        raise DistillError("data.packing: task draft_distill reads one conversation per row; set data.packing=false")
     target = ctx.teacher
     draft = ctx.model_from_spec("student", target=target)
     settings: SpeculativeSettings = ctx.settings
@@ -197,6 +201,7 @@ SPEC = register_task(
         name="draft_distill",
         description="an EAGLE-style draft for speculative decoding, distilled online from the frozen target",
         build=build,
+        check_data=check_data,
         monitor=("agreement", "max"),
         summary=(
             SummaryRow("draft loss", "loss"),
