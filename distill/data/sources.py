@@ -22,7 +22,7 @@ from distill.errors import DistillError, did_you_mean
 
 SOURCE_KEYS = ("path", "split", "val_split", "revision")
 VALIDATION_KEYS = ("path", "split", "revision")
-SourceValue = str | dict[str, str]
+SourceValue = str | dict[str, str | None]
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,12 @@ def _fields(value: SourceValue, where: str, keys: tuple[str, ...]) -> dict[str, 
     for key, item in value.items():
         if key not in keys:
             raise DistillError(f"{where}: unknown key '{key}'{did_you_mean(str(key), keys)}")
-        if not isinstance(item, str) or not item:
-            raise DistillError(f"{where}.{key} must be a non-empty string, got {item!r}")
-    if "path" not in value:
+        if item is not None and (not isinstance(item, str) or not item):
+            raise DistillError(f"{where}.{key} must be a non-empty string or null, got {item!r}")
+    given = {key: item for key, item in value.items() if item is not None}  # null: not given (an override's way out)
+    if "path" not in given:
         raise DistillError(f"{where}.path is required: the file, folder or 'hf:<dataset>' to read")
-    return dict(value)
+    return given
 
 
 def _only_for_tables(path: str, named: dict[str, tuple[str, str]]) -> None:

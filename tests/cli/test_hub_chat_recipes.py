@@ -88,7 +88,9 @@ def test_the_hub_chat_recipe_trains_on_a_users_chat_jsonl(recipe, tmp_path, monk
 
 
 def test_validation_on_a_file_of_its_own_or_a_fraction(tmp_path, monkeypatch):
+    from distill.config.load import load_recipe
     from distill.data import create_datamodule
+    from distill.data.sources import plan_sources
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     train, val = chats_file(tmp_path / "train.jsonl", 12), chats_file(tmp_path / "val.jsonl", 3)
@@ -99,3 +101,13 @@ def test_validation_on_a_file_of_its_own_or_a_fraction(tmp_path, monkeypatch):
     assert [len(split) for split in on_fraction.documents] == [9, 3]
     mapped = create_datamodule("text", source={"path": str(train)}, validation={"path": str(val)}, **common)
     assert mapped.documents == on_file.documents
+    # a recipe's source mapping gives up its validation split for a file: data.source.val_split=null
+    loaded = load_recipe("chat_kd_qwen2.5_1.5b_to_0.5b", ["data.source.val_split=null", f"data.validation={val}"])
+    plan = plan_sources(
+        **{k: loaded.recipe.data[k] for k in ("source", "validation", "split", "val_split")},
+        revision=None,
+        columns=None,
+        forms="",
+        special=(),
+    )
+    assert plan.train.split == "train_sft" and plan.validation is not None and plan.validation.path == str(val)

@@ -24,8 +24,8 @@ ALLOWED_TYPES = {
     list[int],
     list[str],
     dict[str, str] | None,
-    str | dict[str, str],  # a source: a path, or a mapping of the source with its splits
-    str | dict[str, str] | None,
+    str | dict[str, str | None],  # a source: a path, or a mapping of the source with its splits (null: not given)
+    str | dict[str, str | None] | None,
     Literal["max_length", "longest"],  # data.padding
 }
 
