@@ -81,6 +81,7 @@ class SeededLoaders:
 
     yield_indices = False  # set by a task whose terms keep a memory per training sample (CRD)
     on_device = False  # on-device sets yield their indices anyway
+    collate_fn: Callable[[list[Any]], Any] | None = None  # None: the default collation (token rows may pad less)
 
     def train_dataloader(self) -> DataLoader:
         # Each sample's augmentation is seeded from (seed, epoch, index): the workers live across epochs.
@@ -93,6 +94,7 @@ class SeededLoaders:
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=self.collate_fn,
         )
 
     def _trainer_epoch(self) -> int:
@@ -104,6 +106,7 @@ class SeededLoaders:
             dataset,
             batch_sampler=EvalShardBatches(len(dataset), self.batch_size),
             num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )

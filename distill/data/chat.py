@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from distill.data.conversation import Conversation
-from distill.data.text_rows import IGNORE, TokenRow
+from distill.data.conversation import Conversation, Message
+from distill.data.text_rows import IGNORE, TokenRow, cut_row
 from distill.errors import DistillError
 
 CHATML = (
@@ -29,6 +29,8 @@ Span = tuple[int, int]
 
 
 class OffsetTokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
     def encode_offsets(self, text: str) -> tuple[list[int], list[Span]]: ...
 
 
@@ -79,6 +81,20 @@ class ChatRenderer:
         return full, spans
 
 
+def end_of_turn(renderer: ChatRenderer, tokenizer: OffsetTokenizer) -> list[int]:
+    """The tokens that end an assistant turn in `renderer`'s template (`<|im_end|>` in ChatML, `<|eot_id|>` in
+    Llama 3's), as `tokenizer` writes them: what rendering a turn adds after its content, without the whitespace
+    around it; [] when the template adds nothing there. Generation stops at them: a chat model ends its answer with
+    them, not necessarily with the tokenizer's eos."""
+    probe = Conversation((Message("user", "?"), Message("assistant", "X")))
+    asked = renderer.render(probe.as_dicts(1), add_generation_prompt=True)
+    through = renderer.render(probe.as_dicts())
+    if not through.startswith(asked + "X"):
+        return []
+    markup = through[len(asked) + 1 :].strip()
+    return tokenizer.encode(markup) if markup else []
+
+
 def _compile(template: str) -> Any:
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -109,9 +125,7 @@ def encode_conversation(
         spans = spans[-1:]
     ids, offsets = tokenizer.encode_offsets(text)
     labels = [token if _inside(start, spans) else IGNORE for token, (start, _) in zip(ids, offsets, strict=True)]
-    if max_len is None or len(ids) <= max_len:
-        return TokenRow(ids, labels)
-    return TokenRow(ids[:max_len], labels[:max_len], truncated=True)
+    return cut_row(ids, labels, max_len)
 
 
 def _inside(position: int, spans: Sequence[Span]) -> bool:

@@ -138,7 +138,8 @@ def read_source(
     source: str, split: str = "train", revision: str | None = None, columns: Mapping[str, str] | None = None
 ) -> Documents:
     """The documents of a `data.source`: plain texts, prompt/response pairs or conversations (a source holds one
-    kind only). `split`, `revision` and `columns` apply to `datasets` sources (`distill.data.tables`)."""
+    kind only). `split` and `revision` apply to `datasets` sources (`distill.data.tables`), `columns` to them and to
+    JSONL files."""
     if source == PYTHON_STDLIB:
         return python_stdlib_corpus()
     if source == PYTHON_STDLIB_CHAT:
@@ -158,7 +159,7 @@ def read_source(
         raise DistillError(f"data.source: '{source}' is neither a .txt nor a .jsonl file (use {SOURCE_FORMS})")
     documents: list = []
     for file in files:
-        for where, item in _read_txt(file) if file.suffix == ".txt" else _read_jsonl(file):
+        for where, item in _read_txt(file) if file.suffix == ".txt" else _read_jsonl(file, columns):
             if documents and type(item) is not type(documents[0]):
                 raise DistillError(
                     f"{where}: data.source mixes plain text, prompt/response records and conversations; use one "
@@ -201,23 +202,37 @@ def _read_txt(file: Path) -> list[tuple[str, str]]:
     return [(f"{file}", block) for block in blocks if block]
 
 
-def json_lines(file: Path, where: Callable[[int], str] | None = None) -> Iterator[tuple[str, Any]]:
+def json_lines(
+    file: Path, where: Callable[[int], str] | None = None, columns: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, Any]]:
     """`(where, value)` for each non-blank line of a JSONL file, `where` naming the line (default `file:number`);
-    a line that is not JSON is a one-line error naming it."""
+    a line that is not JSON is a one-line error naming it. `columns` maps a name the reader reads to the file's key
+    (`{"messages": "conversation"}`), as `data.columns` does for `datasets` sources."""
     for number, line in enumerate(_read_text(file).splitlines(), start=1):
         if not line.strip():
             continue
         place = where(number) if where is not None else f"{file}:{number}"
         try:
-            yield place, json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DistillError(f"{place}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        yield place, renamed(value, columns) if columns and isinstance(value, dict) else value
 
 
-def _read_jsonl(file: Path) -> list[tuple[str, str | Pair | Conversation]]:
-    """`{"text": ...}`, `{"prompt": ..., "response": ...}` or `{"messages": [...]}` per line; blank lines skipped."""
+def renamed(record: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
+    """`record` with each key named in `columns` (a read name -> the record's key) under the name read."""
+    out = dict(record)
+    for name, key in columns.items():
+        if key in record and key != name:
+            out[name] = out.pop(key)
+    return out
+
+
+def _read_jsonl(file: Path, columns: Mapping[str, str] | None = None) -> list[tuple[str, str | Pair | Conversation]]:
+    """`{"text": ...}`, `{"prompt": ..., "response": ...}` or `{"messages": [...]}` per line (keys renamed by
+    `columns`); blank lines skipped."""
     records: list[tuple[str, str | Pair | Conversation]] = []
-    for where, record in json_lines(file):
+    for where, record in json_lines(file, columns=columns):
         if isinstance(record, dict) and "messages" in record:
             records.append((where, parse_conversation(record["messages"], where)))
         elif isinstance(record, dict) and isinstance(record.get("text"), str):
@@ -231,9 +246,10 @@ def _read_jsonl(file: Path) -> list[tuple[str, str | Pair | Conversation]]:
             records.append((where, Pair(record["prompt"], record["response"])))
         else:
             shown = f"keys {sorted(record)}" if isinstance(record, dict) else type(record).__name__
+            mapped = f" (after data.columns {dict(columns)})" if columns else " (map other keys with data.columns)"
             raise DistillError(
                 f'{where}: expected {{"text": str}}, {{"prompt": str, "response": str}} or {{"messages": [...]}}, '
-                f"got {shown}"
+                f"got {shown}{mapped}"
             )
     return records
 

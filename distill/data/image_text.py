@@ -129,7 +129,7 @@ class ImageTextDataModule(SeededLoaders, L.LightningDataModule):
 
     def _read(self, split: str) -> list[ImageTextRecord]:
         if isinstance(self.source, Path):
-            records = read_records(self.source)
+            records = read_records(self.source, self.columns)
         else:
             records = read_table_records(self.source, split, self.revision, self.columns)
         return records[: self.max_records]

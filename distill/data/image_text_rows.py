@@ -32,10 +32,11 @@ class ImageTextRecord:
         return f"image '{self.image}'" if isinstance(self.image, Path) else "an embedded image"
 
 
-def read_records(path: Path) -> list[ImageTextRecord]:
-    """The file's records (blank lines skipped); image paths are relative to the file's folder, or absolute."""
+def read_records(path: Path, columns: Mapping[str, str] | None = None) -> list[ImageTextRecord]:
+    """The file's records (blank lines skipped, keys renamed by `columns`); image paths are relative to the file's
+    folder, or absolute."""
     records = []
-    for where, record in json_lines(path, lambda number: f"data.source '{path}' line {number}"):
+    for where, record in json_lines(path, lambda number: f"data.source '{path}' line {number}", columns):
         missing = [key for key in KEYS if not isinstance(record, dict) or not isinstance(record.get(key), str)]
         if missing:
             raise DistillError(f"{where}: needs string values for {KEYS}; missing or not a string: {missing}")

@@ -54,3 +54,21 @@ class TokenData(DataSource, Protocol):
     tokenizer: Tokenizer
     pad_id: int
     has_teacher_tokenizer: bool  # the teacher reads its own tokenization (`teacher_input_ids`, ...)
+
+
+@runtime_checkable
+class ResponseData(TokenData, Protocol):
+    """Token rows whose answers a task may generate again (on-policy sampling): each side's row length, and the
+    token sequences that end an answer on each side besides the eos (a chat template's end of turn)."""
+
+    def row_length(self, role: str) -> int: ...
+
+    def end_of_turn(self, role: str) -> list[list[int]]: ...
+
+
+@runtime_checkable
+class DataReport(Protocol):
+    """Data that counts what building its rows cost (documents dropped, rows cut), per split, for the run to
+    record."""
+
+    statistics: dict[str, dict]

@@ -184,7 +184,7 @@ class PreferenceDataModule(SeededLoaders, L.LightningDataModule):
         elif is_table_source(self.source):
             records = read_preference_table(self.source, split, self.revision, self.columns)
         else:
-            records = read_preference_jsonl(self.source)
+            records = read_preference_jsonl(self.source, self.columns)
         return records[: self.max_pairs]
 
     def _training_texts(self) -> list[str]:

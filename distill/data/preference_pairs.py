@@ -47,8 +47,9 @@ class PreferencePair:
 # Sources ------------------------------------------------------------------------------------------------------------
 
 
-def read_preference_jsonl(source: str) -> list[PreferencePair]:
-    """The pairs of a .jsonl file, or of every .jsonl file under a folder (sorted by path); blank lines skipped."""
+def read_preference_jsonl(source: str, columns: Mapping[str, str] | None = None) -> list[PreferencePair]:
+    """The pairs of a .jsonl file, or of every .jsonl file under a folder (sorted by path), keys renamed by
+    `columns`; blank lines skipped."""
     path = Path(source).expanduser()
     if not path.exists():
         raise DistillError(f"data.source: no such file or folder '{source}' (use {PREFERENCE_FORMS})")
@@ -60,7 +61,7 @@ def read_preference_jsonl(source: str) -> list[PreferencePair]:
         files = [path]
     else:
         raise DistillError(f"data.source: '{source}' is not a .jsonl file (use {PREFERENCE_FORMS})")
-    pairs = [pair for file in files for pair in _read_pairs(file)]
+    pairs = [pair for file in files for pair in _read_pairs(file, columns)]
     if not pairs:
         raise DistillError(f"data.source: '{source}' holds no preference pairs")
     return pairs
@@ -79,9 +80,9 @@ def read_preference_table(
     return pairs
 
 
-def _read_pairs(file: Path) -> list[PreferencePair]:
+def _read_pairs(file: Path, columns: Mapping[str, str] | None) -> list[PreferencePair]:
     pairs: list[PreferencePair] = []
-    for where, record in json_lines(file):
+    for where, record in json_lines(file, columns=columns):
         if not isinstance(record, dict):
             raise DistillError(f"{where}: expected {PAIR_FORM}, got {type(record).__name__}")
         pairs.append(record_pair(record, where))

@@ -35,18 +35,26 @@ def is_table_source(source: str) -> bool:
 
 def check_source(source: str, forms: str, special: tuple[str, ...] = ("python_stdlib",), **settings: Any) -> None:
     """A `data.source` that exists (a Hub name is checked when read), and the `datasets` settings given in
-    `settings` (`val_split`, `revision`, `columns`...) only beside a `datasets` source; `forms` lists the valid
-    sources, `special` the names that are not paths."""
+    `settings` (`val_split`, `revision`, `columns`...) only beside a `datasets` source (`columns` beside JSONL files
+    too); `forms` lists the valid sources, `special` the names that are not paths."""
     if source in special or source.startswith(HUB_PREFIX):
         pass
     elif not Path(source).expanduser().exists():
         raise DistillError(f"data.source: no such file or folder '{source}' (use {forms})")
-    given = [name for name, value in settings.items() if value]
+    given = [name for name, value in settings.items() if value and not (name == "columns" and is_jsonl_source(source))]
     if given and not is_table_source(source):
         raise DistillError(
             f"data.{given[0]} applies to Hugging Face datasets sources ('hf:<name>', a save_to_disk folder, parquet "
-            f"files); data.source '{source}' is not one"
+            f"files){' and JSONL files' if given[0] == 'columns' else ''}; data.source '{source}' is not one"
         )
+
+
+def is_jsonl_source(source: str) -> bool:
+    """A .jsonl file, or a folder holding .jsonl files (whose keys `data.columns` may rename)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.suffix == ".jsonl"
+    return path.is_dir() and any(path.rglob("*.jsonl"))
 
 
 def is_saved_dataset(path: Path) -> bool:

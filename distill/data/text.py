@@ -3,7 +3,9 @@
 Rows come in two ways. Without a teacher tokenizer, plain text is packed at the token level (documents joined by
 eos, cut into `seq_len` blocks). With one, every row is first built as text (pieces of documents, each maybe
 followed by eos) and then tokenized by both tokenizers, so that student row i and teacher row i hold the same text.
-Conversations are one row each, rendered by each side's chat template (`distill.data.chat`).
+Conversations are rendered by each side's chat template (`distill.data.chat`), one per row or, with packing, several
+per row with position ids restarting at each (`distill.data.packing`). Batches are padded to the row length or to
+their longest row (`distill.data.padding`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
 from distill.data.base import DATASETS, SeededLoaders, check_at_least, check_fraction
-from distill.data.chat import ChatRenderer, encode_conversation
+from distill.data.chat import ChatRenderer, encode_conversation, end_of_turn
 from distill.data.conversation import Conversation
 from distill.data.corpus import PYTHON_STDLIB, PYTHON_STDLIB_CHAT, SOURCE_FORMS, Documents, Pair, read_source
-from distill.data.tables import check_source
+from distill.data.packing import pack_groups, packed_row
+from distill.data.padding import Padding, PadToLongest, check_padding
+from distill.data.row_report import split_report, warning
+from distill.data.sources import Source, SourceValue, plan_sources
 from distill.data.text_rows import (  # noqa: F401  (IGNORE is part of this module's API)
     IGNORE,
     MIN_SEQ_LEN,
@@ -40,9 +45,10 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     """Text for causal language models: the Python standard library's docstrings, or your .txt / .jsonl files.
 
     Batches are dicts of LongTensors `[B, T]`: `input_ids`, `attention_mask` (1 real, 0 padding) and `labels`
-    (the input ids, not shifted; -100 on padding and on prompts). With `teacher_tokenizer`, also `teacher_input_ids`,
-    `teacher_attention_mask` and `teacher_labels` `[B, T_teacher]`: the same text of each row in the teacher's
-    tokens. Documents are split into train/val before tokenization, so no text is in both; test uses val.
+    (the input ids, not shifted; -100 on padding and on prompts); packed conversations add `position_ids`. With
+    `teacher_tokenizer`, also `teacher_input_ids`, `teacher_attention_mask` and `teacher_labels` `[B, T_teacher]`
+    (and `teacher_position_ids`): the same text of each row in the teacher's tokens. Documents are split into
+    train/val before tokenization, so no text is in both; test uses val.
 
     Args:
         source: 'python_stdlib' (docstrings of Python's own modules: no download), 'python_stdlib_chat' (the same
@@ -51,7 +57,10 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             {"prompt": ..., "response": ...} or {"messages": [...]}; only responses and assistant turns are
             trained on), or a folder of such files; or a Hugging Face `datasets` source with `messages`, `text` or
             `prompt`/`response` columns: 'hf:<name>' (the Hub), a folder written by `save_to_disk`, or .parquet
-            files.
+            files. Or a mapping {path, split, val_split, revision} that keeps a `datasets` source's splits with it,
+            so that overriding the source replaces them too (`distill.data.sources`).
+        validation: What to validate and test on instead of a held-out fraction: a source of any form above (a
+            JSONL file of your own, another dataset, or a mapping {path, split, revision}).
         tokenizer: The student's tokenizer: 'bytes', 'bpe:<vocab_size>' (trained on the training split once, then
             cached) or 'hf:<name_or_path>' (a Hugging Face tokenizer).
         teacher_tokenizer: A different tokenizer for the teacher (same forms); None: the teacher reads the student's
@@ -59,19 +68,24 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         seq_len: Tokens per student row.
         teacher_seq_len: Tokens per teacher row, when teacher_tokenizer is set; longer rows are cut (None: as long
             as the longest teacher row, so that nothing is cut).
-        packing: Join plain-text documents with eos and fill every row; False: one document per row, cut and padded.
-            Prompt/response pairs are never packed.
+        packing: Fill rows: plain-text documents joined with eos; conversations several to a row, each attending to
+            itself only (position ids restart at each). False: one document or conversation per row, cut and
+            padded. Prompt/response pairs are never packed.
+        padding: 'max_length': every batch padded to the row length; 'longest': each batch to its longest row
+            (per side), rounded up to `pad_to_multiple_of`.
+        pad_to_multiple_of: With padding 'longest', batch widths are multiples of this (kernels see fewer shapes).
         batch_size: Rows per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the main process.
-        val_fraction: Fraction of the documents held out for validation (and testing).
+        val_fraction: Fraction of the documents held out for validation (and testing) when nothing else is named.
         split_seed: Seed of the train/val split of the documents.
-        max_documents: Use only the first N documents of the source (None: all of them; of each split with
-            `val_split`).
+        max_documents: Use only the first N documents of the source (None: all of them; of each source or split
+            with `validation` or `val_split`).
         tokenizer_cache: Folder where trained BPE tokenizers are kept.
-        split: The split of a `datasets` source to train on (and to hold `val_fraction` out of).
+        split: The split of a `datasets` source named by a path to train on (and to hold `val_fraction` out of);
+            None: 'train', or the source mapping's.
         val_split: A split of the same `datasets` source to validate and test on instead of a held-out fraction.
         revision: The Hub revision (branch, tag or commit) of an 'hf:' source.
-        columns: The source's column for each name read, e.g. {"prompt": "question", "response": "answer"}.
+        columns: The source's column (or JSONL key) for each name read, e.g. {"messages": "conversation"}.
         chat_template: For conversations (`messages`): 'chatml' or a Jinja template, used by both tokenizers in
             place of their own; None: each tokenizer's own chat template (a Hugging Face tokenizer's).
     """
@@ -79,19 +93,22 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     def __init__(
         self,
         *,
-        source: str = PYTHON_STDLIB,
+        source: SourceValue = PYTHON_STDLIB,
+        validation: SourceValue | None = None,
         tokenizer: str = "bytes",
         teacher_tokenizer: str | None = None,
         seq_len: int = 128,
         teacher_seq_len: int | None = None,
         packing: bool = True,
+        padding: Padding = "max_length",
+        pad_to_multiple_of: int = 8,
         batch_size: int = 16,
         num_workers: int = 0,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         max_documents: int | None = None,
         tokenizer_cache: str = "runs/tokenizers",
-        split: str = "train",
+        split: str | None = None,
         val_split: str | None = None,
         revision: str | None = None,
         columns: dict[str, str] | None = None,
@@ -102,20 +119,30 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         check_at_least("batch_size", batch_size, 1)
         check_at_least("num_workers", num_workers, 0)
         check_fraction("val_fraction", val_fraction)
+        check_padding(padding, pad_to_multiple_of)
         if max_documents is not None:
             check_at_least("max_documents", max_documents, 2)
         if teacher_seq_len is not None:
             if teacher_tokenizer is None:
                 raise DistillError("data.teacher_seq_len is set but data.teacher_tokenizer is not; set both or neither")
             check_at_least("teacher_seq_len", teacher_seq_len, MIN_SEQ_LEN)
-        settings = {"val_split": val_split, "revision": revision, "columns": columns}
-        check_source(source, SOURCE_FORMS, (PYTHON_STDLIB, PYTHON_STDLIB_CHAT), **settings)
-        self.source = source
-        self.split, self.val_split, self.revision, self.columns = split, val_split, revision, columns
+        self.sources = plan_sources(
+            source,
+            validation,
+            split=split,
+            val_split=val_split,
+            revision=revision,
+            columns=columns,
+            forms=SOURCE_FORMS,
+            special=(PYTHON_STDLIB, PYTHON_STDLIB_CHAT),
+        )
+        self.source = self.sources.train.path
+        self.columns = columns
         self.chat_template = chat_template
         self.tokenizer_specs = {"student": tokenizer, "teacher": teacher_tokenizer or tokenizer}
         self.seq_len = seq_len
         self.packing = packing
+        self.collate_fn = PadToLongest(pad_to_multiple_of) if padding == "longest" else None
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
@@ -126,6 +153,7 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         self._splits: tuple[TokenRows, TokenRows] | None = None
         self.dropped_rows: dict[str, int] = {}  # per split: pairs whose response did not fit
         self.teacher_truncated_rows: dict[str, int] = {}  # per split: rows cut on the teacher side
+        self.statistics: dict[str, dict] = {}  # per split: documents, rows, dropped, cut per side (`row_report`)
 
         self.tokenizer: Tokenizer = make_tokenizer(tokenizer, self._training_texts, tokenizer_cache)
         self.has_teacher_tokenizer = teacher_tokenizer is not None
@@ -149,6 +177,22 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             return {"vocab_size": self.teacher_vocab_size}
         raise ValueError(f"role must be 'student' or 'teacher', got {role!r}")
 
+    def row_length(self, role: str) -> int:
+        """Tokens per row of `role`'s side (its rows are at most this long, before any padding is cut)."""
+        self.setup()
+        length = self.seq_len if role == "student" or not self.has_teacher_tokenizer else self.teacher_seq_len
+        assert length is not None
+        return length
+
+    def end_of_turn(self, role: str) -> list[list[int]]:
+        """The token sequences that end an answer on `role`'s side: the chat template's end of turn (when the data is
+        conversations and the template writes one); the tokenizer's eos ends one always and is not listed."""
+        if not isinstance(self.documents[0][0], Conversation):
+            return []
+        tokenizer = self.tokenizer if role == "student" else self.teacher_tokenizer
+        stop = end_of_turn(self._renderer(role), tokenizer)  # type: ignore[arg-type]
+        return [stop] if stop else []
+
     # Documents ------------------------------------------------------------------------------------------------
 
     @property
@@ -158,14 +202,20 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             self._documents = self._read_and_split()
         return self._documents
 
-    def _read(self, split: str) -> Documents:
-        documents = read_source(self.source, split, self.revision, self.columns)
+    def _read(self, source: Source) -> Documents:
+        documents = read_source(source.path, source.split, source.revision, self.columns)
         return documents[: self.max_documents] if self.max_documents is not None else documents
 
     def _read_and_split(self) -> tuple[Documents, Documents]:
-        documents = self._read(self.split)
-        if self.val_split is not None:
-            return documents, self._read(self.val_split)
+        documents = self._read(self.sources.train)
+        if self.sources.validation is not None:
+            validation = self._read(self.sources.validation)
+            if type(validation[0]) is not type(documents[0]):
+                raise DistillError(
+                    f"data.validation '{self.sources.validation.describe()}' holds {_kind(validation)} but data.source "
+                    f"'{self.sources.train.describe()}' holds {_kind(documents)}; validate on the same kind"
+                )
+            return documents, validation
         if len(documents) < 2:
             raise DistillError(f"data.source '{self.source}' has {len(documents)} document; need >= 2 to split")
         val_count = min(len(documents) - 1, max(1, round(len(documents) * self.val_fraction)))
@@ -192,11 +242,12 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         if self._splits is not None:
             return
         encoded = {split: self._encode(docs) for split, docs in zip(("train", "val"), self.documents, strict=True)}
+        kept = {split: self._kept(split, *rows) for split, rows in encoded.items()}
         if self.has_teacher_tokenizer and self.teacher_seq_len is None:
             # As long as the longest teacher row of either split: nothing is cut, train and val shapes agree.
-            lengths = [len(row.ids) for _, teacher in encoded.values() for row in teacher or ()]
+            lengths = [len(row.ids) for _, teacher in kept.values() for row in teacher or ()]
             self.teacher_seq_len = max(lengths, default=MIN_SEQ_LEN)
-        self._splits = (self._tensors("train", *encoded["train"]), self._tensors("val", *encoded["val"]))
+        self._splits = (self._tensors(*kept["train"]), self._tensors(*kept["val"]))
 
     def _encode(self, documents: Documents) -> tuple[list[TokenRow], list[TokenRow] | None]:
         """The student's rows, and the teacher's rows of the same texts (None without a teacher tokenizer)."""
@@ -216,8 +267,8 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         return student, teacher
 
     def _encode_conversations(self, conversations: list[Conversation]) -> tuple[list[TokenRow], list[TokenRow] | None]:
-        """Each side renders the conversation with its own chat template and tokenizer: one row per conversation,
-        trained on the assistant's turns."""
+        """Each side renders the conversation with its own chat template and tokenizer: one row per conversation
+        (packed later), trained on the assistant's turns."""
         student = [
             encode_conversation(c, self.tokenizer, self._renderer("student"), self.seq_len) for c in conversations
         ]
@@ -231,25 +282,52 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         tokenizer = self.tokenizer if role == "student" else self.teacher_tokenizer
         return ChatRenderer(tokenizer, self.chat_template, f"the {role} tokenizer '{self.tokenizer_specs[role]}'")
 
-    def _tensors(self, split: str, student: list[TokenRow], teacher: list[TokenRow] | None) -> TokenRows:
-        """Rows with a target on both sides (a pair whose response was cut has none), as padded tensors."""
+    def _kept(
+        self, split: str, student: list[TokenRow], teacher: list[TokenRow] | None
+    ) -> tuple[list[TokenRow], list[TokenRow] | None]:
+        """The rows with a target on both sides (a pair whose response was cut has none), counted and reported, and
+        packed when they are conversations and `packing` is on."""
         teacher_rows = teacher if teacher is not None else student
         kept = [i for i, row in enumerate(student) if has_target(row) and has_target(teacher_rows[i])]
-        self._count(split, dropped=len(student) - len(kept), truncated=sum(row.truncated for row in teacher or ()))
-        tensors = row_tensors([student[i] for i in kept], self.seq_len, self.pad_id)
+        student = [student[i] for i in kept]
+        teacher = [teacher[i] for i in kept] if teacher is not None else None
+        index = 0 if split == "train" else 1
+        conversations = isinstance(self.documents[index][0], Conversation)
+        report = split_report(len(self.documents[index]), len(kept), len(teacher_rows) - len(kept), student, teacher)
+        if conversations and self.packing:
+            student, teacher = self._packed(student, teacher)
+        report["rows"] = len(student)
+        self._count(split, report, _kind(self.documents[index]))
+        return student, teacher
+
+    def _packed(
+        self, student: list[TokenRow], teacher: list[TokenRow] | None
+    ) -> tuple[list[TokenRow], list[TokenRow] | None]:
+        """Consecutive conversations packed into rows that fit each side's row length (`distill.data.packing`)."""
+        sides = [student] if teacher is None else [student, teacher]
+        limits = [self.seq_len] if teacher is None else [self.seq_len, self.teacher_seq_len]
+        groups = pack_groups([[len(row.ids) for row in rows] for rows in sides], limits)
+        packed = [[packed_row([rows[i] for i in group]) for group in groups] for rows in sides]
+        return packed[0], packed[1] if teacher is not None else None
+
+    def _tensors(self, student: list[TokenRow], teacher: list[TokenRow] | None) -> TokenRows:
+        """The rows as padded tensors (both sides)."""
+        tensors = row_tensors(student, self.seq_len, self.pad_id)
         if teacher is not None:
             assert self.teacher_seq_len is not None
-            teacher_tensors = row_tensors([teacher[i] for i in kept], self.teacher_seq_len, self.teacher_pad_id)
+            teacher_tensors = row_tensors(teacher, self.teacher_seq_len, self.teacher_pad_id)
             tensors.update({f"teacher_{key}": value for key, value in teacher_tensors.items()})
         return TokenRows(tensors, indexed=True)
 
-    def _count(self, split: str, dropped: int, truncated: int) -> None:
-        self.dropped_rows[split] = dropped
-        self.teacher_truncated_rows[split] = truncated
-        if dropped:
-            rank_zero_warn(f"data ({split}): dropped {dropped} prompt/response rows whose response did not fit")
-        if truncated:
-            rank_zero_warn(f"data ({split}): cut {truncated} rows at data.teacher_seq_len={self.teacher_seq_len}")
+    def _count(self, split: str, report: dict, what: str) -> None:
+        self.statistics[split] = report
+        self.dropped_rows[split] = report["dropped"]
+        cut = report["truncated"].get("teacher", {})
+        self.teacher_truncated_rows[split] = sum(cut.values())
+        limits = {"student": f"data.seq_len={self.seq_len}", "teacher": f"data.teacher_seq_len={self.teacher_seq_len}"}
+        line = warning(split, what, report, limits)
+        if line:
+            rank_zero_warn(line)
 
     def _split(self, index: int) -> TokenRows:
         self.setup()
@@ -269,3 +347,9 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
     @property
     def test_set(self) -> TokenRows:
         return self._split(1)
+
+
+def _kind(documents: Documents) -> str:
+    if isinstance(documents[0], Conversation):
+        return "conversations"
+    return "prompt/response pairs" if isinstance(documents[0], Pair) else "documents"

@@ -27,19 +27,32 @@ class Piece:
 
 @dataclass(frozen=True)
 class TextRow:
-    """One row as text, before tokenization; `bos` starts it with the tokenizer's bos token (if it has one)."""
+    """One row as text, before tokenization; `bos` starts it with the tokenizer's bos token (if it has one);
+    `cut_trained`: None when the row is whole, else whether the text cut off it (by `fit_row`) was trained on."""
 
     pieces: tuple[Piece, ...]
     bos: bool = False
+    cut_trained: bool | None = None
 
 
 @dataclass(frozen=True)
 class TokenRow:
-    """A row's tokens and labels, not padded; `truncated`: tokens were cut off its end."""
+    """A row's tokens and labels, not padded; `truncated`: tokens were cut off its end, `cut_in_response`: the first
+    token cut was a trained one (an answer lost its end, or more), not a prompt's; `positions`: the position ids of
+    a row packed from several conversations (each starts at 0), None for one sequence."""
 
     ids: list[int]
     labels: list[int]
     truncated: bool = False
+    cut_in_response: bool = False
+    positions: list[int] | None = None
+
+
+def cut_row(ids: list[int], labels: list[int], max_len: int | None) -> TokenRow:
+    """The row of `ids` and `labels` cut to `max_len` tokens (None: not cut), saying where it was cut."""
+    if max_len is None or len(ids) <= max_len:
+        return TokenRow(ids, labels)
+    return TokenRow(ids[:max_len], labels[:max_len], truncated=True, cut_in_response=labels[max_len] != IGNORE)
 
 
 class TokenRows(Dataset):
@@ -88,9 +101,10 @@ def encode_row(row: TextRow, tokenizer: Tokenizer, max_len: int | None) -> Token
         tokens = tokenizer.encode(piece.text) + ([tokenizer.eos_id] if piece.eos else [])
         ids.extend(tokens)
         labels.extend(tokens if piece.trained else [IGNORE] * len(tokens))
-    if max_len is None or len(ids) <= max_len:
-        return TokenRow(ids, labels)
-    return TokenRow(ids[:max_len], labels[:max_len], truncated=True)
+    row_cut = cut_row(ids, labels, max_len)
+    if row.cut_trained is None or row_cut.truncated:
+        return row_cut
+    return TokenRow(ids, labels, truncated=True, cut_in_response=row.cut_trained)  # cut as text, before tokens
 
 
 def has_target(row: TokenRow) -> bool:
@@ -99,16 +113,25 @@ def has_target(row: TokenRow) -> bool:
 
 
 def row_tensors(rows: Sequence[TokenRow], length: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """`input_ids` and `labels` (int32) and `attention_mask` (bool), right-padded to `length`."""
+    """`input_ids` and `labels` (int32) and `attention_mask` (bool), right-padded to `length`; with packed rows also
+    `position_ids` (int32), the padding after a row's last conversation numbered as a sequence of its own (0, 1,
+    ...) so that models that find packed sequences by their positions keep it apart."""
     ids = torch.full((len(rows), length), pad_id, dtype=torch.int32)
     labels = torch.full((len(rows), length), IGNORE, dtype=torch.int32)
     mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    packed = any(row.positions is not None for row in rows)
+    positions = torch.zeros((len(rows), length), dtype=torch.int32)
     for i, row in enumerate(rows):
         n = len(row.ids)
         ids[i, :n] = torch.tensor(row.ids, dtype=torch.int32)
         labels[i, :n] = torch.tensor(row.labels, dtype=torch.int32)
         mask[i, :n] = True
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if packed:
+            own = row.positions if row.positions is not None else list(range(n))
+            positions[i, :n] = torch.tensor(own, dtype=torch.int32)
+            positions[i, n:] = torch.arange(length - n, dtype=torch.int32)
+    tensors = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {**tensors, "position_ids": positions} if packed else tensors
 
 
 # Rows at the text level (for a teacher with its own tokenizer) ------------------------------------------------------
@@ -158,7 +181,7 @@ def fit_row(row: TextRow, tokenizer: Tokenizer, seq_len: int) -> TextRow:
         text, _ = fit_prefix(piece.text, tokenizer, room)  # cut: no eos, so one more token of text fits
         if text:
             pieces.append(Piece(text, piece.trained, eos=False))
-        break
+        return TextRow(tuple(pieces), row.bos, cut_trained=piece.trained)
     return TextRow(tuple(pieces), row.bos)
 
 

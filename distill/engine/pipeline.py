@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from distill.config.load import LoadedRecipe, save_recipe
-from distill.data.interface import DataSource
+from distill.data.interface import DataReport, DataSource
 from distill.engine.quiet import quiet_expected_messages, release
 from distill.engine.run_folder import RunCheckpoint, RunFolder
 from distill.engine.runs import RUN_DIR_ENV, external_launch, run_folder
@@ -72,6 +72,8 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
     if fresh:
         save_recipe(loaded.resolved, run.recipe_file)
         run.sources_file.write_text(json.dumps(module.sources, indent=2))  # what the checkpoints record, readable
+        if isinstance(data, DataReport) and trainer.is_global_zero:  # rows dropped and cut: recorded with the run
+            run.data_file.write_text(json.dumps(data.statistics, indent=2))
     os.environ[RUN_DIR_ENV] = str(run_dir)  # the processes of the other ranks, if the strategy starts them, use it
     release(trainer.device_info)
     try:
@@ -92,6 +94,9 @@ def assemble(loaded: LoadedRecipe, data: DataSource, training: bool) -> Distilla
     """The task of `loaded` on `data`: its frozen models (trained first when their weights are not stored yet) and
     the student's first weights, built by the task's spec."""
     check_student_lora(loaded, data)  # before any teacher is trained
+    spec = spec_of(loaded)
+    if spec.check_data is not None:  # what only the rows tell, before any teacher is trained
+        spec.check_data(data, loaded.settings)
     frozen = provide_frozen(loaded, data, training)  # first: training them may store the reference `init` names
     init = reference_weights(loaded, teacher_task) if loaded.recipe.init == "reference" else loaded.recipe.init
     return build_task(loaded, data, frozen, init, training)

@@ -7,6 +7,7 @@ runs/<name>/version_N/
     recipe.yaml          the resolved recipe
     results.json         test metrics of the best checkpoint
     sources.json         where each frozen model came from, and the Hub commit of every hf: name it read
+    data.json            what building the rows cost, per split (rows, dropped, cut per side), for data that counts it
     checkpoints/         best.ckpt, last.ckpt (and previous.ckpt, last.ckpt one save earlier)
     logs/                CSV metrics (logs/resume_K for each resumed session)
 ```
@@ -27,6 +28,7 @@ from distill.tasks.spec import FROZEN_SECTIONS
 RECIPE_FILE = "recipe.yaml"
 RESULTS_FILE = "results.json"
 SOURCES_FILE = "sources.json"
+DATA_FILE = "data.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST, LAST, PREVIOUS = "best.ckpt", "last.ckpt", "previous.ckpt"
 
@@ -120,6 +122,10 @@ class RunFolder:
     @property
     def sources_file(self) -> Path:
         return self.path / SOURCES_FILE
+
+    @property
+    def data_file(self) -> Path:
+        return self.path / DATA_FILE
 
     def recipe(self, overrides: list[str] = ()) -> LoadedRecipe:
         if not self.recipe_file.is_file():

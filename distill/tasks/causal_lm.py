@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from distill.config.schema import Recipe, setting
-from distill.data.interface import TokenData
+from distill.data.interface import ResponseData, TokenData
 from distill.errors import DistillError
 from distill.models.causal_lm import output_rows
 from distill.models.vlm import VISION_INPUTS
@@ -25,6 +25,7 @@ from distill.tasks.lm_outputs import (
     LogitsMode,
     TeacherView,
     chunk_blocker,
+    row_inputs,
     run_lm,
     use_chunks,
 )
@@ -52,11 +53,13 @@ class CausalLMSettings(HeadSettings):
     SECTION: ClassVar[str] = "causal_lm"
     mode: Mode = setting(
         "off_policy",
-        "whose responses the student trains on: the data's (off_policy), its own samples (on_policy), its own in "
-        "a fraction student_fraction of the batches (mixed: GKD's lambda), or the teacher's, generated once and "
-        "stored in `responses` (sequence)",
+        "whose responses the student trains on: the data's (off_policy), its own samples of each row's last answer "
+        "(on_policy), its own in a fraction student_fraction of the batches, drawn per batch (mixed: GKD's lambda), "
+        "or the teacher's, generated once and stored in `responses` (sequence)",
     )
-    student_fraction: float = setting(0.5, "mixed: the fraction of batches whose responses the student samples")
+    student_fraction: float = setting(
+        0.5, "mixed: the chance that a batch trains on the student's samples, drawn per batch (all its rows alike)"
+    )
     sampling: SamplingSettings = setting(SamplingSettings(), "how responses are generated")
     responses: str | None = setting(None, "sequence: the folder keeping the teacher's responses for later runs")
 
@@ -168,33 +171,34 @@ class CausalLMTask(WeightedTermsTask):
         return use_chunks(self.logits_mode, "causal_lm", blockers)
 
     def run_student(self, batch: Batch) -> LMOutputs:
-        return run_lm(
-            self.student, batch["input_ids"], batch["attention_mask"], vision_inputs(batch), self.student_chunked()
-        )
+        return run_lm(self.student, batch["input_ids"], row_inputs(batch), vision_inputs(batch), self.student_chunked())
 
     def teacher_view(self, batch: Batch, split: str, chunked: bool) -> TeacherView:
         """The teacher's side of the batch: stored top-k from the cache (computed and stored first when missing),
         else its outputs, chunked when the student is (`chunked`) and the teacher's head allows (no gradient)."""
         if self.teacher_cache is not None and "index" in batch:
-            stored = self.teacher_cache.read(split, batch["index"])
+            ids = batch.get("teacher_input_ids", batch["input_ids"])
+            positions = ids.shape[1] - 1  # a batch padded to its longest row reads its rows' first positions
+            stored = self.teacher_cache.read(split, batch["index"], positions)
             if stored is None:
                 if self.teacher is None:  # not loaded: the cache was complete when the run started
                     raise DistillError(f"teacher.cache: rows of the {split} split are missing from the cache")
-                labels = batch.get("teacher_input_ids", batch["input_ids"])[:, 1:]
                 outputs = self._teacher_outputs(batch, chunked=self.logits_mode != "full")
-                stored = outputs.stored_form(self.teacher_cache.k, labels, self.chunk_size)
+                stored = outputs.stored_form(self.teacher_cache.k, ids[:, 1:], self.chunk_size)
                 self.teacher_cache.write(split, batch["index"], stored)
-                stored = self.teacher_cache.read(split, batch["index"])  # train on exactly what is stored
+                stored = self.teacher_cache.read(split, batch["index"], positions)  # train on exactly what is stored
                 assert stored is not None
             return TeacherView(stored=stored.to(batch["input_ids"].device))
         return self._teacher_outputs(batch, chunked)
 
     @torch.no_grad()
     def _teacher_outputs(self, batch: Batch, chunked: bool) -> TeacherView:
-        ids = batch.get("teacher_input_ids", batch["input_ids"])
-        mask = batch.get("teacher_attention_mask", batch["attention_mask"])
+        prefix = "teacher_" if "teacher_input_ids" in batch else ""
         chunked = chunked and chunk_blocker(self.teacher) is None
-        return TeacherView(outputs=run_lm(self.teacher, ids, mask, vision_inputs(batch), chunked))
+        rows = row_inputs(batch, prefix)
+        return TeacherView(
+            outputs=run_lm(self.teacher, batch[f"{prefix}input_ids"], rows, vision_inputs(batch), chunked)
+        )
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **vision: torch.Tensor
@@ -379,15 +383,32 @@ def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePo
     """Whose responses training reads (`causal_lm.mode`); None for the data's own."""
     if settings.mode == "off_policy":
         return None
-    check_prompts(ctx.data.train_set.tensors["labels"], settings.mode)
+    check_data(ctx.data, settings)
     data: Any = ctx.data
     tokenizers = Tokenizers(data.tokenizer, getattr(data, "teacher_tokenizer", data.tokenizer))
+    if isinstance(data, ResponseData):  # answers end at the template's end of turn; rows keep the data's length
+        sides = ("student", "teacher")
+        tokenizers.stops = {side: data.end_of_turn(side) for side in sides}
+        tokenizers.row_lengths = {side: data.row_length(side) for side in sides}
     store = ctx.teacher_responses
     if settings.mode == "sequence" and store is None:
         raise DistillError("causal_lm.mode sequence trains on a teacher's responses; the recipe has no teacher")
     return ResponsePolicy(
         settings.mode, settings.student_fraction, settings.sampling, tokenizers, ctx.recipe.seed, store
     )
+
+
+def check_data(data: Any, settings: CausalLMSettings) -> None:
+    """Generated responses need rows that start with a prompt and hold one conversation each."""
+    if settings.mode == "off_policy":
+        return
+    rows = data.train_set.tensors
+    if "position_ids" in rows:
+        raise DistillError(
+            f"causal_lm.mode {settings.mode} samples one answer per row, and data.packing puts several conversations "
+            "in a row: set data.packing=false"
+        )
+    check_prompts(rows["labels"], settings.mode)
 
 
 def check(recipe: Recipe, settings: CausalLMSettings, fail: Callable[[str, str], Exception]) -> None:
@@ -437,6 +458,7 @@ SPEC = register_task(
         ),
         accepts=ACCEPTS,
         check=check,
+        check_data=check_data,
         settings=CausalLMSettings,
         reads_teacher_cache=True,
     )

@@ -179,6 +179,12 @@ class DraftDistillTask(DistillationTask):
         return [{k: v.to(self.device) for k, v in prompt.items()} for prompt in prompts]
 
 
+def check_data(data: Any, settings: Any) -> None:
+    """The target reads rows by their attention mask alone: one conversation per row."""
+    if "position_ids" in getattr(data.train_set, "tensors", {}):
+        raise DistillError("data.packing: task draft_distill reads one conversation per row; set data.packing=false")
+
+
 def build(ctx: BuildContext) -> DraftDistillTask:
     """A draft for the target (the teacher): sized from it; its embeddings and head stay the target's."""
     if not isinstance(ctx.data, TokenData):
@@ -196,6 +202,7 @@ SPEC = register_task(
         name="draft_distill",
         description="an EAGLE-style draft for speculative decoding, distilled online from the frozen target",
         build=build,
+        check_data=check_data,
         monitor=("agreement", "max"),
         summary=(
             SummaryRow("draft loss", "loss"),

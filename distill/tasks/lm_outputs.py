@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -113,19 +113,32 @@ class LMOutputs:
         return head_rows_map(keep, self.hidden, self.head.weight, self.head.bias, chunk_size)  # type: ignore[return-value]
 
 
+def row_inputs(batch: dict[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
+    """What a model reads of a batch's rows besides their ids (`prefix` 'teacher_' for the teacher's own tokens):
+    the attention mask; for rows packed from several conversations the position ids instead, which restart at each
+    one. Given position ids, no 2-D mask and no KV cache, transformers finds the packed sequences from the restarts
+    and masks attention block-diagonally (`masking_utils.find_packed_sequence_indices`). A 2-D mask switches that off,
+    and so does the cache a model makes for itself when `use_cache` is on (its config's default, even in training):
+    each would let every token see the conversations before it, silently."""
+    positions = batch.get(f"{prefix}position_ids")
+    if positions is not None:
+        return {"position_ids": positions, "use_cache": False}
+    return {"attention_mask": batch[f"{prefix}attention_mask"]}
+
+
 def run_lm(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
+    rows: dict[str, Any],
     vision: dict[str, torch.Tensor],
     chunked: bool,
 ) -> LMOutputs:
-    """`model` on a batch, shifted to the predicting positions: its hidden states and head when `chunked` (the
-    backbone runs, the head does not), else its logits."""
+    """`model` on a batch (`rows`: `row_inputs`), shifted to the predicting positions: its hidden states and head
+    when `chunked` (the backbone runs, the head does not), else its logits."""
     if not chunked:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, **vision).logits
+        logits = model(input_ids=input_ids, **rows, **vision).logits
         return LMOutputs(logits=logits[:, :-1])
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, **vision).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, **rows, **vision).last_hidden_state
     return LMOutputs(hidden=hidden[:, :-1], head=model.get_output_embeddings())
 
 

@@ -59,6 +59,8 @@ class TaskSpec:
         reads_teacher_cache: whether it can read the teacher's outputs from `teacher.cache`.
         check: rules of its own for a recipe, run with the others before anything is built:
             `check(recipe, settings, fail)` (settings: the task's own section) raises `fail(key path, message)`.
+        check_data: rules of its own for the data once it is set up, before any frozen model is trained or loaded:
+            `check_data(data, settings)` raises a DistillError (what only the rows tell, e.g. packed conversations).
     """
 
     name: str
@@ -74,6 +76,7 @@ class TaskSpec:
     section: str | None = None
     reads_teacher_cache: bool = False
     check: Callable[[Recipe, Any, Callable[[str, str], Exception]], None] | None = None
+    check_data: Callable[[Any, Any], None] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.frozen) - set(FROZEN_SECTIONS)

@@ -23,8 +23,9 @@ from distill.models.causal_lm import output_rows
 from distill.teachers.output_cache import META_FILE, TeacherCache, file_sha256, tensor_sha256
 from distill.teachers.token_cache import TokenTeacherCache
 
-# data settings that do not change the rows (how they are batched and loaded, where tokenizers are kept)
-LOADING_KEYS = ("batch_size", "num_workers", "tokenizer_cache")
+# data settings that do not change the rows (how they are batched, padded and loaded, where tokenizers are kept):
+# a batch padded to its longest row reads each row's first positions of the same stored rows
+LOADING_KEYS = ("batch_size", "num_workers", "tokenizer_cache", "padding", "pad_to_multiple_of")
 
 
 def open_teacher_cache(

@@ -5,6 +5,10 @@ Each split's rows are kept in shards of `shard_rows` rows, four memory-mapped .n
 (float32 `[rows, positions, k]`), `indices` (int32, same shape), `stats` (float32 `[rows, positions, 5]`) and
 `filled` (which rows are written). `meta.json` holds what determines the outputs (the teacher's weights, the
 tokenizers, the data and its packing, the precision); a cache whose meta differs from the run's is refused.
+
+Positions are a row's own (rows are right-padded), so a batch padded only to its longest row (`data.padding:
+longest`) reads and writes the first positions of each row: what lies beyond a batch's width is padding in every one
+of its rows, never trained on, and is stored as zeros.
 """
 
 from __future__ import annotations
@@ -90,35 +94,47 @@ class TokenTeacherCache(CacheFolder):
             for shard in np.unique(shards)
         ]
 
-    def read(self, split: str, indices: torch.Tensor) -> StoredTopK | None:
-        """The stored outputs of rows `indices` (`[B, positions, ...]`, CPU), or None unless all of them are stored."""
+    def read(self, split: str, indices: torch.Tensor, positions: int | None = None) -> StoredTopK | None:
+        """The stored outputs of rows `indices` at their first `positions` positions (None: all) (`[B, positions,
+        ...]`, CPU), or None unless all of them are stored."""
         groups = self._groups(split, indices)
         if not all(self._shard(split, shard)[3][local].all() for shard, _, local in groups):
             return None
-        batch = len(indices)
-        logprobs = np.empty((batch, self.positions, self.k), np.float32)
-        index = np.empty((batch, self.positions, self.k), np.int32)
-        stats = np.empty((batch, self.positions, len(STATS)), np.float32)
+        batch, width = len(indices), self._width(positions)
+        logprobs = np.empty((batch, width, self.k), np.float32)
+        index = np.empty((batch, width, self.k), np.int32)
+        stats = np.empty((batch, width, len(STATS)), np.float32)
         for shard, where, local in groups:
             stored_logprobs, stored_index, stored_stats, _ = self._shard(split, shard)
             logprobs[where], index[where], stats[where] = (
-                stored_logprobs[local],
-                stored_index[local],
-                stored_stats[local],
+                stored_logprobs[local, :width],
+                stored_index[local, :width],
+                stored_stats[local, :width],
             )
         return StoredTopK(torch.from_numpy(logprobs), torch.from_numpy(index), torch.from_numpy(stats), self.vocab_size)
 
     def write(self, split: str, indices: torch.Tensor, stored: StoredTopK) -> None:
-        """Store the outputs `stored` (`[B, positions, ...]`) of rows `indices`."""
-        if stored.logprobs.shape[1:] != (self.positions, self.k):
-            raise ValueError(f"stored outputs {tuple(stored.logprobs.shape)} are not [B, {self.positions}, {self.k}]")
+        """Store the outputs `stored` (`[B, P, ...]`, P <= positions: a batch padded to its longest row) of rows
+        `indices`; positions from P on are padding in all of them and stored as zeros."""
+        width = stored.logprobs.shape[1]
+        if width > self.positions or stored.logprobs.shape[2:] != (self.k,):
+            raise ValueError(f"stored outputs {tuple(stored.logprobs.shape)} are not [B, <={self.positions}, {self.k}]")
         logprobs = stored.logprobs.detach().float().cpu().numpy()
         index = stored.indices.detach().to(torch.int32).cpu().numpy()
         stats = stored.stats.detach().float().cpu().numpy()
         for shard, where, local in self._groups(split, indices):
             files = self._shard(split, shard)
-            files[0][local], files[1][local], files[2][local] = logprobs[where], index[where], stats[where]
+            for file, values in zip(files[:3], (logprobs, index, stats), strict=True):
+                file[local, :width] = values[where]
+                file[local, width:] = 0
             files[3][local] = True
+
+    def _width(self, positions: int | None) -> int:
+        if positions is None:
+            return self.positions
+        if not 0 <= positions <= self.positions:
+            raise ValueError(f"positions must be in [0, {self.positions}], got {positions}")
+        return positions
 
     def flush(self) -> None:
         for arrays in self._shards.values():

@@ -66,6 +66,12 @@ def jsonl(folder: Path, name: str, lines: list[str]) -> str:
     return str(path)
 
 
+def txt(folder: Path, name: str) -> str:
+    path = folder / name
+    path.write_text("one document\n\nanother document\n")
+    return str(path)
+
+
 def parquet(folder: Path, name: str, **columns: list) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -269,14 +275,59 @@ CASES = [
         "no column messages or prompt+response or text; it has ['question'] (map names with data.columns",
     ),
     (
-        "a column map beside a local JSONL file",
+        "a column map beside a plain text file",
+        lambda f: ["--recipe", "llm_kd_tiny", f"data.source={txt(f, 'plain.txt')}", "data.columns={text: body}"],
+        "data.columns applies to Hugging Face datasets sources and JSONL files; data.source",
+    ),
+    (
+        "a split name beside a JSONL file",
         lambda f: [
             "--recipe",
             "llm_kd_tiny",
             f"data.source={jsonl(f, 'plain.jsonl', PLAIN_LINES)}",
-            "data.columns={text: body}",
+            "data.val_split=test",
         ],
-        "data.columns applies to Hugging Face datasets sources",
+        "data.val_split names a split or revision of a Hugging Face datasets source",
+    ),
+    (
+        "a validation file beside the source's validation split",
+        lambda f: [
+            "--recipe",
+            "chat_kd_qwen2.5_1.5b_to_0.5b",
+            f"data.validation={jsonl(f, 'val_chats.jsonl', CHAT_LINES[:1])}",
+        ],
+        "data.validation and data.source.val_split both say what to validate on; keep one",
+    ),
+    (
+        "a mistyped key of a source mapping",
+        lambda f: ["--recipe", "chat_kd_qwen2.5_1.5b_to_0.5b", "data.source.splt=train"],
+        "data.source: unknown key 'splt' (did you mean 'split'?)",
+    ),
+    (
+        "a validation file that does not exist",
+        lambda f: ["--recipe", "llm_kd_tiny", "data.validation=/nope/val.jsonl"],
+        "data.validation: no such file or folder '/nope/val.jsonl'",
+    ),
+    (
+        "a message part that is not text",
+        lambda f: [
+            "--recipe",
+            "llm_kd_tiny",
+            f"data.source={jsonl(f, 'image_chat.jsonl', IMAGE_CHAT_LINES)}",
+            "data.chat_template=chatml",
+        ],
+        "image_chat.jsonl:2: message 0: content part 1 is 'image_url', not text",
+    ),
+    (
+        "packed conversations sampled on-policy",
+        lambda f: ["--recipe", "gkd_tiny", "data.packing=true"],
+        "causal_lm.mode mixed samples one answer per row, and data.packing puts several conversations in a row",
+    ),
+    ("an unknown padding", lambda f: ["--recipe", "chat_kd_tiny", "data.padding=dynamic"], "'data.padding' must be"),
+    (
+        "padding to a multiple of 0",
+        lambda f: ["--recipe", "chat_kd_tiny", "data.pad_to_multiple_of=0"],
+        "data.pad_to_multiple_of must be >= 1, got 0",
     ),
     (
         "a conversation without an assistant turn",
@@ -348,6 +399,11 @@ CHAT_LINES = [
     '{"messages": [{"role": "user", "content": "hi"}]}',
 ]
 PLAIN_LINES = ['{"text": "a b c"}'] * 3
+IMAGE_CHAT_LINES = [
+    CHAT_LINES[0],
+    '{"messages": [{"role": "user", "content": [{"type": "text", "text": "what is it?"}, '
+    '{"type": "image_url", "image_url": {"url": "x.png"}}]}, {"role": "assistant", "content": "a cat"}]}',
+]
 NAN_LINES = ['{"prompt": NaN, "chosen": "a", "rejected": "b"}']
 PYTHON_TAG = "seed: !!python/object/apply:os.system ['touch pwned']\ndata: {name: digits}\n"
 

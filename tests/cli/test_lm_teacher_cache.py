@@ -95,3 +95,9 @@ def test_rows_tokenized_or_packed_otherwise_and_another_teacher_are_refused(tmp_
     with pytest.raises(DistillError, match=r"differs in: teacher\)"):
         open_cache("data.seq_len=64", weights="other.pt")
     open_cache("data.seq_len=64", "data.batch_size=3")  # how rows are batched does not change them
+
+
+def test_a_cache_serves_runs_that_pad_their_batches_otherwise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    open_cache("data.seq_len=64")
+    open_cache("data.seq_len=64", "data.padding=longest", "data.pad_to_multiple_of=16")  # the same rows: accepted

@@ -3,6 +3,7 @@
 import inspect
 import re
 import typing
+from typing import Literal
 
 import lightning as L
 import pytest
@@ -23,6 +24,9 @@ ALLOWED_TYPES = {
     list[int],
     list[str],
     dict[str, str] | None,
+    str | dict[str, str | None],  # a source: a path, or a mapping of the source with its splits (null: not given)
+    str | dict[str, str | None] | None,
+    Literal["max_length", "longest"],  # data.padding
 }
 
 

@@ -116,5 +116,5 @@ def test_a_hub_name_offline_and_missing_columns_and_splits_are_one_line_errors(s
         create_datamodule("text", source=saved, val_split="validation", columns={"text": "answer"}).documents  # noqa: B018
     plain = tmp_path / "plain.jsonl"
     plain.write_text('{"text": "a b c"}\n{"text": "d e f"}\n')
-    with pytest.raises(DistillError, match="data.revision applies to Hugging Face datasets sources"):
+    with pytest.raises(DistillError, match="data.revision names a split or revision of a Hugging Face datasets source"):
         create_datamodule("text", source=str(plain), revision="main")

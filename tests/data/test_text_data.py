@@ -224,8 +224,12 @@ def test_prompt_tokens_are_masked_and_only_the_response_is_trained(tmp_path):
         {"prompt": "p", "response": "q"},
     ]
     path = write_jsonl(tmp_path / "pairs.jsonl", records)
-    with pytest.warns(UserWarning, match="dropped 1 prompt/response rows whose response did not fit"):
+    with pytest.warns(UserWarning) as warned:
         datamodule = data(source=str(path), seq_len=8, val_fraction=0.25, split_seed=0)
+    assert sorted(str(w.message) for w in warned) == [
+        "data (train): of 3 prompt/response pairs, 1 dropped: no response token left within the row",
+        "data (val): of 1 prompt/response pairs, 1 cut at data.seq_len=8 (0 in a prompt, 1 inside a response)",
+    ]
     rows = [datamodule.train_set[i] for i in range(len(datamodule.train_set))]
     rows += [datamodule.val_set[i] for i in range(len(datamodule.val_set))]
     by_start = {bytes(r["input_ids"][1:3].tolist()): r for r in rows}
@@ -322,7 +326,7 @@ def test_teacher_tokenizer_rows_hold_the_same_text_for_pairs(tmp_path):
         else:
             assert row["attention_mask"].all()
 
-    with pytest.warns(UserWarning, match="rows at data.teacher_seq_len=40"):
+    with pytest.warns(UserWarning, match=r"cut at data.teacher_seq_len=40 \(0 in a prompt, \d+ inside a response\) on"):
         cut = data(**common, teacher_tokenizer="bytes", teacher_seq_len=40)
     assert check_aligned(cut, cut.train_set) + check_aligned(cut, cut.val_set) == 30
     assert cut.train_set.tensors["teacher_input_ids"].shape[1] == 40
