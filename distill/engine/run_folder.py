@@ -168,11 +168,15 @@ def pin_hub_commits(recipe: dict[str, Any], sources: dict[str, dict[str, Any]]) 
         pinned[role] = model if role == "student" else {**section, "model": model}
     data = dict(pinned.get("data") or {})
     for key, value in list(data.items()):
-        if isinstance(value, str) and value.startswith("hf:") and commit(f"data.{key}") is not None:
-            if key == "source":
-                data["revision"] = commit("data.source")
-            else:
-                data[key] = f"{value.split('@')[0]}@{commit(f'data.{key}')}"
+        found = commit(f"data.{key}")
+        if found is None:
+            continue
+        if key == "source" and (isinstance(value, str) or data.get("revision") is not None):
+            data["revision"] = found  # the flat key, where the recipe gives the revision of a named source
+        elif key in ("source", "validation"):
+            data[key] = {**value, "revision": found} if isinstance(value, dict) else {"path": value, "revision": found}
+        else:  # a tokenizer or processor
+            data[key] = f"{value.split('@')[0]}@{found}"
     if data:
         pinned["data"] = data
     return pinned

@@ -180,15 +180,29 @@ class BuildContext:
 
 def hub_sources(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """`{"student": ..., "data.<key>": ...}`: what `hub_origin` records for each `hf:` name in the student's and the
-    data's sections (the frozen models record theirs in their own sources)."""
+    data's sections (the frozen models record theirs in their own sources). Datasets are `data.source` and
+    `data.validation`, each a name or a mapping `{path, revision, ...}`; other `hf:` data keys name tokenizers and
+    processors."""
     found = {}
     student = recipe.student or {}
     if str(student.get("name", "")).startswith("hf:"):
         found["student"] = {"hub": hub_origin(student["name"].removeprefix("hf:"), student.get("revision"))}
     data = recipe.data or {}
     for key, value in data.items():
-        if isinstance(value, str) and value.startswith("hf:"):
-            kind = "dataset" if key == "source" else "model"
-            revision = data.get("revision") if kind == "dataset" else None
-            found[f"data.{key}"] = {"hub": hub_origin(value.removeprefix("hf:"), revision, kind)}
+        if key in DATASET_KEYS:
+            path, revision = dataset_name(value, data.get("revision") if key == "source" else None)
+            if path.startswith("hf:"):
+                found[f"data.{key}"] = {"hub": hub_origin(path.removeprefix("hf:"), revision, "dataset")}
+        elif isinstance(value, str) and value.startswith("hf:"):
+            found[f"data.{key}"] = {"hub": hub_origin(value.removeprefix("hf:"))}
     return found
+
+
+DATASET_KEYS = ("source", "validation")
+
+
+def dataset_name(value: Any, flat_revision: str | None) -> tuple[str, str | None]:
+    """A data source written as a name or as `{path, revision, ...}`: its path and the revision asked for."""
+    if isinstance(value, dict):
+        return str(value.get("path") or ""), value.get("revision") or flat_revision
+    return (value if isinstance(value, str) else ""), flat_revision

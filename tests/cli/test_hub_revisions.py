@@ -147,3 +147,37 @@ def test_a_revision_is_a_recipe_key_of_hub_models(hub, tmp_path):
     assert not torch.equal(pinned.lm_head.weight, head.lm_head.weight)
     with pytest.raises(DistillError, match="hf:someone/student: cannot load it"):
         create_model("hf:someone/student", revision="no-such-branch")
+
+
+def test_datasets_and_tokenizers_are_recorded_and_pinned_in_every_form_a_recipe_writes(hub):
+    from distill.engine.run_folder import pin_hub_commits
+    from distill.tasks.context import hub_sources
+
+    folder = hub / "datasets--someone--chats"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("d" * 40)
+    (folder / "refs" / "v2").write_text("e" * 40)
+    tokenizer = hub / "models--someone--tok"
+    (tokenizer / "refs").mkdir(parents=True)
+    (tokenizer / "refs" / "main").write_text("f" * 40)
+
+    class Recipe:  # the two sections hub_sources reads
+        student = {"name": "llama"}
+        data = {
+            "source": {"path": "hf:someone/chats", "split": "train", "revision": "v2"},
+            "validation": "hf:someone/chats",
+            "tokenizer": "hf:someone/tok",
+        }
+
+    sources = hub_sources(Recipe())
+    assert {k: v["hub"]["commit"] for k, v in sources.items()} == {
+        "data.source": "e" * 40, "data.validation": "d" * 40, "data.tokenizer": "f" * 40,
+    }
+    assert sources["data.source"]["hub"]["type"] == "dataset"
+    pinned = pin_hub_commits({"data": dict(Recipe.data)}, sources)["data"]
+    assert pinned["source"] == {"path": "hf:someone/chats", "split": "train", "revision": "e" * 40}
+    assert pinned["validation"] == {"path": "hf:someone/chats", "revision": "d" * 40}
+    assert pinned["tokenizer"] == f"hf:someone/tok@{'f' * 40}"
+    # a source named by its path takes the flat data.revision, as the recipe wrote it
+    flat = pin_hub_commits({"data": {"source": "hf:someone/chats"}}, {"data.source": sources["data.validation"]})
+    assert flat["data"] == {"source": "hf:someone/chats", "revision": "d" * 40}
