@@ -87,7 +87,10 @@ def test_commits_resolve_from_the_local_hub_cache(hub):
     assert hub_commit("someone/student") == "b" * 40  # main has moved
     assert hub_commit("someone/unknown") is None  # not cached and offline: not known, never guessed
     assert hub_origin("someone/student@main") == {
-        "repo": "someone/student", "type": "model", "revision": "main", "commit": "b" * 40,
+        "repo": "someone/student",
+        "type": "model",
+        "revision": "main",
+        "commit": "b" * 40,
     }
 
 
@@ -98,7 +101,10 @@ def test_a_run_records_and_evaluation_pins_the_commits_it_read(hub, tmp_path, mo
     sources = json.loads((run / "sources.json").read_text())
     assert sources["student"]["hub"]["commit"] == "a" * 40
     assert sources["teacher"]["hub"] == {
-        "repo": "someone/teacher", "type": "model", "revision": "main", "commit": "a" * 40,
+        "repo": "someone/teacher",
+        "type": "model",
+        "revision": "main",
+        "commit": "a" * 40,
     }
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
     assert checkpoint["distill"]["sources"] == sources  # the file says what the checkpoints record
@@ -171,7 +177,9 @@ def test_datasets_and_tokenizers_are_recorded_and_pinned_in_every_form_a_recipe_
 
     sources = hub_sources(Recipe())
     assert {k: v["hub"]["commit"] for k, v in sources.items()} == {
-        "data.source": "e" * 40, "data.validation": "d" * 40, "data.tokenizer": "f" * 40,
+        "data.source": "e" * 40,
+        "data.validation": "d" * 40,
+        "data.tokenizer": "f" * 40,
     }
     assert sources["data.source"]["hub"]["type"] == "dataset"
     pinned = pin_hub_commits({"data": dict(Recipe.data)}, sources)["data"]

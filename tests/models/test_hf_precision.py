@@ -17,8 +17,14 @@ from distill.errors import DistillError
 from distill.models.causal_lm import llama
 
 # a Hub-style model as every Qwen and Llama release ships it: saved in bf16, read by `hf:<folder>`
-TINY = dict(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2)
+TINY = dict(
+    vocab_size=259,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+)
 BUDGET = [
     "data.max_documents=40",
     "trainer.max_epochs=1",
@@ -85,8 +91,9 @@ def test_small_adamw_updates_survive_in_the_fp32_student(bf16_folder, tmp_path, 
     def changed_fraction(run: Path) -> float:
         state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         weights = {k.removeprefix("student."): v for k, v in state.items() if k.endswith("proj.weight")}
-        assert weights and {v.dtype for v in weights.values()} == {torch.float32 if "fp32" in run.parent.name
-                                                                    else torch.bfloat16}
+        assert weights and {v.dtype for v in weights.values()} == {
+            torch.float32 if "fp32" in run.parent.name else torch.bfloat16
+        }
         moved = sum(int((v.float() != initial[k]).sum()) for k, v in weights.items())
         return moved / sum(v.numel() for v in weights.values())
 
@@ -101,7 +108,9 @@ def test_small_adamw_updates_survive_in_the_fp32_student(bf16_folder, tmp_path, 
 
 def test_lora_adapters_stay_fp32_over_a_bf16_base(bf16_folder, tmp_path):
     loaded = hf_recipe(
-        bf16_folder, "student.dtype=bfloat16", "student.lora={r: 4, target_modules: [q_proj, v_proj]}",
+        bf16_folder,
+        "student.dtype=bfloat16",
+        "student.lora={r: 4, target_modules: [q_proj, v_proj]}",
         tmp_path=tmp_path,
     )
     task = assemble(loaded, prepare_data(loaded), training=True)
@@ -135,8 +144,9 @@ def layer_calls(model: torch.nn.Module) -> list[int]:
 
 
 def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(tmp_path):
-    loaded = load_recipe("llm_kd_tiny", [*BUDGET[:-1], "student.gradient_checkpointing=true",
-                                         f"run.root={tmp_path / 'runs'}"])
+    loaded = load_recipe(
+        "llm_kd_tiny", [*BUDGET[:-1], "student.gradient_checkpointing=true", f"run.root={tmp_path / 'runs'}"]
+    )
     assert loaded.resolved["student"]["gradient_checkpointing"] is True
     data = prepare_data(loaded)
     data.setup("fit")
