@@ -108,3 +108,23 @@ def test_quickstart_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     assert "student accuracy" in capsys.readouterr().out
     (results,) = (tmp_path / "runs").glob("quickstart_digits/version_0/results.json")
     assert set(json.loads(results.read_text())["test"]) >= {"test/acc", "test/teacher_acc", "test/agreement"}
+
+
+CHAT_RECIPES = [name for name, path in bundled_recipes().items() if "source: python_stdlib_chat" in path.read_text()]
+
+
+@pytest.mark.parametrize("name", CHAT_RECIPES)
+def test_the_offline_chat_recipes_train_every_answer_whole(name):
+    """A conversation cut inside its answer never shows the student the end of turn, so a student trained on it does
+    not learn to stop (and a sampled answer never ends): every conversation of the bundled chat data fits its row,
+    and the sampling budget holds a whole answer."""
+    from distill.engine.wiring import prepare_data
+
+    loaded = load_recipe(name)
+    data = prepare_data(loaded)
+    for split, report in data.statistics.items():
+        assert report["dropped"] == 0 and report["rows"] == report["documents"], (split, report)
+        assert set(report["truncated"]["student"].values()) == {0}, (split, report)
+    if loaded.settings.mode != "off_policy":  # trained tokens per row: the answer and its end of turn
+        longest = int(data.train_set.tensors["labels"].ne(-100).sum(1).max())
+        assert loaded.settings.sampling.max_new_tokens >= longest, (loaded.settings.sampling, longest)

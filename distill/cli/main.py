@@ -9,6 +9,7 @@ import gc
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from distill.cli.commands import (
@@ -112,6 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warnings(formatted: Callable[..., str]) -> Callable[..., str]:
+    """distill's own warnings (rows cut, pairs dropped) as one line each, as its errors are; a library's keep their
+    usual form (file, line and source), which says where to look."""
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the distill package
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 (warnings' signature)
+        if os.path.abspath(filename).startswith(own + os.sep):
+            return f"distill: warning: {message}\n"
+        return formatted(message, category, filename, lineno, line)
+
+    format_warning.one_line = True
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -124,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         # holds its own folder instead. Appended, so an installed package of the same name wins.
         sys.path.append(os.getcwd())
     allow_remote_code(getattr(args, "allow_remote_code", False))
+    if not getattr(warnings.formatwarning, "one_line", False):  # main may run more than once in a process
+        warnings.formatwarning = one_line_warnings(warnings.formatwarning)
     try:
         args.func(args)
     except DistillError as exc:

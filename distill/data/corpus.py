@@ -118,7 +118,7 @@ def python_stdlib_corpus(max_chars: int | None = None) -> list[str]:
     return chosen
 
 
-def stdlib_conversations(max_reply_chars: int = 400) -> list[Conversation]:
+def stdlib_conversations(max_reply_chars: int = 200) -> list[Conversation]:
     """The standard library's docstrings as chats, offline: the user gives a docstring's first sentence, the
     assistant continues it (up to `max_reply_chars`, cut at a word). Docstrings without a sentence break are skipped."""
     chats = []

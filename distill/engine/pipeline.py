@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from distill.config.load import LoadedRecipe, save_recipe
 from distill.data.interface import DataReport, DataSource
-from distill.engine.quiet import quiet_expected_messages, release
+from distill.engine.quiet import held_back_warnings, quiet_expected_messages, release, show_warnings
 from distill.engine.run_folder import RunCheckpoint, RunFolder
 from distill.engine.runs import RUN_DIR_ENV, external_launch, run_folder
 from distill.engine.trainer import evaluation_trainer, make_trainer
@@ -51,7 +51,7 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
     recipe = loaded.recipe
     resume = RunFolder.of(resume_from).path if resume_from is not None else None
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    data = prepare_data(loaded)
+    data = prepare_checked_data(loaded)
     run_dir, fresh, inherited = run_folder(recipe.run.root, recipe.run.name or loaded.name, resume)
     try:
         # built first: constructing it checks the trainer settings before any teacher is trained
@@ -90,13 +90,28 @@ def fit(loaded: LoadedRecipe, resume_from: Path | None = None, callbacks: list[C
     return FitResult(run_dir=run_dir, best_checkpoint=best, metrics=metrics, resolved=loaded.resolved)
 
 
+def prepare_checked_data(loaded: LoadedRecipe) -> DataSource:
+    """The recipe's data, set up, and what only the data and the student's structure can tell checked, before
+    anything is written or trained. The setup's warnings (rows cut or dropped) are shown once the checks pass, so
+    that a refused run answers in one line."""
+    with held_back_warnings() as held:
+        data = prepare_data(loaded)
+        check_with_data(loaded, data)
+    show_warnings(held)
+    return data
+
+
+def check_with_data(loaded: LoadedRecipe, data: DataSource) -> None:
+    check_student_lora(loaded, data)
+    spec = spec_of(loaded)
+    if spec.check_data is not None:  # what only the rows tell (e.g. packed conversations)
+        spec.check_data(data, loaded.settings)
+
+
 def assemble(loaded: LoadedRecipe, data: DataSource, training: bool) -> DistillationTask:
     """The task of `loaded` on `data`: its frozen models (trained first when their weights are not stored yet) and
     the student's first weights, built by the task's spec."""
-    check_student_lora(loaded, data)  # before any teacher is trained
-    spec = spec_of(loaded)
-    if spec.check_data is not None:  # what only the rows tell, before any teacher is trained
-        spec.check_data(data, loaded.settings)
+    check_with_data(loaded, data)  # before any teacher is trained (cheap: fit and restore have checked already)
     frozen = provide_frozen(loaded, data, training)  # first: training them may store the reference `init` names
     init = reference_weights(loaded, teacher_task) if loaded.recipe.init == "reference" else loaded.recipe.init
     return build_task(loaded, data, frozen, init, training)
@@ -193,7 +208,7 @@ def restore(
     seed) is kept too, for comparisons before and after training."""
     loaded = loaded or checkpoint.loaded()
     L.seed_everything(loaded.recipe.seed, workers=True, verbose=False)
-    data = prepare_data(loaded)
+    data = prepare_checked_data(loaded)
     module = assemble(loaded, data, training)
     initial = copy.deepcopy(module.student).eval() if keep_initial else None
     try:

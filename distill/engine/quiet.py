@@ -44,3 +44,17 @@ def release(held: list[str]) -> None:
     logger = logging.getLogger(LIGHTNING_INFO)
     for message in held:
         logger.info(message)
+
+
+@contextmanager
+def held_back_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """Warnings raised inside the block (the data's setup counting rows it cut or dropped) are kept in the yielded
+    list instead of shown: a run refused right after still answers in one line. `show_warnings` shows them once the
+    run goes on."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield caught
+
+
+def show_warnings(held: list[warnings.WarningMessage]) -> None:
+    for warned in held:
+        warnings.showwarning(warned.message, warned.category, warned.filename, warned.lineno)
