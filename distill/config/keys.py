@@ -92,9 +92,39 @@ def entry_keys(key: str, annotation: Any) -> Iterator[KeyDoc]:
             "student.lora", "a mapping or null", None, "LoRA adapters on the student (through peft); null: none"
         )
         yield from dataclass_keys(LoRASettings, "student.lora.")
+        yield from MODEL_OPTION_KEYS
     if key.rsplit(".", 1)[-1] == "trainer":
         for name, value in TRAINER_DEFAULTS.items():
             yield KeyDoc(f"{key}.{name}", "a lightning.Trainer argument", value, "distill's default when not given")
+
+
+# Keys of a Hugging Face student (`hf:<name>`) that distill reads or sets, beyond the model's own config arguments.
+MODEL_OPTION_KEYS = (
+    KeyDoc(
+        "student.dtype",
+        "one of 'float32', 'bfloat16', 'float16', 'auto'",
+        "float32",
+        "hf: students: the precision the weights are loaded and trained in (fp32 master weights under bf16-mixed)",
+    ),
+    KeyDoc(
+        "student.revision",
+        "a string or null",
+        None,
+        "hf: models (teacher.model too): the Hub branch, tag or commit to read; runs record the commit",
+    ),
+    KeyDoc(
+        "student.attn_implementation",
+        "one of 'sdpa', 'eager', 'flex_attention', 'flash_attention_2', 'flash_attention_3'",
+        "sdpa",
+        "hf: and llama models (teacher.model too): the attention kernel",
+    ),
+    KeyDoc(
+        "student.gradient_checkpointing",
+        "true or false",
+        False,
+        "recompute each decoder layer in the backward pass instead of keeping its activations (transformer models)",
+    ),
+)
 
 
 def describe_type(annotation: Any) -> str:

@@ -84,3 +84,12 @@ def test_tasks_name_their_own_section(capsys):
     assert sections
     for key in sections:
         assert f"`{key}:`" in out and f"`distill keys {key}`" in out
+
+
+def test_the_keys_of_a_hugging_face_student_are_listed_with_the_defaults_it_resolves_to(capsys):
+    keys = listed(capsys, "student")
+    recipe = {**MINIMAL, "data": {"name": "text", "tokenizer": "bytes"}, "task": "causal_lm"}
+    resolved = from_dict({**recipe, "student": {"name": "hf:someone/model"}, "teacher": None}, "hf").resolved
+    assert keys["student.dtype"][0].endswith(f" = {json.dumps(resolved['student']['dtype'])}")
+    for key in ("student.revision", "student.attn_implementation", "student.gradient_checkpointing"):
+        assert key in keys and keys[key][1], key
