@@ -88,7 +88,8 @@ def bf16_student_fit(device: str) -> None:
             return
         state = torch.load(folder / "runs/bf16/version_0/checkpoints/last.ckpt", weights_only=True)["state_dict"]
         dtypes = sorted({str(v.dtype).removeprefix("torch.") for k, v in state.items() if k.startswith("student.")})
-        say(f"bf16 student fit ({accelerator}, bf16-mixed, gradient checkpointing): ok in {took:.0f} s; weights {dtypes}")
+        what = f"bf16 student fit ({accelerator}, bf16-mixed, gradient checkpointing)"
+        say(f"{what}: ok in {took:.0f} s; weights {dtypes}")
 
 
 def main() -> None:
