@@ -53,7 +53,7 @@ def packed_rows(device: str) -> None:
                 alone = model(input_ids=rows["input_ids"][:, start:end]).logits[:, :-1].float()
                 worst = max(worst, (packed[:, start : end - 1] - alone).abs().max().item())
             crossed = run_lm(model, rows["input_ids"], {"attention_mask": rows["attention_mask"]}, {}, False)
-            leak = (crossed.logits.float()[:, starts[1] : starts[2] - 1] - packed[:, starts[1] : starts[2] - 1])
+            leak = crossed.logits.float()[:, starts[1] : starts[2] - 1] - packed[:, starts[1] : starts[2] - 1]
         say(
             f"packed rows {str(dtype).removeprefix('torch.'):9s} {model.config._attn_implementation}: "
             f"{len(starts) - 1} conversations, max |packed - alone| {worst:.2e}; "
