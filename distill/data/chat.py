@@ -13,7 +13,7 @@ an assistant span.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from distill.data.conversation import Conversation, Message
@@ -82,17 +82,23 @@ class ChatRenderer:
 
 
 def end_of_turn(renderer: ChatRenderer, tokenizer: OffsetTokenizer) -> list[int]:
-    """The tokens that end an assistant turn in `renderer`'s template (`<|im_end|>` in ChatML, `<|eot_id|>` in
-    Llama 3's), as `tokenizer` writes them: what rendering a turn adds after its content, without the whitespace
-    around it; [] when the template adds nothing there. Generation stops at them: a chat model ends its answer with
-    them, not necessarily with the tokenizer's eos."""
-    probe = Conversation((Message("user", "?"), Message("assistant", "X")))
-    asked = renderer.render(probe.as_dicts(1), add_generation_prompt=True)
-    through = renderer.render(probe.as_dicts())
-    if not through.startswith(asked + "X"):
-        return []
-    markup = through[len(asked) + 1 :].strip()
+    """The tokens that end an assistant turn in `renderer`'s template, as `tokenizer` writes them; [] when the
+    template adds nothing there. Generation stops at them: a chat model ends its answer with them, not necessarily
+    with the tokenizer's eos."""
+    markup = end_of_turn_markup(renderer.render)
     return tokenizer.encode(markup) if markup else []
+
+
+def end_of_turn_markup(render: Callable[[list[dict[str, str]], bool], str]) -> str:
+    """The markup that ends an assistant turn (`<|im_end|>` in ChatML, `<|eot_id|>` in Llama 3's template), read from
+    the template itself: what rendering a turn (`render(messages, add_generation_prompt)`) adds after its content,
+    without the whitespace around it; '' when it adds nothing there, or renders the answer other than as given."""
+    probe = Conversation((Message("user", "?"), Message("assistant", "X")))
+    asked = render(probe.as_dicts(1), True)
+    through = render(probe.as_dicts(), False)
+    if not through.startswith(asked + "X"):
+        return ""
+    return through[len(asked) + 1 :].strip()
 
 
 def _compile(template: str) -> Any:

@@ -21,9 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from distill.data.chat import end_of_turn_markup
 from distill.data.tokenizers import Tokenizer
-
-MARKER = "distill-export-turn-marker"  # an assistant message the template will not touch
 
 
 @dataclass
@@ -35,18 +34,18 @@ class TurnEnd:
 
 
 def end_of_turn(tokenizer: Any) -> TurnEnd:
-    """The end of an assistant's turn in `tokenizer`'s chat template (a transformers tokenizer)."""
+    """The end of an assistant's turn in `tokenizer`'s chat template (a transformers tokenizer), found as the data
+    code finds it (`end_of_turn_markup`)."""
     if not getattr(tokenizer, "chat_template", None):
         return TurnEnd()
-    asked = [{"role": "user", "content": "Hello"}]
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
     try:
-        prompt = tokenizer.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
-        answered = asked + [{"role": "assistant", "content": MARKER}]
-        through = tokenizer.apply_chat_template(answered, tokenize=False)
+        markup = end_of_turn_markup(render)
     except Exception:  # a template with rules of its own: no end of turn can be read from it
         return TurnEnd()
-    at = through.find(MARKER, len(prompt) if through.startswith(prompt) else 0)
-    markup = through[at + len(MARKER) :].strip() if at >= 0 else ""
     if not markup:
         return TurnEnd()
     first = tokenizer(markup, add_special_tokens=False)["input_ids"][:1]
