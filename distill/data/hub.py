@@ -1,4 +1,5 @@
-"""Which version of a Hugging Face Hub repository a run read: the commit its name and revision resolved to.
+"""The Hugging Face Hub as distill reads it: whether it is switched off or reachable, whether an `hf:` name is a
+local folder, and which version of a repository a run read (the commit its name and revision resolved to).
 
 A branch such as `main` moves; the commit does not. Runs record the commit of every `hf:` model, tokenizer and
 dataset they read (in their checkpoints' sources and `sources.json`), evaluation of a finished run reads the same
@@ -8,15 +9,34 @@ under the same name is a different teacher.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
-
-from distill.data.tables import hub_reachable
-from distill.data.tokenizers import hub_offline
+from urllib.parse import urlparse
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 RepoType = Literal["model", "dataset"]
+
+
+def hub_offline(*flags: str) -> bool:
+    """Whether the environment switches the Hugging Face Hub off (HF_HUB_OFFLINE, or any of `flags`), read at each
+    call: huggingface_hub reads it once, at import."""
+    return any(
+        os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in ("HF_HUB_OFFLINE", *flags)
+    )
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's endpoint (HF_ENDPOINT, default huggingface.co) opens in `timeout`."""
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def is_local(name_or_path: str) -> bool:

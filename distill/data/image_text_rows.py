@@ -14,8 +14,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from distill.data.corpus import json_lines
+from distill.data.hub import hub_offline
 from distill.data.tables import read_table
-from distill.data.tokenizers import _first_line, hub_offline
+from distill.data.tokenizers import _first_line
 from distill.errors import DistillError
 
 KEYS = ("image", "prompt", "response")

@@ -8,15 +8,13 @@ extra). Local JSONL and text files are read by the modules' own readers, without
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from distill.data.tokenizers import _first_line, hub_offline
+from distill.data.hub import hub_offline, hub_reachable
+from distill.data.tokenizers import _first_line
 from distill.errors import DistillError
 
 HUB_PREFIX = "hf:"
@@ -148,17 +146,6 @@ def _hub(datasets: Any, name: str, split: str, revision: str | None) -> Any:
             f"data.source 'hf:{name}': the Hugging Face Hub {where} and the dataset is not in the local cache; "
             f"where there is network, save it with load_dataset(...).save_to_disk(folder), then use {LOCAL_FORMS}"
         ) from None
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the Hub's endpoint (HF_ENDPOINT, default huggingface.co) opens in `timeout`."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from distill.data.hub import hub_offline, is_local, split_revision
 from distill.errors import DistillError
 
 SPEC_FORMS = "'bytes', 'bpe:<vocab_size>' (e.g. 'bpe:512') or 'hf:<name_or_path>'"
@@ -164,8 +165,7 @@ class HFTokenizer:
 def _load_hf_tokenizer(name_or_path: str) -> Any:
     """A Hugging Face tokenizer from a local folder, or from the Hub as `name` or `name@revision`."""
     path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~"))  # a Hub name is 'name' or 'org/name'
-    if looks_local and not path.exists():
+    if is_local(name_or_path) and not path.exists():
         raise DistillError(f"Hugging Face tokenizer 'hf:{name_or_path}': no such local folder")
     from transformers import AutoTokenizer
 
@@ -178,9 +178,9 @@ def _load_hf_tokenizer(name_or_path: str) -> Any:
             ) from None
     # Read at each call (huggingface_hub reads it once, at import): HF_HUB_OFFLINE=1 then fails fast, without retries.
     offline = hub_offline()
-    repo, _, revision = name_or_path.partition("@")  # a Hub name holds no '@' of its own
+    repo, revision = split_revision(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(repo, revision=revision or None, local_files_only=offline)
+        return AutoTokenizer.from_pretrained(repo, revision=revision, local_files_only=offline)
     except Exception:  # OSError, ValueError, hub errors: all mean "not found from here"
         raise DistillError(
             f"cannot load Hugging Face tokenizer 'hf:{name_or_path}': it is not a local folder, and the Hugging Face "
@@ -188,14 +188,6 @@ def _load_hf_tokenizer(name_or_path: str) -> Any:
             "(nor the local Hub cache); where there is network, save it with "
             "AutoTokenizer.from_pretrained(name).save_pretrained(folder) and use 'hf:<folder>'"
         ) from None
-
-
-def hub_offline(*flags: str) -> bool:
-    """Whether the environment switches the Hugging Face Hub off (HF_HUB_OFFLINE, or any of `flags`), read at each
-    call: huggingface_hub reads it once, at import."""
-    return any(
-        os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on") for flag in ("HF_HUB_OFFLINE", *flags)
-    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -96,22 +96,17 @@ def prepare_checked_data(loaded: LoadedRecipe) -> DataSource:
     that a refused run answers in one line."""
     with held_back_warnings() as held:
         data = prepare_data(loaded)
-        check_with_data(loaded, data)
+        check_student_lora(loaded, data)
+        spec = spec_of(loaded)
+        if spec.check_data is not None:  # what only the rows tell (e.g. packed conversations)
+            spec.check_data(data, loaded.settings)
     show_warnings(held)
     return data
 
 
-def check_with_data(loaded: LoadedRecipe, data: DataSource) -> None:
-    check_student_lora(loaded, data)
-    spec = spec_of(loaded)
-    if spec.check_data is not None:  # what only the rows tell (e.g. packed conversations)
-        spec.check_data(data, loaded.settings)
-
-
 def assemble(loaded: LoadedRecipe, data: DataSource, training: bool) -> DistillationTask:
     """The task of `loaded` on `data`: its frozen models (trained first when their weights are not stored yet) and
-    the student's first weights, built by the task's spec."""
-    check_with_data(loaded, data)  # before any teacher is trained (cheap: fit and restore have checked already)
+    the student's first weights, built by the task's spec. `data` comes from `prepare_checked_data`."""
     frozen = provide_frozen(loaded, data, training)  # first: training them may store the reference `init` names
     init = reference_weights(loaded, teacher_task) if loaded.recipe.init == "reference" else loaded.recipe.init
     return build_task(loaded, data, frozen, init, training)
