@@ -151,8 +151,6 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
         self.seed = 0  # shuffling seed: set from the recipe's `seed` by the framework
         self._documents: tuple[Documents, Documents] | None = None
         self._splits: tuple[TokenRows, TokenRows] | None = None
-        self.dropped_rows: dict[str, int] = {}  # per split: pairs whose response did not fit
-        self.teacher_truncated_rows: dict[str, int] = {}  # per split: rows cut on the teacher side
         self.statistics: dict[str, dict] = {}  # per split: documents, rows, dropped, cut per side (`row_report`)
 
         self.tokenizer: Tokenizer = make_tokenizer(tokenizer, self._training_texts, tokenizer_cache)
@@ -319,11 +317,18 @@ class CausalLMDataModule(SeededLoaders, L.LightningDataModule):
             tensors.update({f"teacher_{key}": value for key, value in teacher_tensors.items()})
         return TokenRows(tensors, indexed=True)
 
+    @property
+    def dropped_rows(self) -> dict[str, int]:
+        """Per split: documents with nothing left to train on within the row."""
+        return {split: report["dropped"] for split, report in self.statistics.items()}
+
+    @property
+    def teacher_truncated_rows(self) -> dict[str, int]:
+        """Per split: rows cut on the teacher's side."""
+        return {split: sum(r["truncated"].get("teacher", {}).values()) for split, r in self.statistics.items()}
+
     def _count(self, split: str, report: dict, what: str) -> None:
         self.statistics[split] = report
-        self.dropped_rows[split] = report["dropped"]
-        cut = report["truncated"].get("teacher", {})
-        self.teacher_truncated_rows[split] = sum(cut.values())
         limits = {"student": f"data.seq_len={self.seq_len}", "teacher": f"data.teacher_seq_len={self.teacher_seq_len}"}
         line = warning(split, what, report, limits)
         if line:
