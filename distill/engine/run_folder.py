@@ -66,8 +66,8 @@ class RunCheckpoint:
             if not pinned.get(role) or not source:
                 continue
             weights = str(source["weights"])
-            if weights == source["model"]["name"]:
-                continue  # a pretrained model: its weights come with it
+            if comes_with_weights(source):
+                continue
             if not Path(weights).is_file():
                 raise DistillError(
                     f"{role}: the weights the student in {self.path} learned from are gone ({weights}); restore "
@@ -148,6 +148,12 @@ class RunFolder:
         if not self.results_file.is_file():
             raise DistillError(f"{self.path} has no {RESULTS_FILE}: the run did not finish")
         return json.loads(self.results_file.read_text())
+
+
+def comes_with_weights(source: dict[str, Any]) -> bool:
+    """Whether a recorded source is a pretrained model (`hf:`, `open_clip:`, timm with `pretrained`) whose weights come
+    with it, rather than a weights file."""
+    return str(source.get("weights")) == (source.get("model") or {}).get("name")
 
 
 def pin_hub_commits(recipe: dict[str, Any], sources: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -23,11 +23,12 @@ from torch import nn
 from distill.config.load import LoadedRecipe, from_dict
 from distill.data.record import tokenizer_from_record
 from distill.data.tokenizers import Tokenizer
-from distill.engine.run_folder import RunCheckpoint
+from distill.engine.run_folder import RunCheckpoint, comes_with_weights
 from distill.errors import DistillError
 from distill.models import create_model, model_for_data
 from distill.models.lora import LoRASettings, add_lora
 from distill.models.weights import load_weights
+from distill.teachers.resolve import FrozenPlan, load_frozen
 
 DRAFT_TASK = "draft_distill"  # the task whose student is a draft for its teacher, the target
 
@@ -101,7 +102,7 @@ def load_base(student: nn.Module, loaded: LoadedRecipe, checkpoint: RunCheckpoin
         return
     source = checkpoint.sources.get("teacher" if init == "teacher" else "student_init") or {}
     weights = str(source.get("weights", init))
-    if weights == source.get("model", {}).get("name"):
+    if comes_with_weights(source):
         return  # init: teacher from a pretrained model: the same model the student was built from
     if not Path(weights).is_file():
         what = "the teacher's (init: teacher)" if init == "teacher" else "read by init"
@@ -119,17 +120,15 @@ def restore_target(checkpoint: RunCheckpoint, record: dict[str, Any]) -> nn.Modu
     if not source:
         raise DistillError(f"export: {checkpoint.path} does not record the target its draft was trained for")
     need = "a draft is exported for its target (config.json is the target's with one layer, and the draft is checked"
-    try:
-        target = model_for_data(dict(source["model"]), RecordedSizes(record), "teacher.model")
+    weights = None if comes_with_weights(source) else Path(source["weights"])
+    if weights is not None and not weights.is_file():
+        raise DistillError(
+            f"export: {need} by decoding with it); the target's weights are gone ({weights}): restore them"
+        )
+    try:  # as the run loaded it, but in float32 (no teacher.dtype)
+        target = load_frozen(FrozenPlan("teacher", dict(source["model"]), weights), RecordedSizes(record))
     except DistillError as exc:
         raise DistillError(f"export: {need} by decoding with it), which cannot be built: {exc}") from None
-    weights = str(source["weights"])
-    if weights != source["model"]["name"]:  # else a pretrained model: its weights came with it
-        if not Path(weights).is_file():
-            raise DistillError(
-                f"export: {need} by decoding with it); the target's weights are gone ({weights}): restore them"
-            )
-        load_weights(target, weights, "teacher.checkpoint")
     return target.requires_grad_(False).eval()
 
 
