@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,12 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import SumMetric
 
-from distill.config.schema import Recipe, setting
+from distill.config.schema import setting
 from distill.data.interface import ResponseData, TokenData
 from distill.errors import DistillError
 from distill.models.causal_lm import output_rows
 from distill.models.vlm import VISION_INPUTS
 from distill.tasks.base import WeightedTermsTask
+from distill.tasks.causal_lm_checks import check, check_data, chunk_size
 from distill.tasks.context import BuildContext, TokenTeacherOutputs
 from distill.tasks.lm_evaluation import SUMS, epoch_metrics, evaluation_sums
 from distill.tasks.lm_outputs import (
@@ -29,8 +29,8 @@ from distill.tasks.lm_outputs import (
     run_lm,
     use_chunks,
 )
-from distill.tasks.loss_terms import LOSSES, LossTerms, call_term, consumes
-from distill.tasks.policy import Mode, ResponsePolicy, SamplingSettings, Tokenizers, check_prompts
+from distill.tasks.loss_terms import LossTerms, call_term
+from distill.tasks.policy import Mode, ResponsePolicy, SamplingSettings, Tokenizers
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
 from distill.tasks.step_tokens import StepTokenWeights
 from losses import TokenDivergenceLoss
@@ -364,16 +364,6 @@ def build(ctx: BuildContext) -> CausalLMTask:
     )
 
 
-def term_chunk_sizes(recipe: Recipe) -> dict[str, int]:
-    """The chunk sizes the recipe's loss terms set themselves (`loss.terms.<name>.chunk_size`), by term."""
-    return {name: term["chunk_size"] for name, term in recipe.loss.terms.items() if term.get("chunk_size") is not None}
-
-
-def chunk_size(recipe: Recipe, settings: CausalLMSettings) -> int | None:
-    """The task's one chunk size: `causal_lm.chunk_size`, else the one its token terms set (`check` refuses two)."""
-    return settings.chunk_size or next(iter(term_chunk_sizes(recipe).values()), None)
-
-
 def token_probe(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """A forward pass on one row of 8 tokens (what hidden-state terms are checked and shaped on)."""
     model(input_ids=torch.zeros(1, 8, dtype=torch.long, device=device))
@@ -396,50 +386,6 @@ def response_policy(ctx: BuildContext, settings: CausalLMSettings) -> ResponsePo
     return ResponsePolicy(
         settings.mode, settings.student_fraction, settings.sampling, tokenizers, ctx.recipe.seed, store
     )
-
-
-def check_data(data: Any, settings: CausalLMSettings) -> None:
-    """Generated responses need rows that start with a prompt and hold one conversation each."""
-    if settings.mode == "off_policy":
-        return
-    rows = data.train_set.tensors
-    if "position_ids" in rows:
-        raise DistillError(
-            f"causal_lm.mode {settings.mode} samples one answer per row, and data.packing puts several conversations "
-            "in a row: set data.packing=false"
-        )
-    check_prompts(rows["labels"], settings.mode)
-
-
-def check(recipe: Recipe, settings: CausalLMSettings, fail: Callable[[str, str], Exception]) -> None:
-    """One chunk size: the terms' and `causal_lm.chunk_size` may not differ. Per-token terms need both models on the
-    same tokens: refused beside a teacher tokenizer of its own. The teacher cache holds outputs on the data's
-    responses: refused beside generated ones."""
-    given = {f"loss.terms.{name}.chunk_size": size for name, size in term_chunk_sizes(recipe).items()}
-    if settings.chunk_size is not None:
-        given["causal_lm.chunk_size"] = settings.chunk_size
-    if len(set(given.values())) > 1:  # CE and the token terms share one chunk loop: one size, never one ignored
-        written = ", ".join(f"{key} {value}" for key, value in given.items())
-        raise fail(
-            next(iter(given)),
-            f"differs: task causal_lm runs CE and every token term in one chunk loop of one size ({written}); "
-            "set causal_lm.chunk_size alone",
-        )
-    if settings.mode != "off_policy" and recipe.teacher is not None and recipe.teacher.cache is not None:
-        raise fail(
-            "teacher.cache",
-            f"stores the teacher's outputs on the data's responses; causal_lm.mode {settings.mode} trains on "
-            "generated ones: drop teacher.cache or use mode off_policy",
-        )
-    if not recipe.data.get("teacher_tokenizer"):
-        return
-    for name, term in recipe.loss.terms.items():
-        if consumes(LOSSES.get(term["loss"]), term["loss"]).kind in (TOKEN_LOGITS, TOKEN_FEATURES):
-            raise fail(
-                f"loss.terms.{name}",
-                "compares teacher and student token by token, but data.teacher_tokenizer gives the teacher other "
-                "tokens: use gld, which works across tokenizers, or drop the teacher's own tokenizer",
-            )
 
 
 SPEC = register_task(
