@@ -50,6 +50,11 @@ class TensorImageDataset(Dataset):
         self.labels = labels
         self.transform = transform
 
+    @property
+    def draws_random(self) -> bool:
+        # without a transform a sample is read as it is: no RNG seeding per sample (SeededSamples)
+        return self.transform is not None
+
     def __len__(self) -> int:
         return len(self.labels)
 

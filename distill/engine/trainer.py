@@ -25,12 +25,14 @@ def progress_bar(enabled: bool) -> list[Callback]:
         from lightning.pytorch.callbacks import RichProgressBar
 
         class ProgressBar(RichProgressBar):
-            """Lightning's rich bar without `v_num`: the logger's version is the run folder's `logs`, not news."""
+            """Lightning's rich bar without `v_num` (the logger's version is the run folder's `logs`, not news), with
+            the training values the task last logged (`progress_values`: numbers already on the host, so showing
+            them never waits for the accelerator)."""
 
             def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, Any]:
                 metrics = super().get_metrics(trainer, module)
                 metrics.pop("v_num", None)
-                return metrics
+                return {**metrics, **getattr(module, "progress_values", {})}
 
         return [ProgressBar(leave=True)]
     return []

@@ -165,8 +165,7 @@ class AlignDistilTask(DistillationTask):
                 "second_logits": second_logits,
             }
             self.last_parts = {"align_distil": loss, **logits}
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/align_distil", loss)
+        self.log_training({"loss": loss, "align_distil": loss})
         return loss
 
     def chunked(self) -> bool:

@@ -95,7 +95,7 @@ class AMUTask(DistillationTask):
         fused_ce, aux_ce = self.objective.parts(fused, aux, target)
         loss = self.objective.combine(fused_ce, aux_ce)
         self.last_parts = {"fused_ce": fused_ce, "aux_ce": aux_ce}  # named if the loss is not finite
-        self.log_dict({"train/loss": loss, "train/fused_ce": fused_ce, "train/aux_ce": aux_ce}, prog_bar=False)
+        self.log_training({"loss": loss, "fused_ce": fused_ce, "aux_ce": aux_ce}, shown=())
         return loss
 
     def evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:

@@ -18,6 +18,7 @@ from distill.tasks.context import OptimizerFactory, SchedulerFactory
 from distill.tasks.feature_terms import Captured, FeatureTerm, feature_readers
 from distill.tasks.frozen import drop_frozen_keys, freeze
 from distill.tasks.loss_terms import LossTerms, call_term, consumes
+from distill.tasks.step_log import StepMeans, is_logging_step
 
 EVAL_STAGES = ("val", "test")
 
@@ -78,6 +79,8 @@ class DistillationTask(L.LightningModule):
         self.sources = dict(sources or {})
         self.recipe = recipe
         self.data_record = data_record
+        self.step_means = StepMeans()  # the training step's logged scalars, summed on the device between logs
+        self.progress_values: dict[str, float] = {}  # the latest logged means the progress bar shows
 
     def add_frozen(self, name: str, model: nn.Module | None) -> None:
         """Hold `model` as the frozen model `name` (None: the role is empty)."""
@@ -143,6 +146,19 @@ class DistillationTask(L.LightningModule):
         metric = self.means[f"{stage}_{name}"]
         metric.update(value, weight=weight)
         self.log(f"{stage}/{name}", metric, prog_bar=prog_bar)
+
+    # -- training logs ----------------------------------------------------------------------------------------------
+    def log_training(self, values: dict[str, torch.Tensor], shown: tuple[str, ...] = ("loss",)) -> None:
+        """Log the training step's scalars `values` as `train/<name>`: summed on the device every step, their means
+        since the last log handed to Lightning at its logging steps and the epoch's last batch (distill.tasks.step_log);
+        the names in `shown` also go to the progress bar."""
+        self.step_means.add(values)
+        if self._trainer is None or not is_logging_step(self.trainer):
+            return
+        means = self.step_means.take()
+        for name, value in means.items():
+            self.log(f"train/{name}", value)
+        self.progress_values = {f"train/{name}": means[name] for name in shown if name in means}
 
     # -- optimization -----------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -270,7 +286,8 @@ class WeightedTermsTask(DistillationTask):
         return bool(self.student_layers.taps)
 
     def total_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        self.last_parts = parts  # named in the message if the loss is ever not finite
+        # named in the message if the loss is ever not finite; set past nn.Module's __setattr__, a cost every step
+        self.__dict__["last_parts"] = parts
         return self.weighted_sum(parts)
 
     def weighted_sum(self, parts: dict[str, torch.Tensor]) -> torch.Tensor | float:
@@ -279,6 +296,4 @@ class WeightedTermsTask(DistillationTask):
         return sum(weights[name] * value for name, value in parts.items())
 
     def log_parts(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
-        self.log("train/loss", loss, prog_bar=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value)
+        self.log_training({"loss": loss, **parts})

@@ -18,6 +18,7 @@ from distill.tasks.context import BuildContext, TeacherOutputs
 from distill.tasks.feature_terms import Captured, Probe
 from distill.tasks.loss_terms import LossTerms
 from distill.tasks.spec import SummaryRow, TaskSpec, register_task
+from distill.tasks.step_log import TrainingAccuracy
 from losses.consumes import CLASS_LOGITS, FEATURES
 
 ACCEPTS = frozenset({CLASS_LOGITS, FEATURES})
@@ -61,10 +62,11 @@ class ClassificationTask(WeightedTermsTask):
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{what}": MulticlassAccuracy(num_classes, average="micro")
-                for stage in ("train", "val", "test")
+                for stage in ("val", "test")
                 for what in ("acc", "agreement", "teacher_acc")
             }
         )
+        self.train_hits = TrainingAccuracy()
         # Teacher predictions on the (unshuffled) validation set, by batch index: computed in the first
         # validation epoch, which also logs the teacher's accuracy once; reused for agreement afterwards.
         self._teacher_val_preds: dict[int, torch.Tensor] = {}
@@ -132,8 +134,9 @@ class ClassificationTask(WeightedTermsTask):
         parts = self.loss_parts(student_logits, teacher_logits, y, self.current_epoch + 1, indices, features)
         loss = self.total_loss(parts)
         self.log_parts(loss, parts)
-        self.metrics["train_acc"](student_logits, y)
-        self.log("train/acc", self.metrics["train_acc"], on_step=False, on_epoch=True)
+        self.train_hits.add(student_logits, y)
+        if self._trainer is not None and self.trainer.is_last_batch:
+            self.log("train/acc", self.train_hits.take(), on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:

@@ -89,8 +89,7 @@ class DPOTask(DistillationTask):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self.step(batch)
-        self.log("train/loss", values["loss"], prog_bar=True)
-        self.log("train/reward_acc", values["reward_acc"].mean())
+        self.log_training({"loss": values["loss"], "reward_acc": values["reward_acc"].mean()})
         return values["loss"]
 
     def evaluate_batch(self, batch: Batch, batch_idx: int, stage: str) -> None:

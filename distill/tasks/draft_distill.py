@@ -133,8 +133,7 @@ class DraftDistillTask(DistillationTask):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         values = self.step(batch)
         self.last_parts = {"ce": values["ce"], "feature": values["feature"]}  # named if the loss is not finite
-        for name, value in values.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss")
+        self.log_training(values)
         tokens = (batch["labels"][:, 1:] != -100).sum()  # the positions the loss averages over
         return values["loss"] * self.step_weights.scale(batch_idx, tokens)  # its share of the step's tokens
 

@@ -83,8 +83,9 @@ def test_the_head_starts_at_the_class_means_of_the_plain_few_shot_features(tmp_p
     features = module.features
     assert features.outputs["clip"].shape == (3, 20, 10) and features.outputs["aux"].shape == (3, 20, 8)
     torch.testing.assert_close(module.student.weight.data, class_means(features.outputs["aux"][0], features.labels, 10))
-    # view 0 is the unaugmented pass: the frozen models' outputs on the plain shots
-    plain = torch.stack([data.val_set.transform(data.train_set.dataset.images[i]) for i in data.train_set.indices])
+    # view 0 is the unaugmented pass: the frozen models' outputs on the plain shots (stored normalized)
+    assert data.val_set.transform is None
+    plain = torch.stack([data.train_set.dataset.images[i] for i in data.train_set.indices])
     with torch.no_grad():
         torch.testing.assert_close(features.outputs["clip"][0], clip(plain))
         torch.testing.assert_close(features.outputs["aux"][0], module.aux_features(plain))

@@ -1,0 +1,202 @@
+"""Host time per training step: a plain PyTorch loop, a bare LightningModule doing the same step under a Trainer
+(Lightning's own floor), distill's task under that same bare Trainer, and `distill fit`'s whole pipeline, side by
+side in one process.
+
+The models are so small that compute hardly counts (the quickstart's 2k-parameter student under its 28k-parameter
+teacher, the 8x8 digits, batch 16, 0.1 CE + 0.9 KD at T 4, AdamW, augmentation off, no loader workers), so what is
+measured is what each layer adds per step on the host: on a GPU that is the time a launch-bound step cannot hide.
+A step's time is the gap between consecutive batch starts inside an epoch (the gaps across an epoch's end, which
+hold validation and checkpoints, are left out), median over all epochs and rounds; rounds alternate the settings.
+The clock is this thread's CPU time (torch runs on one thread here): other processes on the machine slow the wall
+clock of every setting by 10-20 % from run to run, and hardly this one. Each row is printed the moment it is
+measured.
+
+    python benchmarks/step_overhead.py [--epochs 3] [--rounds 3] [--batch 16]
+    python benchmarks/step_overhead.py --device cuda     # the same, then the CIFAR step on the GPU (see --help)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+
+from distill.config import from_dict, load_recipe
+from distill.data.digits import load_digits_arrays
+from distill.engine.pipeline import fit
+from distill.engine.quiet import quiet_expected_messages
+from distill.models import create_model
+from distill.tasks.classification import ClassificationTask
+from losses import KDLoss
+
+STUDENT = {"widths": [8, 16], "hidden": 32}  # quickstart_digits.yaml's student and teacher
+TEACHER = {"widths": [32, 64], "hidden": 128}
+CLOCK = time.thread_time  # see the module's docstring
+WARMUP = 3  # steps of each epoch left out (first-call allocations, the loader's start)
+
+
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    teacher = create_model("convnet", num_classes=10, in_chans=1, **TEACHER).eval().requires_grad_(False)
+    return teacher, create_model("convnet", num_classes=10, in_chans=1, **STUDENT)
+
+
+def adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=0.01, weight_decay=1e-4)
+
+
+def digits_loader(batch: int) -> DataLoader:
+    images, labels = load_digits_arrays()
+    x = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.as_tensor(labels, dtype=torch.long)
+    return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
+
+
+def epoch_gaps(starts: list[list[float]]) -> list[float]:
+    """Step times: gaps between consecutive batch starts within each epoch, its first WARMUP steps left out."""
+    return [b - a for epoch in starts for a, b in zip(epoch[WARMUP:-1], epoch[WARMUP + 1 :], strict=True)]
+
+
+class BatchStarts(Callback):
+    """The start time of every training batch, one list per epoch."""
+
+    def __init__(self) -> None:
+        self.starts: list[list[float]] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.starts.append([])
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.starts[-1].append(CLOCK())
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        self.starts[-1].append(CLOCK())
+
+
+def plain_loop(loader: DataLoader, epochs: int) -> list[float]:
+    teacher, student = models()
+    student.train()
+    optimizer = adamw(student.parameters())
+    kd = KDLoss(temperature=4.0)
+    starts: list[list[float]] = []
+    for _ in range(epochs):
+        starts.append([])
+        for images, labels in loader:
+            starts[-1].append(CLOCK())
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+            logits = student(images)
+            loss = 0.1 * F.cross_entropy(logits, labels) + 0.9 * kd(logits, teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        starts[-1].append(CLOCK())
+    return epoch_gaps(starts)
+
+
+class BareModule(L.LightningModule):
+    """The plain loop's step as a LightningModule: no logging, no metrics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.teacher, self.student = models()
+        self.kd = KDLoss(temperature=4.0)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        logits = self.student(images)
+        return 0.1 * F.cross_entropy(logits, labels) + 0.9 * self.kd(logits, teacher_logits)
+
+    def configure_optimizers(self):
+        return adamw(self.student.parameters())
+
+
+def distill_task() -> ClassificationTask:
+    teacher, student = models()
+    terms = {"kd": (0.9, KDLoss(temperature=4.0))}
+    return ClassificationTask(student, teacher, num_classes=10, terms=terms, ce_weight=0.1, optimizer=adamw)
+
+
+def under_bare_trainer(make: Callable[[], L.LightningModule], loader: DataLoader, epochs: int) -> list[float]:
+    """Step times of `make()` trained on `loader` by a Trainer with logging, checkpoints and bars off."""
+    starts = BatchStarts()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[starts],
+    )
+    trainer.fit(make(), train_dataloaders=loader)
+    return epoch_gaps(starts.starts)
+
+
+def whole_pipeline(root: Path, batch: int, epochs: int, round_: int) -> list[float]:
+    """`distill fit --recipe quickstart_digits` in this process, on the same batch size, augmentation off, the
+    teacher read from a file (its training is not what is timed)."""
+    overrides = [
+        f"run.root={root / 'runs'}",
+        f"run.name=pipeline{round_}",
+        f"data.batch_size={batch}",
+        "data.augment=false",
+        "data.num_workers=0",
+        f"teacher.checkpoint={root / 'teacher.pt'}",
+        "teacher.train=null",
+        f"trainer.max_epochs={epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+    starts = BatchStarts()
+    fit(load_recipe("quickstart_digits", overrides), callbacks=[starts])
+    return epoch_gaps(starts.starts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per setting and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the settings")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the host's share, steady)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_expected_messages()
+    root = Path(tempfile.mkdtemp(prefix="step_overhead_"))
+    teacher, _ = models()
+    torch.save({"model": teacher.state_dict()}, root / "teacher.pt")
+    loader = digits_loader(args.batch)
+    settings: dict[str, Callable[[int], list[float]]] = {
+        "plain loop": lambda r: plain_loop(loader, args.epochs),
+        "bare LightningModule": lambda r: under_bare_trainer(BareModule, loader, args.epochs),
+        "distill task": lambda r: under_bare_trainer(distill_task, loader, args.epochs),
+        "distill fit": lambda r: whole_pipeline(root, args.batch, args.epochs, r),
+    }
+    print(f"digits 8x8, batch {args.batch}, convnet 28k -> 2k parameters, CPU, {args.threads} thread(s)", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for round_ in range(args.rounds):
+        for name, run in settings.items():
+            gaps = run(round_)
+            times[name] += gaps
+            print(f"round {round_}  {name:22} {statistics.median(gaps) * 1e6:9.0f} us/step", flush=True)
+    medians = {name: statistics.median(values) * 1e6 for name, values in times.items()}
+    bare = medians["bare LightningModule"]
+    print(f"{'':22} {'us/step':>9} {'- bare':>9}  (median of {len(times['plain loop'])}+ steps each)")
+    for name, value in medians.items():
+        print(f"{name:22} {value:9.0f} {value - bare:9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
