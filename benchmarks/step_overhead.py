@@ -12,7 +12,12 @@ clock of every setting by 10-20 % from run to run, and hardly this one. Each row
 measured.
 
     python benchmarks/step_overhead.py [--epochs 3] [--rounds 3] [--batch 16]
-    python benchmarks/step_overhead.py --device cuda     # the same, then the CIFAR step on the GPU (see --help)
+    python benchmarks/step_overhead.py --device cuda [--images 10000 --epochs 2]
+
+With `--device cuda` it measures the CIFAR-100 step on the GPU instead (resnet32x4 -> resnet8x4, batch 64, KD with
+the online teacher, generated images kept on the device, bf16-mixed, channels_last): milliseconds per step of a
+plain PyTorch loop (fused SGD, autocast) and of `distill fit` eager, compiled, and compiled with CUDA graphs
+(`speed.compile_mode: reduce-overhead`); each from the wall time of its last epoch, synchronised at both ends.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.config import from_dict, load_recipe
 from distill.data.digits import load_digits_arrays
+from distill.data.synthetic import write_fake_cifar100
 from distill.engine.pipeline import fit
 from distill.engine.quiet import quiet_expected_messages
 from distill.models import create_model
@@ -165,15 +171,135 @@ def whole_pipeline(root: Path, batch: int, epochs: int, round_: int) -> list[flo
     return epoch_gaps(starts.starts)
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class EpochWallTimes(Callback):
+    """Each training epoch's wall time per step, the device synchronised at both ends."""
+
+    def __init__(self) -> None:
+        self.per_step: list[float] = []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        synchronize()
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        synchronize()
+        self.per_step.append((time.perf_counter() - self.start) / trainer.num_training_batches)
+
+
+def cifar_recipe(root: Path, name: str, epochs: int, compile_mode: str | None, device: str) -> dict:
+    raw = {
+        "seed": 0,
+        "run": {"root": str(root / "runs"), "name": name},
+        "data": {"name": "cifar100", "root": str(root / "data"), "batch_size": 64, "num_workers": 0, "on_device": True},
+        "student": {"name": "resnet8x4"},
+        "teacher": {"model": {"name": "resnet32x4"}, "checkpoint": str(root / "teacher.pt")},
+        "speed": {"channels_last": True},
+        "loss": {"ce_weight": 0.1, "terms": {"kd": {"weight": 0.9, "temperature": 4.0}}},
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "scheduler": {"name": "multistep", "milestones": [150, 180, 210]},
+        "trainer": {
+            "max_epochs": epochs,
+            "accelerator": "gpu" if device == "cuda" else "cpu",
+            "devices": 1,
+            "precision": "bf16-mixed",
+            "limit_val_batches": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+    }
+    if compile_mode is not None:
+        raw["speed"].update(compile_student=True, compile_teacher=True, compile_mode=compile_mode)
+    return raw
+
+
+def plain_device_loop(images: torch.Tensor, labels: torch.Tensor, epochs: int) -> float:
+    """ms per step of a plain loop over on-device batches: bf16 autocast, channels_last, fused SGD, no logging."""
+    torch.manual_seed(0)
+    device = images.device
+    teacher = create_model("resnet32x4", num_classes=100, in_chans=3).to(device).eval().requires_grad_(False)
+    student = create_model("resnet8x4", num_classes=100, in_chans=3).to(device)
+    teacher.to(memory_format=torch.channels_last)
+    student.to(memory_format=torch.channels_last)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=fused)
+    kd = KDLoss(temperature=4.0)
+    per_step = []
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), device=device)
+        synchronize()
+        start = time.perf_counter()
+        for batch in order.split(64):
+            x, y = images[batch], labels[batch]
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                logits = student(x)
+                loss = 0.1 * F.cross_entropy(logits.float(), y) + 0.9 * kd(logits, teacher_logits)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        synchronize()
+        per_step.append((time.perf_counter() - start) / len(order.split(64)))
+    return per_step[-1]
+
+
+def cifar_steps(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="step_overhead_cuda_"))
+    write_fake_cifar100(root / "data", n_train=args.images, n_test=64, seed=0)
+    torch.manual_seed(0)
+    torch.save({"model": create_model("resnet32x4", num_classes=100, in_chans=3).state_dict()}, root / "teacher.pt")
+    steps = -(-args.images // 64)
+    print(
+        f"resnet32x4 -> resnet8x4, KD, batch 64, {args.images} images ({steps} steps/epoch), on-device data, "
+        f"bf16-mixed, channels_last; ms per step of the last of {args.epochs} epochs",
+        flush=True,
+    )
+    device = "cuda" if args.device == "cuda" else "cpu"
+    images = torch.randn(args.images, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 100, (args.images,), device=device)
+    start = time.perf_counter()
+    ms = plain_device_loop(images, labels, args.epochs) * 1e3
+    print(
+        f"plain loop (eager)            {ms:8.2f} ms/step  (240 x 50k: {ms * 240 * 782 / 6e4:5.1f} min; "
+        f"{time.perf_counter() - start:.0f} s)",
+        flush=True,
+    )
+    for name, mode in (("eager", None), ("compiled", "default"), ("compiled + CUDA graphs", "reduce-overhead")):
+        times = EpochWallTimes()
+        start = time.perf_counter()
+        fit(from_dict(cifar_recipe(root, name.split()[0], args.epochs, mode, device), "benchmark"), callbacks=[times])
+        ms = times.per_step[-1] * 1e3
+        print(
+            f"distill {name:22} {ms:8.2f} ms/step  (240 x 50k: {ms * 240 * 782 / 6e4:5.1f} min; "
+            f"{time.perf_counter() - start:.0f} s with start-up and compiling)",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda", "cifar-cpu"),
+        help="cuda: the CIFAR step on the GPU; cifar-cpu: the same settings on the CPU (a dry run)",
+    )
+    parser.add_argument("--images", type=int, default=10_000, help="--device cuda: generated training images")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per setting and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the settings")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the host's share, steady)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     quiet_expected_messages()
+    if args.device != "cpu":
+        cifar_steps(args)
+        return
+    torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="step_overhead_"))
     teacher, _ = models()
     torch.save({"model": teacher.state_dict()}, root / "teacher.pt")

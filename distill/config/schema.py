@@ -111,6 +111,11 @@ class SpeedSettings:
     channels_last: bool = setting(False, "student and teacher (and on-device batches) in channels_last memory format")
     compile_student: bool = setting(False, "torch.compile the student (in place: checkpoint keys unchanged)")
     compile_teacher: bool = setting(False, "torch.compile the frozen teacher")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(
+        "default",
+        "torch.compile's mode; reduce-overhead runs the compiled steps as CUDA graphs (small models on a GPU). The "
+        "first batch shape is compiled, other shapes (the epoch's last batch) and the student's evaluation run eagerly",
+    )
 
 
 @dataclass

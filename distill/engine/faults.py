@@ -65,21 +65,56 @@ def not_finite(name: str, value: torch.Tensor) -> str:
 
 
 class StopOnNonFiniteLoss(Callback):
-    """Before the backward pass of each training step: a NaN or infinite loss stops the run with a message naming
-    the step and the loss terms that are not finite (from the task's `last_parts`, when it keeps them: scalar terms,
-    or tensors that fed the loss, such as each model's logits, to show where the first non-finite value arose).
-    The weights are not updated with it, and the checkpoints already written stay as they are."""
+    """A NaN or infinite loss stops the run with a message naming the step and the loss terms that are not finite
+    (from the task's `last_parts`, when it keeps them: scalar terms, or tensors that fed the loss, such as each
+    model's logits, to show where the first non-finite value arose). The checkpoints already written stay as they
+    are.
+
+    On the CPU each step's loss is checked before its backward pass, so the weights are never updated with it. On an
+    accelerator reading the loss every step would make the host wait for the device each step: the steps' verdicts
+    are kept on the device and read at Lightning's logging steps and before each checkpoint (validation's start,
+    the epoch's end), so the message names the first bad step since the last check.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None  # on the device: the first step with a non-finite loss, or -1
 
     def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
         parts = getattr(module, "last_parts", None) or {}
-        module.last_parts = {}  # a task may keep large tensors there (logits): not beyond this step
-        if bool(torch.isfinite(loss.detach()).all()):
+        module.__dict__["last_parts"] = {}  # a task may keep large tensors there (logits): not beyond this step
+        finite = torch.isfinite(loss.detach()).all()
+        if loss.device.type == "cpu":
+            if not bool(finite):
+                self.stop(trainer, trainer.global_step, float(loss.detach()), parts)
             return
+        step = torch.full((), trainer.global_step, device=loss.device)
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, device=loss.device)
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
+        if trainer._logger_connector.should_update_logs:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.check(trainer)  # before the validation whose end saves a checkpoint
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.check(trainer)  # before the checkpoint of a run without validation
+
+    def check(self, trainer: L.Trainer) -> None:
+        """Stop if a step since the last check had a non-finite loss (one read of a device value)."""
+        if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
+            self.stop(trainer, step, float("nan"), {}, deferred=True)
+
+    def stop(
+        self, trainer: L.Trainer, step: int, loss: float, parts: dict[str, torch.Tensor], deferred: bool = False
+    ) -> None:
         bad = [line for name, value in parts.items() if (line := not_finite(name, value.detach()))]
         terms = f" (not finite: {', '.join(bad)})" if bad else ""
         last = RunFolder(trainer.default_root_dir).last
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint had been written yet"
-        raise DistillError(
-            f"training step {trainer.global_step} (epoch {trainer.current_epoch}): the loss is "
-            f"{float(loss.detach())}{terms}; stopped before updating the weights; {kept}"
+        what = (
+            "the loss is not finite (found at the next check; the weights since are not saved)"
+            if deferred
+            else f"the loss is {loss}{terms}; stopped before updating the weights"
         )
+        raise DistillError(f"training step {step} (epoch {trainer.current_epoch}): {what}; {kept}")

@@ -15,6 +15,7 @@ from distill.config.load import LoadedRecipe
 from distill.config.schema import SpeedSettings
 from distill.data import create_datamodule
 from distill.data.interface import ClassData, DataSource
+from distill.engine.compile import compile_in_place, uses_cuda_graphs
 from distill.engine.optim import build_optimizer, build_scheduler
 from distill.tasks import BuildContext, FrozenModel, TaskSpec, task_spec
 from distill.tasks.base import DistillationTask
@@ -105,4 +106,6 @@ def apply_speed_settings(module: L.LightningModule, speed: SpeedSettings) -> Non
                 model.to(memory_format=torch.channels_last)
     for name, wanted in (("student", speed.compile_student), ("teacher", speed.compile_teacher)):
         if wanted and models[name] is not None:
-            models[name].compile()
+            compile_in_place(models[name], speed.compile_mode, training_only=name == "student")
+    # CUDA graphs: each training step starts a new generation of the graphs' output memory
+    module.marks_graph_steps = uses_cuda_graphs(speed.compile_mode) and (speed.compile_student or speed.compile_teacher)

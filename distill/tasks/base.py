@@ -113,6 +113,10 @@ class DistillationTask(L.LightningModule):
         if shard_task is not None:
             shard_task(self)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if getattr(self, "marks_graph_steps", False):  # compiled with CUDA graphs (distill.engine.compile)
+            torch.compiler.cudagraph_mark_step_begin()
+
     def on_fit_start(self) -> None:
         # Lightning warns about modules in eval mode at the start of training: the frozen models are, on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
