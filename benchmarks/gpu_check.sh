@@ -21,7 +21,7 @@
 #   versions     12 [8]   python/torch/lightning/transformers/... and torch.cuda.is_available()
 #   headline     80       benchmarks/headline_fit.py: `distill fit --recipe plk_cifar100` for 2 epochs on 10,000
 #                         generated CIFAR-100 images (official file format) with a random resnet32x4 teacher file
-#                         (accuracies meaningless): wall and per-epoch seconds; the process stopped after 40 s
+#                         (accuracies meaningless): wall and per-epoch seconds; the process stopped after 45 s
 #                         (where it waited is printed) and then run again with data.num_workers=0
 #   step         90       benchmarks/step_overhead.py --device cuda, where that file exists: ms per step of a plain
 #                         loop, a bare LightningModule, distill eager / compiled / graphed
@@ -206,6 +206,7 @@ export -f install_missing
 
 print_versions() {
     "$PY" - <<'EOF'
+import multiprocessing
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -219,6 +220,9 @@ for dist in ("torch", "torchvision", "lightning", "torchmetrics", "transformers"
     except PackageNotFoundError:
         print(f"{dist} not installed")
 print(f"torch CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+# how loader workers start (Python 3.14 starts them by forkserver, not fork) and share their batches
+print(f"multiprocessing start method {multiprocessing.get_start_method()}, sharing strategy "
+      f"{torch.multiprocessing.get_sharing_strategy()}, torch threads {torch.get_num_threads()}")
 print(f"torch.cuda.is_available(): {torch.cuda.is_available()}")
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
@@ -239,6 +243,10 @@ trap on_signal TERM INT
 {
     echo "\$ uname -m; nproc; memory"
     echo "$(uname -m), $(nproc) CPU cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo) memory"
+    # what loader workers lean on: shared memory for their batches, a file descriptor per shared batch
+    echo "\$ df -h /dev/shm; ulimit -n"
+    df -h /dev/shm 2>&1 | tail -n 1
+    ulimit -n
     echo "\$ $PY -V"
     timeout 20 "$PY" -V 2>&1
     echo "\$ nvidia-smi --query-gpu=... --format=csv"
@@ -255,7 +263,7 @@ write_summary
 
 # -- install and versions ----------------------------------------------------------------------------------------
 part install install.log 20 '/^missing:/{k=$0} END{print k}' "$ROOT" bash -c install_missing
-part versions install.log 12 '/is_available|^device 0/{k=k" "$0} END{print k}' "$SCRATCH" bash -c print_versions
+part versions install.log 12 '/is_available|^device 0|^multiprocessing/{k=k" "$0} END{print k}' "$SCRATCH" bash -c print_versions
 DISTILL=$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")/distill
 [[ -x $DISTILL ]] || DISTILL="$PY -m distill.cli.main"  # (unquoted below on purpose: two words then)
 
@@ -263,7 +271,7 @@ DISTILL=$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")/distill
 if [[ $DRY == 1 ]]; then
     headline=(--images 256 --test-images 64 --process-timeout 150 trainer.accelerator=cpu)
 else
-    headline=(--images 10000 --test-images 2000 --process-timeout 40)
+    headline=(--images 10000 --test-images 2000 --process-timeout 45)
 fi
 part headline headline.log 80 '/: wall |TIMED OUT|FAILED/{k=k" "$0} END{print k}' "$SCRATCH" \
     "$PY" "$ROOT/benchmarks/headline_fit.py" --recipe plk_cifar100 --epochs 2 --fallback-workers 0 "${headline[@]}"
