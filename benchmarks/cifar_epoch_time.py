@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,17 +92,23 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # every row the moment it is measured, into a file too
     quiet_expected_messages()
     root = Path(tempfile.mkdtemp(prefix="cifar_epoch_time_"))
     write_fake_cifar100(root / "data", n_train=args.images, n_test=64, seed=0)
     torch.manual_seed(0)
     torch.save({"model": create_model("resnet32x4", num_classes=100, in_chans=3).state_dict()}, root / "teacher.pt")
+    print(f"per run, the epochs after the first (s), {args.images} images/epoch, {args.accelerator}:")
     filling = timed(root, args, "filling", teacher=True, cache=True)
+    print(f"filling the cache: {', '.join(f'{t:.2f}' for t in filling)}", flush=True)
     times: dict[str, list[float]] = {"student alone": [], "online teacher": [], "cached teacher": []}
+    settings = (("student alone", "alone", False, False), ("online teacher", "online", True, False))
     for round_ in range(args.rounds):
-        times["student alone"] += timed(root, args, f"alone{round_}", teacher=False, cache=False)
-        times["online teacher"] += timed(root, args, f"online{round_}", teacher=True, cache=False)
-        times["cached teacher"] += timed(root, args, f"cached{round_}", teacher=True, cache=True)
+        for name, tag, teacher, cache in (*settings, ("cached teacher", "cached", True, True)):
+            epochs = timed(root, args, f"{tag}{round_}", teacher=teacher, cache=cache)
+            times[name] += epochs
+            print(f"round {round_ + 1}, {name}: {', '.join(f'{t:.2f}' for t in epochs)}", flush=True)
+    print()
     medians = {k: statistics.median(v) for k, v in times.items()}
     medians["filling the cache"] = statistics.median(filling)
     alone = medians["student alone"]

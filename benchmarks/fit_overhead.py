@@ -7,25 +7,31 @@ Rounds alternate which side runs first; the tables give wall-clock and CPU secon
 the median over rounds and [min, max]. Other work on the machine widens the spread: the load average is printed.
 At the defaults about 6 minutes on 2 CPU cores.
 
+With several `--workers` counts the whole comparison runs at each; with one `--epochs` count only the rows are
+printed (each process's seconds), no marginal epoch. `--process-timeout` stops a process that runs longer, prints
+it as a TIMED OUT row with where each of its processes (data-loader workers included) was waiting (process_watch.py),
+and goes on with the next one. Every row is printed the moment its process ends.
+
     python benchmarks/fit_overhead.py [--images 640] [--test-images 256] [--workers 2] [--epochs 1 3] [--rounds 3]
+    python benchmarks/fit_overhead.py --images 10000 --workers 0 8 4 --epochs 1 --rounds 1 --process-timeout 60
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # `benchmarks.*` from any working directory
+
+from benchmarks.process_watch import Outcome, run_watched  # noqa: E402
 
 
 def prepare(work: Path, images: int, test_images: int) -> tuple[Path, Path]:
@@ -47,14 +53,16 @@ def distill_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "distill"]
 
 
-def commands(args: argparse.Namespace, work: Path, root: Path, teacher: Path, epochs: int, tag: str) -> dict:
+def commands(
+    args: argparse.Namespace, work: Path, root: Path, teacher: Path, epochs: int, workers: int, tag: str
+) -> dict:
     distill = [
         *distill_command(),
         "fit",
         "--recipe",
         "kd_cifar100",
         f"data.root={root}",
-        f"data.num_workers={args.workers}",
+        f"data.num_workers={workers}",
         f"data.batch_size={args.batch_size}",
         f"teacher.checkpoint={teacher}",
         f"trainer.max_epochs={epochs}",
@@ -68,24 +76,17 @@ def commands(args: argparse.Namespace, work: Path, root: Path, teacher: Path, ep
         f"--root={root}",
         f"--teacher={teacher}",
         f"--epochs={epochs}",
-        f"--workers={args.workers}",
+        f"--workers={workers}",
         f"--batch-size={args.batch_size}",
         f"--out={work / 'plain' / tag}",
     ]
     return {"distill": distill, "plain": plain}
 
 
-def timed(command: list[str], log: Path) -> tuple[float, float]:
-    """Wall-clock and CPU seconds (user + system, the data-loader workers included) of `command`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+def timed(command: list[str], log: Path, timeout: float | None) -> Outcome:
+    """Wall-clock and CPU seconds (user + system, the data-loader workers included) of `command`, at most
+    `timeout` seconds of it."""
+    return run_watched(command, log, timeout, cwd=HERE.parent)
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -125,54 +126,73 @@ def table(times: dict[str, dict[int, list[float]]], e1: int, e2: int, what: str)
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # every row the moment it is measured, into a file too
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=640, help="training images (generated)")
     parser.add_argument("--test-images", type=int, default=256, help="test images (validation and the final test)")
-    parser.add_argument("--workers", type=int, default=2, help="data-loader workers of both sides")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="data-loader workers of both sides")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, nargs=2, default=[1, 3], metavar=("E1", "E2"))
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3], metavar="E", help="one or two counts")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--process-timeout", type=float, help="seconds after which a process is stopped (a row)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, runs), else a temporary one")
     parser.add_argument(
         "--distill-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides of the distill side"
     )
     args = parser.parse_args()
-    e1, e2 = sorted(args.epochs)
-    if e1 == e2:
-        parser.error("--epochs needs two different counts")
+    counts = sorted(set(args.epochs))
+    if len(args.epochs) > 2 or len(counts) != len(args.epochs):
+        parser.error("--epochs takes one count, or two different counts")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="fit_overhead_"))
     work.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(exist_ok=True)
     root, teacher = prepare(work, args.images, args.test_images)
-    load_before = os.getloadavg()[0]  # other work on the machine shows in the spread: say how busy it was
-    wall: dict[str, dict[int, list[float]]] = {side: {e1: [], e2: []} for side in ("distill", "plain")}
-    cpu: dict[str, dict[int, list[float]]] = {side: {e1: [], e2: []} for side in ("distill", "plain")}
-    for r in range(args.rounds):
-        sides = ["distill", "plain"] if r % 2 == 0 else ["plain", "distill"]
-        for epochs in (e1, e2):
-            for side in sides:
-                tag = f"r{r}_e{epochs}"
-                command = commands(args, work, root, teacher, epochs, tag)[side]
-                seconds, cpu_seconds = timed(command, work / "logs" / f"{side}_{tag}.log")
-                wall[side][epochs].append(seconds)
-                cpu[side][epochs].append(cpu_seconds)
-                done = f"{seconds:6.2f} s ({cpu_seconds:.2f} s CPU)"
-                print(f"round {r + 1}/{args.rounds}: {side:7s} {epochs} epoch(s) {done}", flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
-        f"\n{args.images} train / {args.test_images} test images, batch {args.batch_size}, {args.workers} workers, "
-        f"{device}, {args.rounds} rounds, {os.cpu_count()} CPUs, load average {load_before:.1f} before and "
-        f"{os.getloadavg()[0]:.1f} after"
+        f"{args.images} train / {args.test_images} test images, batch {args.batch_size}, {device}, "
+        f"{os.cpu_count()} CPUs, workers {args.workers}, epochs {counts}, {args.rounds} round(s)",
+        flush=True,
     )
-    table(wall, e1, e2, "whole-process wall-clock seconds")
-    table(cpu, e1, e2, "whole-process CPU seconds (user + system, workers included)")
+    load_before = os.getloadavg()[0]  # other work on the machine shows in the spread: say how busy it was
+    stopped = 0
+    for workers in args.workers:
+        wall: dict[str, dict[int, list[float]]] = {side: {e: [] for e in counts} for side in ("distill", "plain")}
+        cpu: dict[str, dict[int, list[float]]] = {side: {e: [] for e in counts} for side in ("distill", "plain")}
+        for r in range(args.rounds):
+            sides = ["distill", "plain"] if r % 2 == 0 else ["plain", "distill"]
+            for epochs in counts:
+                for side in sides:
+                    tag = f"w{workers}_r{r}_e{epochs}"
+                    command = commands(args, work, root, teacher, epochs, workers, tag)[side]
+                    log = work / "logs" / f"{side}_{tag}.log"
+                    outcome = timed(command, log, args.process_timeout)
+                    where = f"{workers} workers, round {r + 1}/{args.rounds}: {side:7s} {epochs} epoch(s)"
+                    if outcome.returncode == 0:
+                        wall[side][epochs].append(outcome.wall)
+                        cpu[side][epochs].append(outcome.cpu)
+                        print(f"{where} {outcome.wall:6.2f} s ({outcome.cpu:.2f} s CPU)", flush=True)
+                        continue
+                    stopped += 1
+                    if outcome.timed_out:
+                        print(f"{where} TIMED OUT after {outcome.wall:.0f} s ({outcome.cpu:.2f} s CPU)", flush=True)
+                    else:
+                        print(f"{where} FAILED (exit {outcome.returncode}) after {outcome.wall:.1f} s", flush=True)
+                    tail = log.read_text(errors="replace").strip().splitlines()[-8:]
+                    print("\n".join([*outcome.report, "  log, last lines:", *(f"    {t}" for t in tail)]), flush=True)
+        complete = all(len(v) == args.rounds for side in wall.values() for v in side.values())
+        if len(counts) == 2 and complete:
+            print(f"\n{workers} data-loader workers:")
+            table(wall, *counts, "whole-process wall-clock seconds")
+            table(cpu, *counts, "whole-process CPU seconds (user + system, workers included)")
+    print(f"\nload average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after", flush=True)
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"logs and runs kept in {work}")
+    if stopped:
+        sys.exit(f"{stopped} process(es) timed out or failed")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))  # `benchmarks.plain_kd_cifar` from any working directory
     main()

@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
-# The project's GPU check, in one go (issue 19): what a session lent the one-H200 machine runs there.
+# The project's GPU check, in one go (issues 19 and 28): what a session lent the one-H200 machine runs there.
 #
 # Here, beforehand (needs PyPI):  bash benchmarks/gpu_wheels.sh        # fills benchmarks/gpu_wheels/ (~5 MiB)
 # There, through the device tool's `run`:
 #     command:   bash benchmarks/gpu_check.sh
 #     carry:     ["benchmarks/gpu_wheels"]
-#     timeout_s: 600      (the parts stop at GPU_CHECK_BUDGET = 540 s, plus 5 s for a killed part's grace;
-#                          estimated at 6-7 minutes in all, never yet measured there; the start comes on top)
+#     timeout_s: 600      (the parts stop at GPU_CHECK_BUDGET = 530 s, plus 5 s for a killed part's grace; the
+#                          parts' caps add up to 527 s; the machine's start comes on top)
 # The result comes back as $OUT/gpu_check.md (a markdown table, the environment, and the tail of every part's
-# output; also printed at the end, so the run's output_tail shows it) and one log per part in $OUT
-# (install, quickstart, cifar, strategies, lm_memory, speculative: 7 files with the summary, the tool returns 8).
+# output; also printed at the end, so the run's output_tail shows it) and one log per part in $OUT.
 #
-# Parts, each under its own `timeout` (cut further when the overall budget runs short), the next one running
-# whatever the last one did:
+# Every benchmark prints each row the moment it has it (PYTHONUNBUFFERED, line-buffered stdout): a part cut short
+# by its cap still reports the rows it finished, in its key line ("last:") and its details. The parts run in the
+# order issue 28 needs them, so a run cut short from outside keeps the most important; each under its own
+# `timeout` (cap in seconds, measured time on the H200 2026-12-04 in brackets; cut further when the overall budget
+# runs short):
 #   environment  nvidia-smi (queries only: the GPU is never reset or reconfigured), python -V, CPU and memory
-#   install      the wheels that are missing (from benchmarks/gpu_wheels, --no-index), then `pip install --no-deps
-#                -e .`; then versions of python/torch/lightning/transformers/... and torch.cuda.is_available()
-#   quickstart   `distill fit --recipe quickstart_digits` on the GPU (its teacher's training too), about a quarter
-#                of the recipe's epochs (teacher 8, student 10): a sanity run and its wall time
-#   cifar        benchmarks/cifar_epoch_time.py, 10,000 images, bf16-mixed, channels_last, 2 epochs x 1 round
-#                (measured there 2026-12-04: 35 s for all four settings; 50,000 x 3 epochs did not finish in 150 s)
-#   strategies   benchmarks/strategies_smoke.py --accelerator gpu (auto, DDP, FSDP, ... on one GPU)
-#   lm_memory    benchmarks/lm_step_memory.py --device cuda, where that file exists
-#   draft_fit    `distill fit --recipe specvlm_draft_tiny` on the GPU, shortened (target 1 epoch x 400 batches,
-#                draft 1 epoch x 200 batches)
-#   draft_bench  benchmarks/speculative_decoding.py on that run, --device cuda, 8 prompts, depths 1-4
+#   install      20 [11]  the wheels that are missing (from benchmarks/gpu_wheels, --no-index), then
+#                `pip install --no-deps -e .`
+#   versions     12 [8]   python/torch/lightning/transformers/... and torch.cuda.is_available()
+#   headline     80       benchmarks/headline_fit.py: `distill fit --recipe plk_cifar100` for 2 epochs on 10,000
+#                         generated CIFAR-100 images (official file format) with a random resnet32x4 teacher file
+#                         (accuracies meaningless): wall and per-epoch seconds; the process stopped after 45 s
+#                         (where it waited is printed) and then run again with data.num_workers=0
+#   step         90       benchmarks/step_overhead.py --device cuda, where that file exists: ms per step of a plain
+#                         loop, a bare LightningModule, distill eager / compiled / graphed
+#   workers      90       benchmarks/fit_overhead.py: `distill fit --recipe kd_cifar100` and the plain script as
+#                         whole processes, 1 epoch of 10,000 generated images, at 0, 8 and 4 loader workers, each
+#                         process stopped after 40 s (a TIMED OUT row with its processes' states and stacks)
+#   cifar        40 [35]  benchmarks/cifar_epoch_time.py, 10,000 images, bf16-mixed, channels_last, 2 epochs x 1
+#                         round (50,000 x 3 epochs did not finish in 150 s)
+#   strategies   30 [125 for 5 names] benchmarks/strategies_smoke.py --accelerator gpu: the rows it finishes
+#   quickstart   35 [33]  `distill fit --recipe quickstart_digits` on the GPU (its teacher's training too), about
+#                         a quarter of the recipe's epochs (teacher 8, student 10): a sanity run and its wall time
+#   lm_memory    50 [92 for two vocabularies] benchmarks/lm_step_memory.py --device cuda --tokens 4x2048
+#                         --vocab 32000, where that file exists (V = 151,936 was measured: README)
+#   draft_fit    45 [45]  `distill fit --recipe specvlm_draft_tiny` on the GPU, shortened (target 1 epoch x 400
+#                         batches, draft 1 epoch x 200 batches)
+#   draft_bench  35 [52 for depths 1-4, 8 prompts] benchmarks/speculative_decoding.py on that run, --device cuda,
+#                         6 prompts, depths 1-3
 #
-# Here, end to end on the CPU at tiny sizes (a few minutes; pip is skipped where everything imports already):
+# Here, end to end on the CPU at tiny sizes (a quarter of an hour on 2 busy cores; pip is skipped where everything
+# imports already):
 #     GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh          # $OUT defaults to a new /tmp/gpu_check_out.* folder
 # Other knobs: GPU_CHECK_PYTHON (default python3; in a dry run this checkout's .venv/bin/python),
 # GPU_CHECK_BUDGET (seconds for all parts), GPU_CHECK_LM_ARGS (arguments for lm_step_memory.py after --device).
@@ -47,7 +62,7 @@ if [[ $DRY == 1 ]]; then
     ACC=cpu DEVICE=cpu SCALE=3 BUDGET=${GPU_CHECK_BUDGET:-1500}
 else
     PY=${GPU_CHECK_PYTHON:-python3}
-    ACC=gpu DEVICE=cuda SCALE=1 BUDGET=${GPU_CHECK_BUDGET:-540}
+    ACC=gpu DEVICE=cuda SCALE=1 BUDGET=${GPU_CHECK_BUDGET:-530}
 fi
 START=$SECONDS
 DEADLINE=$((START + BUDGET))
@@ -87,7 +102,7 @@ write_summary() {
 
 row() {  # NAME RESULT SECONDS LIMIT KEY LOG
     local key=${5//|/\/}
-    ROWS+=("| $1 | $2 | $3 | $4 | ${key:0:160} | $6 |")
+    ROWS+=("| $1 | $2 | $3 | $4 | ${key:0:300} | $6 |")
     write_summary  # after every part, so a run cut short from outside still leaves its table
 }
 
@@ -124,14 +139,20 @@ part() {
         cat "$err"
         echo
     } >>"$OUT/$log"
-    key=$(awk "$program" "$out" 2>/dev/null | sed 's/[│┃║]/ /g; s/  */ /g; s/^ //; s/ $//' | tail -n 1)
+    key=$(awk "$program" "$out" 2>/dev/null | tail -n 1)
+    if ((rc != 0)); then  # cut short or failed: its last row too, whatever it was
+        local last
+        last=$(grep -v '^[[:space:]]*$' "$out" | tail -n 1)
+        [[ -n $last && $key != *"$last"* ]] && key="${key:+$key; }last: $last"
+    fi
+    key=$(sed 's/[│┃║]/ /g; s/  */ /g; s/^ //; s/ $//' <<<"$key")
     {
         echo "## $name: $result, ${took} s"
         echo
         echo "\`$*\`"
         echo
         echo '```'
-        tail -n 40 "$out"
+        tail -n 60 "$out"
         echo '```'
         if ((rc != 0)); then
             echo "stderr, last lines:"
@@ -185,6 +206,7 @@ export -f install_missing
 
 print_versions() {
     "$PY" - <<'EOF'
+import multiprocessing
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -198,6 +220,9 @@ for dist in ("torch", "torchvision", "lightning", "torchmetrics", "transformers"
     except PackageNotFoundError:
         print(f"{dist} not installed")
 print(f"torch CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+# how loader workers start (Python 3.14 starts them by forkserver, not fork) and share their batches
+print(f"multiprocessing start method {multiprocessing.get_start_method()}, sharing strategy "
+      f"{torch.multiprocessing.get_sharing_strategy()}, torch threads {torch.get_num_threads()}")
 print(f"torch.cuda.is_available(): {torch.cuda.is_available()}")
 if torch.cuda.is_available():
     props = torch.cuda.get_device_properties(0)
@@ -218,6 +243,10 @@ trap on_signal TERM INT
 {
     echo "\$ uname -m; nproc; memory"
     echo "$(uname -m), $(nproc) CPU cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 2^20}' /proc/meminfo) memory"
+    # what loader workers lean on: shared memory for their batches, a file descriptor per shared batch
+    echo "\$ df -h /dev/shm; ulimit -n"
+    df -h /dev/shm 2>&1 | tail -n 1
+    ulimit -n
     echo "\$ $PY -V"
     timeout 20 "$PY" -V 2>&1
     echo "\$ nvidia-smi --query-gpu=... --format=csv"
@@ -233,10 +262,52 @@ trap on_signal TERM INT
 write_summary
 
 # -- install and versions ----------------------------------------------------------------------------------------
-part install install.log 60 '/^missing:/{k=$0} END{print k}' "$ROOT" bash -c install_missing
-part versions install.log 30 '/is_available|^device 0/{k=k" "$0} END{print k}' "$SCRATCH" bash -c print_versions
+part install install.log 20 '/^missing:/{k=$0} END{print k}' "$ROOT" bash -c install_missing
+part versions install.log 12 '/is_available|^device 0|^multiprocessing/{k=k" "$0} END{print k}' "$SCRATCH" bash -c print_versions
 DISTILL=$(dirname "$("$PY" -c 'import sys; print(sys.executable)')")/distill
 [[ -x $DISTILL ]] || DISTILL="$PY -m distill.cli.main"  # (unquoted below on purpose: two words then)
+
+# -- headline: the PLD recipe itself, 2 epochs on generated CIFAR-100 files --------------------------------------
+if [[ $DRY == 1 ]]; then
+    headline=(--images 256 --test-images 64 --process-timeout 150 trainer.accelerator=cpu)
+else
+    headline=(--images 10000 --test-images 2000 --process-timeout 45)
+fi
+part headline headline.log 80 '/: wall |TIMED OUT|FAILED/{k=k" "$0} END{print k}' "$SCRATCH" \
+    "$PY" "$ROOT/benchmarks/headline_fit.py" --recipe plk_cifar100 --epochs 2 --fallback-workers 0 "${headline[@]}"
+
+# -- step breakdown: plain loop / bare LightningModule / distill eager, compiled, graphed (another script) ----------
+if [[ -f $ROOT/benchmarks/step_overhead.py ]]; then
+    part step step.log 90 '/^distill/{k=k"; "$0} END{print substr(k, 3)}' "$ROOT" \
+        "$PY" "$ROOT/benchmarks/step_overhead.py" --device "$DEVICE"
+else
+    row step "not present (benchmarks/step_overhead.py)" 0 0 "" ""
+fi
+
+# -- workers: whole-process distill fit against the plain script, one epoch, at 0, 8 and 4 loader workers -----------
+if [[ $DRY == 1 ]]; then
+    workers=(--images 256 --test-images 64 --workers 0 2 --process-timeout 150)
+else  # 8 before 4: the stall was seen at 8
+    workers=(--images 10000 --test-images 1000 --workers 0 8 4 --process-timeout 40)
+fi
+part workers workers.log 90 '/epoch\(s\)/{k=k"; "$1"w "$5" "($8 == "TIMED" ? "TIMED OUT" : $8 " s")} END{print substr(k, 3)}' \
+    "$SCRATCH" "$PY" "$ROOT/benchmarks/fit_overhead.py" --epochs 1 --rounds 1 "${workers[@]}"
+
+# -- CIFAR-100 epoch time: online teacher vs cache vs student alone ----------------------------------------------
+if [[ $DRY == 1 ]]; then
+    cifar=(--accelerator cpu --images 256 --epochs 2 --rounds 1)
+else
+    cifar=(--accelerator gpu --images 10000 --precision bf16-mixed --channels-last --epochs 2 --rounds 1)
+fi
+part cifar cifar.log 40 '/^cached \/ student alone/{k=$0} END{print k}' "$SCRATCH" \
+    "$PY" "$ROOT/benchmarks/cifar_epoch_time.py" "${cifar[@]}"
+
+# -- strategies on one device ---------------------------------------------------------------------------------
+# its first run trains the quickstart's teacher on the CPU (30 epochs) before the strategies' few steps each
+steps=5
+[[ $DRY == 1 ]] && steps=2
+part strategies strategies.log 30 '$2 == "ran" {k=k" "$1} END{print "ran:" k}' "$SCRATCH" \
+    "$PY" "$ROOT/benchmarks/strategies_smoke.py" --accelerator "$ACC" --steps "$steps"
 
 # -- quickstart sanity run ---------------------------------------------------------------------------------------
 quick=("trainer.accelerator=$ACC" "teacher.train.trainer.accelerator=$ACC" "run.root=$SCRATCH/runs"
@@ -249,38 +320,22 @@ else
     quick+=(trainer.max_epochs=10 teacher.train.trainer.max_epochs=8)
 fi
 # shellcheck disable=SC2086
-part quickstart quickstart.log 60 '/accuracy|agreement/{k=k" "$0} END{print k}' "$SCRATCH" \
+part quickstart quickstart.log 35 '/accuracy|agreement/{k=k" "$0} END{print k}' "$SCRATCH" \
     $DISTILL fit --recipe quickstart_digits "${quick[@]}"
 
-# -- 1. CIFAR-100 epoch time: online teacher vs cache vs student alone -------------------------------------------
-if [[ $DRY == 1 ]]; then
-    cifar=(--accelerator cpu --images 256 --epochs 2 --rounds 1)
-else
-    cifar=(--accelerator gpu --images 10000 --precision bf16-mixed --channels-last --epochs 2 --rounds 1)
-fi
-part cifar cifar.log 150 '/^cached \/ student alone/{k=$0} END{print k}' "$SCRATCH" \
-    "$PY" "$ROOT/benchmarks/cifar_epoch_time.py" "${cifar[@]}"
-
-# -- 2. strategies on one device ---------------------------------------------------------------------------------
-# its first run trains the quickstart's teacher on the CPU (30 epochs) before the strategies' few steps each
-steps=5
-[[ $DRY == 1 ]] && steps=2
-part strategies strategies.log 150 '$2 == "ran" {k=k" "$1} END{print "ran:" k}' "$SCRATCH" \
-    "$PY" "$ROOT/benchmarks/strategies_smoke.py" --accelerator "$ACC" --steps "$steps"
-
-# -- 3. language-model step memory (another script, where it exists) ------------------------------------------------
-lm_args="--tokens 4x2048 --vocab 32000 151936"  # 8k tokens at Llama 2's and Qwen 2.5's vocabularies
+# -- language-model step memory (another script, where it exists) ------------------------------------------------
+lm_args="--tokens 4x2048 --vocab 32000"  # 8k tokens at Llama 2's vocabulary (Qwen 2.5's 151,936: README)
 [[ $DRY == 1 ]] && lm_args="--vocab 32000 --tokens 1x256"  # its CPU defaults take minutes here
 if [[ -f $ROOT/benchmarks/lm_step_memory.py ]]; then
     # from the checkout's root: its subprocesses import it through the relative path benchmarks/
     # shellcheck disable=SC2086
-    part lm_memory lm_memory.log 120 '' "$ROOT" \
+    part lm_memory lm_memory.log 50 '/^V .*chunked \/ full/{k=k" "$0} END{print k}' "$ROOT" \
         "$PY" "$ROOT/benchmarks/lm_step_memory.py" --device "$DEVICE" ${GPU_CHECK_LM_ARGS:-$lm_args}
 else
     row lm_memory "not present (benchmarks/lm_step_memory.py)" 0 0 "" ""
 fi
 
-# -- 4. speculative decoding: train the tiny draft briefly, then measure it ----------------------------------------
+# -- speculative decoding: train the tiny draft briefly, then measure it ----------------------------------------
 draft=("run.root=$SCRATCH/runs" "teacher.store=$SCRATCH/teachers" "trainer.accelerator=$ACC"
     "teacher.train.trainer.accelerator=$ACC" trainer.enable_progress_bar=false trainer.enable_model_summary=false
     teacher.train.trainer.enable_progress_bar=false teacher.train.trainer.enable_model_summary=false
@@ -294,16 +349,16 @@ if [[ $DRY == 1 ]]; then  # the sizes tests/cli/test_evaluate_tasks.py trains it
 else
     draft+=(trainer.limit_train_batches=200 trainer.limit_val_batches=10 teacher.train.trainer.limit_train_batches=400
         teacher.train.trainer.limit_val_batches=10 speculative.prompts=4)
-    bench=(--prompts 8 --depths 1 2 3 4)
+    bench=(--prompts 6 --depths 1 2 3)
 fi
 # shellcheck disable=SC2086
-part draft_fit speculative.log 90 '/accepted length|agreement/{k=k" "$0} END{print k}' "$SCRATCH" \
+part draft_fit speculative.log 45 '/accepted length|agreement/{k=k" "$0} END{print k}' "$SCRATCH" \
     $DISTILL fit --recipe specvlm_draft_tiny "${draft[@]}"
 runs=("$SCRATCH"/runs/specvlm_draft_tiny/version_*)
 run=${runs[0]}
 if [[ -d $run/checkpoints ]]; then
-    part draft_bench speculative.log 60 '$1 == "trained" {k=$0} END{print k}' "$SCRATCH" \
-        "$PY" "$ROOT/benchmarks/speculative_decoding.py" "$run" --device "$DEVICE" "${bench[@]}"
+    part draft_bench speculative.log 35 '$1 == "trained" {k=k"; depth "$2": "$3", "$4} END{print "trained:" substr(k, 2)}' \
+        "$SCRATCH" "$PY" "$ROOT/benchmarks/speculative_decoding.py" "$run" --device "$DEVICE" "${bench[@]}"
 else
     row draft_bench "skipped: no finished draft run" 0 0 "" ""
     FAILED=$((FAILED + 1))

@@ -118,6 +118,16 @@ def measure(vocab: int, mode: str, batch: int, length: int, device: str, bf16: b
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measured(vocab: int, mode: str, batch: int, length: int, args: argparse.Namespace) -> dict:
+    """`measure`, with its own line printed at once (the table row waits for both modes)."""
+    result = measure(vocab, mode, batch, length, args.device, args.bf16)
+    if "error" in result:
+        print(f"V {vocab:,} {mode}: {result['error']}")
+    else:
+        print(f"V {vocab:,} {mode}: peak {result['extra_mib']:,.0f} MiB, {result['seconds']:.2f} s")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -125,25 +135,29 @@ def main() -> None:
     parser.add_argument("--tokens", default="2x1024", help="batch x length, e.g. 4x2048")
     parser.add_argument("--bf16", action="store_true", help="models in bf16 (the losses still compute in fp32)")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # every row the moment it is measured, into a file too
     batch, length = (int(x) for x in args.tokens.split("x"))
     where = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS"
     print(
         f"causal_lm training step, {batch} x {length} tokens, {args.device}, {'bf16' if args.bf16 else 'fp32'} models; "
-        f"peak extra memory = {where} above the models and the batch\n"
+        f"peak extra memory = {where} above the models and the batch"
     )
-    columns = ["vocabulary", "full logits: peak MiB", "chunked: peak MiB", "chunked / full", "full s", "chunked s"]
-    print("| " + " | ".join([*columns, "loss full", "loss chunked"]) + " |")
-    print("|---" * (len(columns) + 2) + "|")
+    rows = []
     for vocab in args.vocab:
-        full, chunked = (measure(vocab, mode, batch, length, args.device, args.bf16) for mode in ("full", "chunked"))
+        full, chunked = (measured(vocab, mode, batch, length, args) for mode in ("full", "chunked"))
         if "error" in full or "error" in chunked:
-            print(f"| {vocab:,} | {full.get('error', '')} | {chunked.get('error', '')} | | | | | |")
+            rows.append(f"| {vocab:,} | {full.get('error', '')} | {chunked.get('error', '')} | | | | | |")
             continue
         ratio = chunked["extra_mib"] / full["extra_mib"]
-        print(
+        print(f"V {vocab:,}: chunked / full peak {ratio:.3f}, losses {full['loss']:.5f} / {chunked['loss']:.5f}")
+        rows.append(
             f"| {vocab:,} | {full['extra_mib']:,.0f} | {chunked['extra_mib']:,.0f} | {ratio:.3f} "
             f"| {full['seconds']:.2f} | {chunked['seconds']:.2f} | {full['loss']:.5f} | {chunked['loss']:.5f} |"
         )
+    columns = ["vocabulary", "full logits: peak MiB", "chunked: peak MiB", "chunked / full", "full s", "chunked s"]
+    print("\n| " + " | ".join([*columns, "loss full", "loss chunked"]) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    print("\n".join(rows))
     one_tensor = 4 * batch * length * max(args.vocab) / 2**20
     print(f"\n(one fp32 [B, T, V] tensor at the largest vocabulary: {one_tensor:,.0f} MiB)")
 

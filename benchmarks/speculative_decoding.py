@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings)")
     parser.add_argument("--device", default="cpu", help="where to decode: cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # every row the moment it is measured, into a file too
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     run = load_draft_run(args.run)
@@ -46,7 +47,8 @@ def main() -> None:
             report = evaluate_speculative(target, draft, prompts, settings.max_new_tokens, depth, eos)
             print(
                 f"{name:>9} {depth:>5} {report.accepted_length:>15.3f} {report.speedup:>7.2f}x "
-                f"{100 * report.lossless:>7.1f}%"
+                f"{100 * report.lossless:>7.1f}%",
+                flush=True,
             )
     sys.stdout.flush()
 
