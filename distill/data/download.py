@@ -96,7 +96,7 @@ def fetch(url: str, dest: Path, *, what: str, fill: str, checksum: tuple[str, st
     if dest.is_file():  # fetched before, or put there by hand
         return dest
     ensure_online(what, fill)
-    with file_lock(dest.with_name(dest.name + ".lock"), f"downloading {url}"):
+    with file_lock(dest.with_name(f".{dest.name}.lock"), f"downloading {url}"):
         if dest.is_file():  # another process fetched it while this one waited
             return dest
         part = dest.with_name(dest.name + ".part")

@@ -76,4 +76,4 @@ def keep(best_checkpoint: Path, weights: Path, meta: dict[str, Any]) -> None:
 def claim(weights: Path, doing: str) -> AbstractContextManager[None]:
     """Hold the store's lock of the teacher `weights` while `doing` (training or fetching it): a second process
     resolving the same teacher waits, then finds it stored instead of doing the work again."""
-    return file_lock(weights.with_name(weights.name + ".lock"), doing)
+    return file_lock(weights.with_name(f".{weights.name}.lock"), doing)
