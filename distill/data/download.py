@@ -191,10 +191,7 @@ def extract_member(archive: Path, member: str, dest: Path, what: str) -> Path:
     scratch = temporary_name(dest, "extracting")
     try:
         with tarfile.open(archive) as tar:
-            names = {name.removeprefix("./"): name for name in tar.getnames()}
-            if member not in names:
-                raise DistillError(f"{what}: {archive} has no member {member}")
-            source = tar.extractfile(names[member])
+            source = tar.extractfile(find_member(tar.getnames(), member, f"{what}: {archive}"))
             if source is None:
                 raise DistillError(f"{what}: {member} in {archive} is not a file")
             with source, open(scratch, "wb") as out:
@@ -205,3 +202,15 @@ def extract_member(archive: Path, member: str, dest: Path, what: str) -> Path:
     finally:
         scratch.unlink(missing_ok=True)
     return dest
+
+
+def find_member(names: list[str], member: str, where: str) -> str:
+    """The archive's name for `member`: itself (a leading `./` aside) or, under another top folder than the one
+    expected, the one name ending with the same last two parts (the top folder a publisher used is known only from
+    its unpacking instructions)."""
+    exact = [name for name in names if name.removeprefix("./") == member]
+    tail = "/" + "/".join(member.split("/")[-2:])
+    found = exact or [name for name in names if name.endswith(tail)]
+    if len(found) != 1:
+        raise DistillError(f"{where} has no member {member}")
+    return found[0]

@@ -150,3 +150,5 @@ def test_one_member_of_an_archive(tmp_path):
     with pytest.raises(DistillError, match=r"^w: .*a.tar has no member dir/missing.pth$"):
         extract_member(archive, "dir/missing.pth", tmp_path / "none.pth", "w")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar", "got.pth"]
+    # under another top folder than expected: found by its own folder and name, when only one matches
+    assert extract_member(archive, "top/dir/wanted.pth", tmp_path / "also.pth", "w").read_bytes() == b"yes"
