@@ -89,13 +89,15 @@ class TeacherSettings:
     )
     checkpoint_sha256: str | None = setting(None, "the sha256 a checkpoint given by URL must have (null: unchecked)")
     train: TeacherTraining | None = setting(
-        None, "train the teacher first with these settings (without a checkpoint, or when it cannot be had)"
+        None,
+        "train the teacher first with these settings (without a checkpoint, or when a published or URL one cannot be "
+        "fetched)",
     )
     store: str = setting("runs/teachers", "where trained and fetched teachers are kept, for reuse")
     recipe: str | None = setting(
         None,
-        "or train the teacher by running this recipe (without a checkpoint, or when it cannot be had): its best "
-        "student becomes the teacher",
+        "or train the teacher by running this recipe (without a checkpoint, or when a published or URL one cannot be "
+        "fetched): its best student becomes the teacher",
     )
     overrides: list[str] = setting([], "key=value overrides for that recipe (e.g. data.swap=true)")
     cache: str | None = setting(

@@ -2,7 +2,7 @@
 
 The lineage's teachers (`{'model': state_dict}` checkpoints in RepDistiller's `<model>_vanilla/ckpt_epoch_240.pth`
 layout) are published by mdistiller as one release archive, which `teacher.checkpoint: published` fetches; a
-bundled teacher recipe trains the others (`teacher.recipe`, used when no published teacher can be had).
+bundled teacher recipe trains the others (`teacher.recipe`: beside `published`, used when it cannot be fetched).
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ MDISTILLER_TEACHERS = ("resnet32x4", "resnet56", "resnet110", "vgg13", "wrn_40_2
 TRAINED_BY_DEFAULT = "teacher_resnet32x4_cifar100"  # the bundled teacher recipe others adapt by overriding the model
 
 
-def train_advice(role: str, model: str) -> str:
-    """The overrides that train the CIFAR-100 teacher `model` first, by a bundled teacher recipe."""
+def train_advice(role: str, model: str, instead_of_file: bool = False) -> str:
+    """The overrides that train the CIFAR-100 teacher `model` first, by a bundled teacher recipe: beside a
+    published or URL checkpoint (used when it cannot be fetched), or `instead_of_file`."""
     own = f"teacher_{model}_cifar100"
+    first = f"{role}.checkpoint=null " if instead_of_file else ""
     if own in bundled_recipes():
-        return f"train it first: {role}.recipe={own}"
+        return f"train it first: {first}{role}.recipe={own}"
     # the bundled recipe of another model, its student swapped for this one
-    return f"train it first: {role}.recipe={TRAINED_BY_DEFAULT} {role}.overrides=[student.name={model}]"
+    return f"train it first: {first}{role}.recipe={TRAINED_BY_DEFAULT} {role}.overrides=[student.name={model}]"
 
 
 def missing_cifar_teacher(role: str, path: str, model: str) -> str:
@@ -30,7 +32,7 @@ def missing_cifar_teacher(role: str, path: str, model: str) -> str:
         published = f"{role}.checkpoint=published fetches the published one ({MDISTILLER_RELEASE})"
     else:
         published = f"{MDISTILLER_RELEASE} has no {model}"
-    return f"{role}.checkpoint: file not found: {path}: {published}, or {train_advice(role, model)}"
+    return f"{role}.checkpoint: file not found: {path}: {published}, or {train_advice(role, model, True)}"
 
 
 def unpublished_cifar_teacher(role: str, model: str) -> str:

@@ -6,9 +6,10 @@ Nothing here trains, fetches, prints or writes: `plan_frozen` says what must hap
 (`distill.teachers.published.fetch_teacher`) or runs the teacher's recipe and keeps its best student in the store
 (`distill.teachers.store.keep`), and `load_frozen` builds the model.
 
-`checkpoint` names the weights (a file, `published`, or a URL); `recipe` or `train` beside it is the way out when
-they cannot be had (the file is missing, no published teacher exists, the address cannot be read): the teacher is
-then trained once by that run. The order: the file, the store, the download, the training.
+`checkpoint` names the weights (a file, `published`, or a URL); beside `published` or a URL, `recipe` or `train` is
+the way out when they cannot be fetched (no published teacher of the model, the address cannot be read): the
+teacher is then trained once by that run. The order: the file, the store, the download, the training. A missing
+file is an error (a mistyped path must not start a training).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def trained_plan(
 def checkpoint_plan(
     loaded: LoadedRecipe, role: str, model: dict[str, Any], dtype: str | None, trained: FrozenPlan | None
 ) -> FrozenPlan:
-    """The plan of a section with a `checkpoint`: a file, the published teacher of its model, or a URL, each
-    fetched into the store; `trained` (its `recipe` or `train`) where the weights cannot be had."""
+    """The plan of a section with a `checkpoint`: a file, or the published teacher of its model or a URL, fetched
+    into the store; `trained` (its `recipe` or `train`) where those cannot be had."""
     section = getattr(loaded.recipe, role)
     checkpoint, name = section.checkpoint, model["name"]
     remote = remote_of(checkpoint, section.checkpoint_sha256, name)
@@ -116,12 +117,9 @@ def checkpoint_plan(
         if trained is None:
             raise DistillError(unpublished_cifar_teacher(role, name))
         return replace(trained, why=f"{role}.checkpoint: no published {name}")
+    # a file named by the recipe is never replaced by training: a mistyped path is an error, not a 240-epoch run
     weights = Path(checkpoint).expanduser().resolve()
-    if weights.is_file():
-        return FrozenPlan(role, model, weights, dtype=dtype)
-    if trained is not None:
-        return replace(trained, why=f"{role}.checkpoint: file not found: {checkpoint}")
-    if (loaded.recipe.data or {}).get("name") == "cifar100":  # say where a CIFAR-100 teacher can be had
+    if not weights.is_file() and (loaded.recipe.data or {}).get("name") == "cifar100":  # say where one can be had
         raise DistillError(missing_cifar_teacher(role, checkpoint, name))
     return FrozenPlan(role, model, weights, dtype=dtype)  # loading it says the file is missing
 
