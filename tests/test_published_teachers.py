@@ -23,7 +23,7 @@ from distill.errors import DistillError
 from distill.models import create_model
 from distill.teachers.published import MDISTILLER_URL, URL_ENV, stored_record
 from distill.teachers.resolve import plan_frozen
-from tests.helpers_download import FileServer, checkpoint_bytes, run_in_processes, teachers_archive
+from tests.helpers_download import FileServer, checkpoint_bytes, cifar_archive, run_in_processes, teachers_archive
 
 RECIPE = "kd_resnet56_resnet20_cifar100"  # teacher resnet56: published, and small
 MEMBER = "cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth"
@@ -230,3 +230,28 @@ def test_a_model_with_no_published_teacher(world):
 def test_the_record_is_json_beside_the_teacher(world):
     _, plan = resolve(world["overrides"])
     assert json.loads(plan.weights.with_name("source.json").read_text()) == stored_record(plan.weights)
+
+
+def test_a_fresh_machine_runs_a_cifar_recipe_in_one_go(tmp_path, monkeypatch, capsys):
+    """Nothing on disk: `distill fit` downloads CIFAR-100 and the published teacher (both served here), stores the
+    teacher with its measured accuracy, and trains."""
+    import distill.data.cifar as cifar
+
+    monkeypatch.delenv("DISTILL_OFFLINE")
+    monkeypatch.chdir(tmp_path)
+    data = cifar_archive(tmp_path / "made", n_train=32, n_test=16)
+    monkeypatch.setattr(cifar, "MD5", hashlib.md5(data).hexdigest())
+    member = checkpoint_bytes(always(0), epoch=240)
+    with FileServer() as server:
+        monkeypatch.setenv(cifar.URL_ENV, server.add("cifar-100-python.tar.gz", data))
+        monkeypatch.setenv(URL_ENV, server.add("cifar_teachers.tar", teachers_archive({"resnet56": member})))
+        limits = ["data.num_workers=0", "data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+        limits += ["trainer.limit_val_batches=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+        assert main(["fit", "--recipe", RECIPE, *limits]) == 0
+    printed = capsys.readouterr().out
+    assert "distill: teacher resnet56 (mdistiller cifar_teachers.tar): test accuracy " in printed
+    assert (tmp_path / "data" / "cifar100" / "cifar-100-python" / "train").is_file()
+    (stored,) = (tmp_path / "runs" / "teachers").glob("resnet56-published-*/teacher.pt")
+    assert stored.read_bytes() == member
+    (run,) = (tmp_path / "runs" / RECIPE).glob("version_0")
+    assert json.loads((run / "sources.json").read_text())["teacher"]["weights"] == str(stored)
