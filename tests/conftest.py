@@ -9,6 +9,13 @@ import pytest
 from tests.helpers import tiny_recipe, write_recipe
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the internet: downloads are switched off unless a test serves them itself (on 127.0.0.1,
+    `tests/helpers_download.py`)."""
+    monkeypatch.setenv("DISTILL_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def teacher_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A teacher store shared by the session: the tiny teacher is trained by the first test that needs it."""

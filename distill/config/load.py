@@ -250,6 +250,11 @@ def check_teacher_source(checker: Checker, teacher: Any, path: str) -> None:
         raise checker.fail(f"{path}.model", "is required: the teacher's architecture, e.g. {name: convnet}")
     # hf: and open_clip: models bring their own weights, as a timm model with pretrained: true does
     pretrained = teacher.model["name"].startswith(("hf:", "open_clip:")) or teacher.model.get("pretrained") is True
+    if teacher.checkpoint_sha256 is not None:
+        if not str(teacher.checkpoint or "").startswith(("https://", "http://")):
+            raise checker.fail(f"{path}.checkpoint_sha256", "checks a checkpoint given by URL (https://...) only")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", teacher.checkpoint_sha256):
+            raise checker.fail(f"{path}.checkpoint_sha256", "must be 64 hexadecimal digits (a sha256)")
     if teacher.checkpoint is None and teacher.train is None and teacher.recipe is None and not pretrained:
         raise checker.fail(
             path,

@@ -83,12 +83,21 @@ class TeacherTraining:
 class TeacherSettings:
     model: ModelSpec | None = setting(None, "the teacher's architecture")
     checkpoint: str | None = setting(
-        None, "teacher weights: a distill checkpoint, {'model': state_dict} or a state_dict"
+        None,
+        "teacher weights (a distill checkpoint, {'model': state_dict} or a state_dict): a file, a URL fetched once "
+        "into the store, or 'published' (the lineage's published CIFAR-100 teacher of the model, fetched once)",
     )
-    train: TeacherTraining | None = setting(None, "without a checkpoint: train the teacher first with these settings")
-    store: str = setting("runs/teachers", "where trained teachers are kept, keyed by their settings, for reuse")
+    checkpoint_sha256: str | None = setting(None, "the sha256 a checkpoint given by URL must have (null: unchecked)")
+    train: TeacherTraining | None = setting(
+        None,
+        "train the teacher first with these settings (without a checkpoint, or when a published or URL one cannot be "
+        "fetched)",
+    )
+    store: str = setting("runs/teachers", "where trained and fetched teachers are kept, for reuse")
     recipe: str | None = setting(
-        None, "or train the teacher by running this recipe: its best student becomes the teacher"
+        None,
+        "or train the teacher by running this recipe (without a checkpoint, or when a published or URL one cannot be "
+        "fetched): its best student becomes the teacher",
     )
     overrides: list[str] = setting([], "key=value overrides for that recipe (e.g. data.swap=true)")
     cache: str | None = setting(

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.transforms import v2
 
 from distill.data.base import DATASETS, ClassificationDataModule, Splits, TensorImageDataset
 from distill.data.device_images import IndexedImages, device_batch, source_of
+from distill.data.download import ensure_online, extract_folder, fetch, file_lock
 from distill.data.replay_augment import CropFlip
 from distill.errors import DistillError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+URL_ENV = "DISTILL_CIFAR100_URL"  # a mirror of the same archive (its MD5 is checked all the same)
+MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # published beside the archive on the dataset's page
 FOLDER = "cifar-100-python"
+ARCHIVE = "cifar-100-python.tar.gz"
 NUM_CLASSES = 100
 MEAN = (0.5071, 0.4867, 0.4408)
 STD = (0.2675, 0.2565, 0.2761)
@@ -116,7 +119,8 @@ class CIFAR100DataModule(ClassificationDataModule):
 
     Args:
         root: Folder holding cifar-100-python/{train,test,meta}.
-        download: Download and extract cifar-100-python.tar.gz into root when the files are missing.
+        download: Download the official archive when the files are missing (its MD5 checked), extract it into
+            root and delete it; one process of a node downloads while the others wait for it.
         batch_size: Samples per batch (per device).
         num_workers: DataLoader worker processes; 0 loads in the main process.
         augment: RandomCrop(32, padding=4) and horizontal flips on the training images.
@@ -133,7 +137,7 @@ class CIFAR100DataModule(ClassificationDataModule):
         self,
         *,
         root: str = "data/cifar100",
-        download: bool = False,
+        download: bool = True,
         batch_size: int = 64,
         num_workers: int = 2,
         augment: bool = True,
@@ -165,24 +169,28 @@ class CIFAR100DataModule(ClassificationDataModule):
         return f"{self.folder}/{{train,test}}"
 
     def prepare_data(self) -> None:
-        """Download when allowed and needed (Lightning calls this on one process per node)."""
+        """Download when allowed and needed. Lightning calls this on one process per node; every process calls it
+        again before reading the files, and a lock lets one of them download while the others wait."""
         if not self._missing() or not self.download:
             return
-        try:
-            download_and_extract_archive(url=URL, download_root=str(self.root), md5=MD5)
-        except (OSError, RuntimeError) as exc:  # URLError is an OSError; a bad checksum a RuntimeError
-            reason = " ".join(str(getattr(exc, "reason", exc)).split())
-            raise DistillError(
-                f"CIFAR-100 download from {URL} failed ({reason}); "
-                f"download it elsewhere and extract it so that {self._where()} exist"
-            ) from None
+        url = os.environ.get(URL_ENV) or URL
+        what, fill = f"CIFAR-100 ({self.folder})", f"download {url} and extract it into {self.root}"
+        archive = self.root / ARCHIVE
+        if not archive.is_file():  # an archive put there by hand is extracted offline too
+            ensure_online(what, fill)
+        with file_lock(self.root / f".{FOLDER}.lock", "the CIFAR-100 download"):
+            if not self._missing():  # another process downloaded it while this one waited
+                return
+            fetch(url, archive, what=what, fill=fill, checksum=("md5", MD5))
+            extract_folder(archive, self.folder, what)
+            archive.unlink()  # 160 MB read once: the extracted files are what runs read
 
     def _check_files(self) -> None:
         self.prepare_data()
         if self._missing():
             raise DistillError(
-                f"CIFAR-100 not found: expected {self._where()}; "
-                f"download cifar-100-python.tar.gz and extract it there, or set data.download=true"
+                f"CIFAR-100 not found: expected {self._where()}; set data.download=true, "
+                f"or download {os.environ.get(URL_ENV) or URL} and extract it into {self.root}"
             )
 
     @property

@@ -7,9 +7,11 @@ These are what the CLI calls; notebooks and scripts can call them too.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from distill.config.load import LoadedRecipe, save_recipe
+from distill.data.download import Unreachable
 from distill.data.interface import DataReport, DataSource
 from distill.engine.quiet import held_back_warnings, quiet_expected_messages, release, show_warnings
 from distill.engine.run_folder import RunCheckpoint, RunFolder
@@ -32,8 +35,9 @@ from distill.models.lora import LoRASettings, check_targets
 from distill.tasks import FrozenModel, task_spec
 from distill.tasks.base import DistillationTask
 from distill.teachers.cache_setup import complete_token_cache
+from distill.teachers.published import fetch_teacher
 from distill.teachers.resolve import FrozenPlan, load_frozen, plan_frozen, reference_weights
-from distill.teachers.store import keep
+from distill.teachers.store import claim, keep
 
 
 @dataclass
@@ -125,14 +129,17 @@ def check_student_lora(loaded: LoadedRecipe, data: DataSource) -> None:
 
 
 def provide_frozen(loaded: LoadedRecipe, data: DataSource, training: bool = True) -> dict[str, FrozenModel]:
-    """Each frozen model the task reads, with its weights; a teacher whose weights are not stored yet is trained
-    first by its own run (an ordinary `fit`) and kept in the store. A language-model teacher whose every output
-    the run reads is already in `teacher.cache` is not loaded at all (its model is None)."""
+    """Each frozen model the task reads, with its weights; a teacher whose weights are not stored yet is fetched
+    from its address, or trained first by its own run (an ordinary `fit`), and kept in the store. A language-model
+    teacher whose every output the run reads is already in `teacher.cache` is not loaded at all (its model is
+    None)."""
     frozen = {}
     for role in spec_of(loaded).frozen:
         plan = plan_frozen(loaded, role, teacher_task(loaded.recipe.task))
         if plan is None:
             continue
+        if plan.needs_fetching:
+            plan = fetch_frozen(plan, data)
         if plan.needs_training:
             train_frozen(plan)
         if role == "teacher" and training and teacher_fully_cached(loaded, data, plan):
@@ -164,16 +171,34 @@ def teacher_task(task: str) -> str:
     return spec.teacher_task or spec.name
 
 
+def fetch_frozen(plan: FrozenPlan, data: DataSource) -> FrozenPlan:
+    """The plan once its weights are fetched into the store; its fallback (training by `recipe` or `train`) when
+    their address cannot be read (offline, no network)."""
+    try:
+        fetch_teacher(plan.role, plan.model, plan.remote, plan.weights, data)
+    except Unreachable as exc:
+        if plan.fallback is None:
+            raise
+        return dataclasses.replace(plan.fallback, why=str(exc))
+    return plan
+
+
 def train_frozen(plan: FrozenPlan) -> None:
-    """Run the plan's teacher run and keep its best student as the frozen model's weights."""
+    """Run the plan's teacher run and keep its best student as the frozen model's weights; a second process that
+    needs the same teacher meanwhile waits for it, then reads it from the store."""
     if external_launch() is not None:  # every process of the job would train it at once
         raise DistillError(
             f"{plan.role}: not trained yet ({plan.weights} is missing) and processes started by torchrun or SLURM do "
             f"not train one: run `distill fit` once in a single process first, or give {plan.role}.checkpoint"
         )
-    print(f"No stored {plan.role} for these settings: training it first ({plan.weights.parent})")
-    result = fit(plan.run.replaced(run={"root": str(plan.weights.parent), "name": "train"}))
-    keep(result.best_checkpoint, plan.weights, {"recipe": result.resolved, "metrics": result.metrics})
+    with claim(plan.weights, f"training the {plan.role}"):
+        if plan.weights.is_file():  # trained by another process while this one waited
+            return
+        if plan.why is not None:
+            warnings.warn(f"{plan.why}; training the {plan.role} instead", stacklevel=1)
+        print(f"No stored {plan.role} for these settings: training it first ({plan.weights.parent})")
+        result = fit(plan.run.replaced(run={"root": str(plan.weights.parent), "name": "train"}))
+        keep(result.best_checkpoint, plan.weights, {"recipe": result.resolved, "metrics": result.metrics})
 
 
 def leave_process_group() -> None:

@@ -1,14 +1,21 @@
 """Where a frozen model's weights come from, as a plan the engine carries out: weights that are ready (a checkpoint,
-a stored teacher, a pretrained hub model), or a run that must train them first and where to keep the result.
+a stored teacher, a pretrained hub model), an address to fetch them from once into the store, or a run that must
+train them first and where to keep the result.
 
-Nothing here trains, prints or writes: `plan_frozen` says what must happen, the engine runs the teacher's recipe
-and keeps its best student in the store (`distill.teachers.store.keep`), and `load_frozen` builds the model.
+Nothing here trains, fetches, prints or writes: `plan_frozen` says what must happen, the engine fetches
+(`distill.teachers.published.fetch_teacher`) or runs the teacher's recipe and keeps its best student in the store
+(`distill.teachers.store.keep`), and `load_frozen` builds the model.
+
+`checkpoint` names the weights (a file, `published`, or a URL); beside `published` or a URL, `recipe` or `train` is
+the way out when they cannot be fetched (no published teacher of the model, the address cannot be read): the
+teacher is then trained once by that run. The order: the file, the store, the download, the training. A missing
+file is an error (a mistyped path must not start a training).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,8 @@ from distill.data.interface import DataSource
 from distill.errors import DistillError
 from distill.models import model_for_data
 from distill.models.weights import load_weights
-from distill.teachers.hints import missing_cifar_teacher
+from distill.teachers.hints import missing_cifar_teacher, unpublished_cifar_teacher
+from distill.teachers.published import PUBLISHED, Remote, remote_of, stored_path
 from distill.teachers.store import store_path, teacher_run
 
 
@@ -29,7 +37,9 @@ class FrozenPlan:
     """How to get the frozen model of one recipe section (`teacher`, `second_teacher`).
 
     `weights` is a file, or None for a model whose weights come with it (`hf:` and `open_clip:` models, timm with
-    `pretrained: true`). `run` is the ordinary run that trains the model when the file does not exist yet.
+    `pretrained: true`). `run` is the ordinary run that trains the model when the file does not exist yet; `remote`
+    the address it is fetched from into the store, and `fallback` the plan that trains it when that address cannot
+    be read.
     """
 
     role: str
@@ -37,10 +47,17 @@ class FrozenPlan:
     weights: Path | None
     run: LoadedRecipe | None = None
     dtype: str | None = None  # the precision the model is held in (`teacher.dtype`); None: as loaded
+    remote: Remote | None = None
+    fallback: FrozenPlan | None = None
+    why: str | None = None  # a plan that stands in for the recipe's checkpoint: why
 
     @property
     def needs_training(self) -> bool:
         return self.weights is not None and not self.weights.is_file() and self.run is not None
+
+    @property
+    def needs_fetching(self) -> bool:
+        return self.remote is not None and not self.weights.is_file()
 
     @property
     def source(self) -> dict[str, Any]:
@@ -49,6 +66,8 @@ class FrozenPlan:
         source = {"model": dict(self.model), "weights": str(self.weights) if self.weights else self.model["name"]}
         if self.weights is None and self.model["name"].startswith("hf:"):
             source["hub"] = hub_origin(self.model["name"].removeprefix("hf:"), self.model.get("revision"))
+        if self.remote is not None:
+            source["address"] = self.remote.address
         return source
 
 
@@ -61,19 +80,48 @@ def plan_frozen(loaded: LoadedRecipe, role: str, teacher_task: str) -> FrozenPla
     model, dtype = dict(section.model), section.dtype
     if dtype == "int8":
         check_int8(role, model, loaded.recipe.trainer.get("accelerator"))
+    trained = trained_plan(loaded, role, teacher_task, model, dtype)
     if section.checkpoint is not None:
-        weights = Path(section.checkpoint).expanduser().resolve()
-        if not weights.is_file() and (loaded.recipe.data or {}).get("name") == "cifar100":
-            # the CIFAR recipes' default path is a layout whose download server is gone: say where the file is now
-            raise DistillError(missing_cifar_teacher(role, section.checkpoint, model["name"]))
-        return FrozenPlan(role, model, weights, dtype=dtype)
+        return checkpoint_plan(loaded, role, model, dtype, trained)
+    if trained is not None:
+        return trained
+    return FrozenPlan(role, model, None, dtype=dtype)  # pretrained: the weights come with the model
+
+
+def trained_plan(
+    loaded: LoadedRecipe, role: str, teacher_task: str, model: dict[str, Any], dtype: str | None
+) -> FrozenPlan | None:
+    """The plan that trains the model of section `role` by its `recipe` or `train` settings (None without)."""
+    section = getattr(loaded.recipe, role)
     if section.recipe is not None:
         run = load_recipe(section.recipe, section.overrides)
         return FrozenPlan(role, model, store_path(section.store, run.name, run.resolved), run, dtype)
     if section.train is not None:
         run = teacher_run(loaded, role, teacher_task)
         return FrozenPlan(role, model, store_path(section.store, model["name"], run.resolved), run, dtype)
-    return FrozenPlan(role, model, None, dtype=dtype)  # pretrained: the weights come with the model
+    return None
+
+
+def checkpoint_plan(
+    loaded: LoadedRecipe, role: str, model: dict[str, Any], dtype: str | None, trained: FrozenPlan | None
+) -> FrozenPlan:
+    """The plan of a section with a `checkpoint`: a file, or the published teacher of its model or a URL, fetched
+    into the store; `trained` (its `recipe` or `train`) where those cannot be had."""
+    section = getattr(loaded.recipe, role)
+    checkpoint, name = section.checkpoint, model["name"]
+    remote = remote_of(checkpoint, section.checkpoint_sha256, name)
+    if remote is not None:
+        weights = stored_path(section.store, name, remote)
+        return FrozenPlan(role, model, weights, dtype=dtype, remote=remote, fallback=trained)
+    if checkpoint == PUBLISHED:  # a model with no published teacher
+        if trained is None:
+            raise DistillError(unpublished_cifar_teacher(role, name))
+        return replace(trained, why=f"{role}.checkpoint: no published {name}")
+    # a file named by the recipe is never replaced by training: a mistyped path is an error, not a 240-epoch run
+    weights = Path(checkpoint).expanduser().resolve()
+    if not weights.is_file() and (loaded.recipe.data or {}).get("name") == "cifar100":  # say where one can be had
+        raise DistillError(missing_cifar_teacher(role, checkpoint, name))
+    return FrozenPlan(role, model, weights, dtype=dtype)  # loading it says the file is missing
 
 
 def check_int8(role: str, model: dict[str, Any], accelerator: Any) -> None:

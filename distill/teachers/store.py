@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from distill.config.load import LoadedRecipe, from_dict, plain, teacher_data
 from distill.config.schema import Recipe
+from distill.data.download import file_lock
 from distill.models.weights import atomic_save, extract_state_dict, read_checkpoint
 
 TEACHER_FILE = "teacher.pt"
@@ -69,3 +71,9 @@ def keep(best_checkpoint: Path, weights: Path, meta: dict[str, Any]) -> None:
     """Store the student of a finished teacher run as the teacher `weights`, with `meta` (its recipe, metrics)."""
     state = extract_state_dict(read_checkpoint(best_checkpoint, "teacher run"))
     atomic_save({"model": state, "distill": meta}, weights)
+
+
+def claim(weights: Path, doing: str) -> AbstractContextManager[None]:
+    """Hold the store's lock of the teacher `weights` while `doing` (training or fetching it): a second process
+    resolving the same teacher waits, then finds it stored instead of doing the work again."""
+    return file_lock(weights.with_name(f".{weights.name}.lock"), doing)

@@ -172,7 +172,38 @@ CASES = [
         lambda f: ["--recipe", B, f"data={{name: imagefolder, root: {f / 'empty'}}}"],
         "has no class sub-folders",
     ),
-    ("CIFAR-100 missing", lambda f: ["--recipe", B, "data={name: cifar100, root: /nope}"], "CIFAR-100 not found"),
+    (
+        "CIFAR-100 missing, downloads off",
+        lambda f: ["--recipe", B, "data={name: cifar100, root: /nope}"],
+        "CIFAR-100 (/nope/cifar-100-python): not found and downloads are off (DISTILL_OFFLINE=1): download "
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it into /nope",
+    ),
+    (
+        "CIFAR-100 missing, download false",
+        lambda f: ["--recipe", B, "data={name: cifar100, root: /nope, download: false}"],
+        "CIFAR-100 not found: expected /nope/cifar-100-python/{train,test}; set data.download=true",
+    ),
+    (
+        "published teacher of a model with none",
+        lambda f: ["--recipe", B, "teacher.checkpoint=published"],
+        "teacher.checkpoint: no published convnet: mdistiller's cifar_teachers.tar holds resnet32x4,",
+    ),
+    (
+        "teacher by URL, downloads off",
+        lambda f: ["--recipe", B, "teacher.checkpoint=https://example.invalid/t.pth", "teacher.store=store_bad"],
+        "teacher.checkpoint: https://example.invalid/t.pth: not found and downloads are off (DISTILL_OFFLINE=1): "
+        "download https://example.invalid/t.pth to ",
+    ),
+    (
+        "checksum of a teacher file that is no URL",
+        lambda f: ["--recipe", B, "teacher.checkpoint_sha256=" + "a" * 64],
+        "'teacher.checkpoint_sha256' checks a checkpoint given by URL (https://...) only",
+    ),
+    (
+        "checksum that is no sha256",
+        lambda f: ["--recipe", B, "teacher.checkpoint=https://example.invalid/t.pth", "teacher.checkpoint_sha256=abc"],
+        "'teacher.checkpoint_sha256' must be 64 hexadecimal digits (a sha256)",
+    ),
     (
         "label out of range",
         lambda f: ["--recipe", B, f"data={{name: cifar100, root: {cifar_with_label(f, 150)}}}"],

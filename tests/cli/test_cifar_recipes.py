@@ -8,19 +8,23 @@ import pytest
 import torch
 
 from distill.cli import main
-from distill.config import load_recipe
+from distill.config import bundled_recipes, load_recipe
 from distill.data.synthetic import write_fake_cifar100
 from distill.models import create_model
+from distill.teachers.hints import MDISTILLER_TEACHERS
 from distill.teachers.resolve import plan_frozen
 
 
-def test_plk_recipe_without_data_exits_2_and_says_where_to_put_the_files(tmp_path, monkeypatch, capsys):
+def test_plk_recipe_offline_without_data_exits_2_naming_the_folder_and_the_address(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the recipe's data.root (data/cifar100) is relative: nothing is there
-    assert main(["fit", "--recipe", "plk_cifar100"]) == 2
-    err = capsys.readouterr().err
-    assert "CIFAR-100 not found" in err and "cifar-100-python" in err and "data.download=true" in err
-    assert err.count("\n") == 1
-    assert not (tmp_path / "runs").exists()
+    assert main(["fit", "--recipe", "plk_cifar100"]) == 2  # downloads are off in the tests (DISTILL_OFFLINE=1)
+    root = tmp_path / "data" / "cifar100"
+    assert capsys.readouterr().err == (
+        f"distill: error: CIFAR-100 ({root / 'cifar-100-python'}): not found and downloads are off "
+        f"(DISTILL_OFFLINE=1): download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it "
+        f"into {root}\n"
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("recipe", ["plk_cifar100", "dkd_cifar100"])
@@ -49,31 +53,40 @@ def test_cifar_recipe_trains_a_few_steps_on_a_cifar_format_folder(tmp_path, monk
 
 
 @pytest.mark.parametrize(
-    ("overrides", "where"),
+    ("model", "where"),
     [
-        (
-            [],
-            "unpack cifar_teachers.tar from the 'checkpoints' release of github.com/megvii-research/mdistiller and "
-            "set teacher.checkpoint=cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth",
-        ),
-        (["teacher.model.name=resnet8x4"], "github.com/megvii-research/mdistiller has no resnet8x4"),
+        ("resnet32x4", "teacher.checkpoint=published fetches the published one (mdistiller's cifar_teachers.tar)"),
+        ("resnet8x4", "mdistiller's cifar_teachers.tar has no resnet8x4"),
     ],
 )
-def test_missing_cifar_teacher_names_mdistillers_release_and_a_teacher_recipe_that_trains_it(
-    tmp_path, monkeypatch, capsys, overrides, where
+def test_a_missing_teacher_file_names_the_published_teacher_and_a_teacher_recipe_that_trains_it(
+    tmp_path, monkeypatch, capsys, model, where
 ):
-    monkeypatch.chdir(tmp_path)  # the recipe's teacher path (RepDistiller's layout) is relative: nothing is there
+    monkeypatch.chdir(tmp_path)  # RepDistiller's layout, relative: nothing is there
     write_fake_cifar100(tmp_path / "cifar", n_train=16, n_test=8, seed=0)
-    given = [f"data.root={tmp_path / 'cifar'}", "data.num_workers=0", *overrides]
-    assert main(["fit", "--recipe", "kd_cifar100", *given]) == 2
+    missing = f"save/models/{model}_vanilla/ckpt_epoch_240.pth"
+    given = [f"data.root={tmp_path / 'cifar'}", "data.num_workers=0", f"teacher.model.name={model}"]
+    assert main(["fit", "--recipe", "kd_cifar100", *given, f"teacher.checkpoint={missing}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "teacher.checkpoint: file not found: save/models/resnet32x4_vanilla/ckpt_epoch_240.pth" in err
-    assert where in err
+    assert err.startswith(
+        f"distill: error: teacher.checkpoint: file not found: {missing}: {where}, or train it first: "
+    )
     # the advice works as written: its overrides plan the teacher's training by a bundled teacher recipe
     advice = err.strip().split("or train it first: ")[1].split()
     assert "teacher.checkpoint=null" in advice and "teacher.recipe=teacher_resnet32x4_cifar100" in advice
-    plan = plan_frozen(load_recipe("kd_cifar100", given + advice), "teacher", "classification")
+    plan = plan_frozen(load_recipe("kd_cifar100", given + [f"teacher.checkpoint={missing}"] + advice), "teacher", "-")
     assert plan.needs_training and plan.run.name == "teacher_resnet32x4_cifar100"
     assert plan.run.recipe.student == load_recipe("kd_cifar100", given).recipe.teacher.model
     assert not list(tmp_path.glob("runs/*/version_*"))  # bad input leaves no run behind
+
+
+def test_every_cifar100_recipe_downloads_its_data_and_names_a_published_teacher():
+    names = [name for name in bundled_recipes() if "cifar100" in name]
+    assert len(names) >= 20
+    for name in names:
+        recipe = load_recipe(name).recipe
+        assert recipe.data["name"] == "cifar100" and recipe.data["download"] is True, name
+        if recipe.teacher is not None:
+            assert recipe.teacher.checkpoint == "published", name
+            assert recipe.teacher.model["name"] in MDISTILLER_TEACHERS, name

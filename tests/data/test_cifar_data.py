@@ -1,9 +1,9 @@
 """CIFAR-100 from the official python-version pickles (generated here in the same format)."""
 
+import hashlib
 import pickle
 import re
 import struct
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ import distill.data.cifar as cifar
 from distill.data import CIFAR100DataModule
 from distill.data.synthetic import write_fake_cifar100
 from distill.errors import DistillError
+from tests.helpers_download import FileServer, cifar_archive, prepare_cifar, run_in_processes
 
 MEAN = torch.tensor(cifar.MEAN).view(3, 1, 1)
 STD = torch.tensor(cifar.STD).view(3, 1, 1)
@@ -94,40 +95,75 @@ def test_augment_crops_and_flips_training_images_only(root):
     assert torch.equal(plain.train_set[0][0], plain.train_set[0][0])
 
 
-def test_missing_files_say_where_and_how(tmp_path):
-    datamodule = CIFAR100DataModule(root=str(tmp_path))
-    expected = f"CIFAR-100 not found: expected {tmp_path.absolute()}/cifar-100-python/{{train,test}}"
-    with pytest.raises(DistillError, match=re.escape(expected) + ".*data.download=true"):
-        datamodule.setup("fit")
-
-
-def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch):
-    calls = []
-
-    def offline(**kwargs):
-        calls.append(kwargs)
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
-    datamodule = CIFAR100DataModule(root=str(tmp_path), download=True)
+def test_missing_files_without_download_say_where_and_how(tmp_path):
+    datamodule = CIFAR100DataModule(root=str(tmp_path), download=False)
     with pytest.raises(DistillError) as error:
-        datamodule.prepare_data()
-    message = str(error.value)
-    assert "download" in message and "failed" in message and "name resolution" in message
-    assert f"{tmp_path.absolute()}/cifar-100-python/{{train,test}}" in message and "\n" not in message
-    assert calls == [{"url": cifar.URL, "download_root": str(tmp_path.absolute()), "md5": cifar.MD5}]
+        datamodule.setup("fit")
+    assert str(error.value) == (
+        f"CIFAR-100 not found: expected {tmp_path.absolute()}/cifar-100-python/{{train,test}}; set data.download=true, "
+        f"or download {cifar.URL} and extract it into {tmp_path.absolute()}"
+    )
 
 
-def test_download_fills_the_root(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar, "download_and_extract_archive", lambda **kwargs: write_fake_cifar100(tmp_path))
-    datamodule = CIFAR100DataModule(root=str(tmp_path), download=True, num_workers=0)
+def test_downloads_by_default_and_offline_says_what_to_fill(tmp_path):
+    datamodule = CIFAR100DataModule(root=str(tmp_path / "data"))  # the tests run with DISTILL_OFFLINE=1
+    assert datamodule.download
+    with pytest.raises(DistillError) as error:
+        datamodule.setup("fit")
+    assert str(error.value) == (
+        f"CIFAR-100 ({tmp_path / 'data' / 'cifar-100-python'}): not found and downloads are off (DISTILL_OFFLINE=1): "
+        f"download {cifar.URL} and extract it into {tmp_path / 'data'}"
+    )
+    assert not (tmp_path / "data").exists()  # nothing written
+
+
+@pytest.fixture
+def served_cifar(tmp_path, monkeypatch):
+    """The official archive's layout, small, served on 127.0.0.1 as the CIFAR-100 address, its MD5 the published
+    one."""
+    monkeypatch.delenv("DISTILL_OFFLINE")
+    archive = cifar_archive(tmp_path / "made", n_train=40, n_test=20)
+    monkeypatch.setattr(cifar, "MD5", hashlib.md5(archive).hexdigest())
+    with FileServer() as server:
+        monkeypatch.setenv(cifar.URL_ENV, server.add("cifar-100-python.tar.gz", archive, cuts=1, cut_at=5000))
+        yield server
+
+
+def test_download_fills_the_root_once(served_cifar, tmp_path):
+    root = tmp_path / "data"
+    datamodule = CIFAR100DataModule(root=str(root), num_workers=0)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    assert len(datamodule.train_set) == 200
+    assert (len(datamodule.train_set), len(datamodule.val_set)) == (40, 20)
+    assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == ["cifar-100-python"]  # archive gone
+    assert [r for _, r in served_cifar.requests] == [None, "bytes=5000-"]  # cut once, resumed
+    CIFAR100DataModule(root=str(root)).prepare_data()
+    assert len(served_cifar.requests) == 2  # there: not downloaded again
+
+
+def test_an_archive_that_fails_its_md5_is_refused_and_nothing_is_kept(served_cifar, tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar, "MD5", "eb9058c3a382ffc7106e4002c42a8d85")  # the official archive's, not this one
+    root = tmp_path / "data"
+    with pytest.raises(DistillError) as error:
+        CIFAR100DataModule(root=str(root)).prepare_data()
+    found = hashlib.md5(served_cifar.files["cifar-100-python.tar.gz"].data).hexdigest()
+    assert str(error.value) == (
+        f"CIFAR-100 ({root / 'cifar-100-python'}): {served_cifar.url('cifar-100-python.tar.gz')} does not match its "
+        f"checksum: expected md5 eb9058c3a382ffc7106e4002c42a8d85, found {found}; nothing was kept"
+    )
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []  # only the (hidden) locks
+
+
+def test_two_processes_download_it_once(served_cifar, tmp_path):
+    served_cifar.files["cifar-100-python.tar.gz"].delay = 1.0  # the first is still downloading when the second asks
+    root = tmp_path / "data"
+    results = run_in_processes(prepare_cifar, [(str(root),), (str(root),)])
+    assert results == [40, 40]
+    assert served_cifar.count("cifar-100-python.tar.gz") == 2  # one download: cut once, resumed once
 
 
 def test_existing_files_are_not_downloaded_again(root, monkeypatch):
-    monkeypatch.setattr(cifar, "download_and_extract_archive", lambda **kwargs: pytest.fail("downloaded"))
+    monkeypatch.setattr(cifar, "fetch", lambda *a, **k: pytest.fail("downloaded"))
     CIFAR100DataModule(root=str(root), download=True).prepare_data()
 
 
