@@ -279,7 +279,7 @@ part headline headline.log 80 '/: wall |TIMED OUT|FAILED/{k=k" "$0} END{print k}
 # -- step breakdown: plain loop / bare LightningModule / distill eager, compiled, graphed (another script) ----------
 if [[ -f $ROOT/benchmarks/step_overhead.py ]]; then
     part step step.log 90 '/^distill/{k=k"; "$0} END{print substr(k, 3)}' "$ROOT" \
-        "$PY" "$ROOT/benchmarks/step_overhead.py" --device "$DEVICE"
+        "$PY" "$ROOT/benchmarks/step_overhead.py" --device "$DEVICE" --epochs 2
 else
     row step "not present (benchmarks/step_overhead.py)" 0 0 "" ""
 fi

@@ -269,7 +269,10 @@ def cifar_steps(args: argparse.Namespace) -> None:
         f"{time.perf_counter() - start:.0f} s)",
         flush=True,
     )
-    for name, mode in (("eager", None), ("compiled", "default"), ("compiled + CUDA graphs", "reduce-overhead")):
+    settings = [("eager", None), ("compiled + CUDA graphs", "reduce-overhead")]
+    if args.compile_default:
+        settings.insert(1, ("compiled", "default"))
+    for name, mode in settings:
         times = EpochWallTimes()
         start = time.perf_counter()
         fit(from_dict(cifar_recipe(root, name.split()[0], args.epochs, mode, device), "benchmark"), callbacks=[times])
@@ -289,6 +292,7 @@ def main() -> None:
         choices=("cpu", "cuda", "cifar-cpu"),
         help="cuda: the CIFAR step on the GPU; cifar-cpu: the same settings on the CPU (a dry run)",
     )
+    parser.add_argument("--compile-default", action="store_true", help="also torch.compile's default mode")
     parser.add_argument("--images", type=int, default=10_000, help="--device cuda: generated training images")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per setting and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the settings")
