@@ -94,3 +94,19 @@ def assert_same(expected, got, key: str) -> None:
         assert torch.equal(expected, got), key
     else:
         assert expected == got, key
+
+
+class WorseEveryEpoch(Callback):
+    """Makes the monitored validation accuracy fall every epoch (set before the checkpoint callbacks read it)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        trainer.callback_metrics["val/acc"] = torch.tensor(1.0 - 0.1 * trainer.current_epoch)
+
+
+def test_last_checkpoint_follows_every_epoch_when_the_best_stops_improving(recipe_file):
+    # what --resume continues from: a last.ckpt left at the best epoch would make a resume repeat epochs
+    run = fit(load_recipe(str(recipe_file), ["trainer.max_epochs=3", "run.name=worse"]), callbacks=[WorseEveryEpoch()])
+    best = torch.load(run.run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["epoch"] == 0
+    assert last["epoch"] == 2 and last["global_step"] == 3 * best["global_step"]

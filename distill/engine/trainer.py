@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from distill.config.schema import FSDPSettings, LoggerSettings
 from distill.engine.loggers import run_loggers
 from distill.engine.quiet import held_back_info
-from distill.engine.run_folder import BEST, RunFolder
+from distill.engine.run_folder import BEST, LAST, RunFolder
 from distill.errors import DistillError
 
 DEVICE_KEYS = ("accelerator", "devices", "num_nodes", "precision", "strategy")  # what evaluation takes of `trainer`
@@ -58,12 +58,21 @@ def make_trainer(
     """A Lightning Trainer with the recipe's arguments, writing checkpoints `last` and `best` to the run folder and
     metrics to the loggers of `logger` (the CSV log always)."""
     folder = RunFolder(run_dir)
-    checkpoint = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=folder.checkpoints,
         filename=Path(BEST).stem,
         monitor=monitor[0],
         mode=monitor[1],
-        save_last=True,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    # The last epoch's state, every epoch: what --resume continues from. (A best checkpoint's `save_last` writes it
+    # only in an epoch that also saved a best one, so a resume would repeat every epoch since the last best.)
+    last = ModelCheckpoint(
+        dirpath=folder.checkpoints,
+        filename=Path(LAST).stem,
+        monitor=None,
         save_top_k=1,
         auto_insert_metric_name=False,
         enable_version_counter=False,
@@ -72,7 +81,8 @@ def make_trainer(
 
     args = with_strategy(trainer_args, fsdp)
     safety = [KeepPrevious(folder), StopOnNonFiniteLoss()]
-    own = [checkpoint, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
+    # `best` first: it is `trainer.checkpoint_callback`, whose best_model_path the final test reads
+    own = [best, last, *safety, *progress_bar(args.get("enable_progress_bar", True)), *callbacks]
     with held_back_info() as device_info:
         trainer = build_trainer(
             **args,
