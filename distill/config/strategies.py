@@ -92,17 +92,13 @@ def strategy_problem(trainer: dict[str, Any]) -> str | None:
     if kind == "fsdp" and set(init) - set(SHARDED_OPTIONS):
         return f"is '{name}', whose FSDP options distill's sharded strategy does not take: use fsdp"
     if kind == "ddp" and init.get("start_method") == "fork":
-        import torch.multiprocessing as mp
-
-        if "fork" not in mp.get_all_start_methods():
-            return f"is '{name}', which forks this process, and this platform cannot fork: use ddp or ddp_spawn"
-        if uses_cuda(accelerator):
-            return f"is '{name}', which forks this process, and CUDA does not survive a fork: use ddp (or ddp_spawn)"
+        # seen here on the CPU: the forked rank hung in its first training steps (the notebook launcher's way)
+        return f"is '{name}', which forks the running process into ranks, and a forked rank hangs: use ddp or ddp_spawn"
     if kind == "deepspeed":
         if importlib.util.find_spec("deepspeed") is None:
             return f"is '{name}', which needs the deepspeed package (pip install 'distill[deepspeed]'); or use fsdp"
         if not uses_cuda(accelerator):
-            where = f"the accelerator is {accelerator}"
+            where = "this machine has no CUDA GPU" if accelerator == "auto" else f"the accelerator is {accelerator}"
             return f"is '{name}': DeepSpeed runs on CUDA GPUs only, and {where}; use ddp or fsdp"
         nvme = init.get("nvme_path", "/local_nvme")
         if init.get("remote_device") == "nvme" and not Path(nvme).is_dir():
