@@ -113,13 +113,12 @@ def test_two_ddp_processes_train_as_one_process_with_the_same_global_batch(tmp_p
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [
-        # Lightning's FSDP1 variant (distill's `fsdp` is FSDP2 and runs here: tests/test_fsdp.py)
-        ("fsdp_cpu_offload", "trainer: The strategy `fsdp` requires a GPU accelerator"),
+        ("ddp_notebook", "'trainer.strategy' is 'ddp_notebook', which forks the running process into ranks"),
         (
             "deepspeed",
-            "trainer: DeepSpeed runs on CUDA GPUs only, and the accelerator is cpu; use ddp or fsdp here"
-            if importlib.util.find_spec("deepspeed")  # installed by the dev extra; without it, Lightning's message
-            else "trainer: To use the `DeepSpeedStrategy`, you must have DeepSpeed installed",
+            "'trainer.strategy' is 'deepspeed': DeepSpeed runs on CUDA GPUs only, and the accelerator is cpu"
+            if importlib.util.find_spec("deepspeed")  # installed by the dev extra
+            else "'trainer.strategy' is 'deepspeed', which needs the deepspeed package",
         ),
     ],
 )

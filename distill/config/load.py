@@ -199,14 +199,21 @@ def teacher_data(data: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any
 
 
 def check_trainer(checker: Checker, given: dict[str, Any], path: str) -> dict[str, Any]:
-    """Trainer keys are checked against lightning.Trainer's own signature, then passed to it unchanged."""
+    """Trainer keys are checked against lightning.Trainer's own signature, then passed to it unchanged; the strategy
+    must be one that can run here (config.strategies)."""
     from lightning import Trainer
+
+    from distill.config.strategies import strategy_problem
 
     for key, why in RESERVED_TRAINER_KEYS.items():
         if key in given:
             raise checker.fail(f"{path}.{key}", f"cannot be set in a recipe: {why}")
     checker.arguments(Trainer, given, path)
-    return {**TRAINER_DEFAULTS, **given}
+    resolved = {**TRAINER_DEFAULTS, **given}
+    problem = None if checker.allow_missing else strategy_problem(resolved)  # `???` values are given later
+    if problem is not None:  # refused now, before a teacher is trained or data fetched for a run that cannot start
+        raise checker.fail(f"{path}.strategy", problem)
+    return resolved
 
 
 def check_frozen(checker: Checker, recipe: Recipe, spec: Any) -> None:

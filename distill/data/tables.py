@@ -111,11 +111,29 @@ def _load(source: str, split: str, revision: str | None) -> Any:
         return _hub(datasets, source[len(HUB_PREFIX) :], split, revision)
     path = Path(source).expanduser()
     if is_saved_dataset(path):
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (OSError, ValueError) as exc:  # its JSON or Arrow files unreadable or missing
+            raise DistillError(
+                f"data.source: '{source}' is not a readable save_to_disk folder ({_first_line(exc)})"
+            ) from None
         return _pick_split(loaded, source, split)
     files = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob("*.parquet"))
-    loaded = datasets.load_dataset("parquet", data_files=files, split="train")
-    return loaded
+    check_parquet(files)
+    return datasets.load_dataset("parquet", data_files=files, split="train")
+
+
+def check_parquet(files: Sequence[str]) -> None:
+    """Each file a parquet file (its footer is read): a text file named .parquet is one line, not pyarrow's
+    traceback from inside `datasets`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            pq.ParquetFile(file).close()
+        except (pa.ArrowException, OSError) as exc:
+            raise DistillError(f"data.source: {file} is not a parquet file ({_first_line(exc)})") from None
 
 
 def _pick_split(loaded: Any, source: str, split: str) -> Any:

@@ -11,12 +11,16 @@ tested here; Lightning's own `FSDPStrategy`, FSDP1, refuses CPUs). What it does:
   communication): `fsdp.frozen` picks, and `auto` replicates a model whose weights fit in a quarter of a device;
 - checkpoints are single files in the single-process layout: the student's full weights and its optimizer state,
   gathered on rank 0. A huge sharded teacher is never gathered to be saved. They load back into a one-process run,
-  and a sharded run resumes from them.
+  and a sharded run resumes from them;
+- `cpu_offload` (the strategy name `fsdp_cpu_offload`) keeps every sharded model's shards, their gradients and the
+  optimizer state in CPU memory; each block is gathered onto the device for its forward and backward pass.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,14 +64,17 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [c for c in children if any(True for _ in c.children()) and any(True for _ in c.parameters())]
 
 
-def shard(model: nn.Module, mesh: Any, precision: str = "32-true") -> None:
+def shard(model: nn.Module, mesh: Any, precision: str = "32-true", cpu_offload: bool = False) -> None:
     """Shard `model`'s blocks, then the model. Under bf16-mixed the weights are gathered in bf16 (half the traffic;
-    autocast computes in bf16 anyway) and gradients reduced in fp32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    autocast computes in bf16 anyway) and gradients reduced in fp32. `cpu_offload` keeps the shards in CPU memory
+    (pinned when they are copied to a GPU)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     bf16 = precision == "bf16-mixed"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
-    options = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+    options: dict[str, Any] = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
+    if cpu_offload:
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=mesh.device_type == "cuda")
     for unit in shard_units(model):
         fully_shard(unit, **options)
     fully_shard(model, **options)
@@ -85,19 +92,41 @@ def full_copy(value: Any) -> Any:
 
 
 def like(value: Any, target: torch.Tensor) -> Any:
-    """`value`, a whole tensor, laid out as `target` is: this rank's shard when `target` is sharded."""
+    """`value`, a whole tensor, laid out as `target` is: this rank's shard when `target` is sharded, in the memory
+    its shard lives in (the CPU's under cpu_offload, though the mesh is the GPUs')."""
     if isinstance(target, DTensor) and isinstance(value, torch.Tensor) and value.shape == target.shape:
-        return distribute_tensor(value.to(target.device, target.dtype), target.device_mesh, target.placements)
+        laid_out = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh, target.placements)
+        return laid_out if laid_out.device == target.device else laid_out.to(target.device)
     return value
+
+
+@contextmanager
+def detached(root: nn.Module, kept: list[nn.Module]) -> Iterator[None]:
+    """`root` without the modules `kept` (taken out of their parents, put back after)."""
+    slots = [
+        (parent, name, child)
+        for parent in root.modules()
+        for name, child in parent._modules.items()
+        if any(child is k for k in kept)
+    ]
+    for parent, name, _ in slots:
+        parent._modules[name] = None
+    try:
+        yield
+    finally:
+        for parent, name, child in slots:
+            parent._modules[name] = child
 
 
 class ShardedDistillation(ModelParallelStrategy):
     """FSDP2 over all processes for a distill task (see the module's docstring)."""
 
-    def __init__(self, frozen: FrozenPlacement = "auto", **kwargs: Any) -> None:
+    def __init__(self, frozen: FrozenPlacement = "auto", cpu_offload: bool = False, **kwargs: Any) -> None:
         super().__init__(save_distributed_checkpoint=False, **kwargs)
         self.frozen = frozen
+        self.cpu_offload = cpu_offload
         self.placements: dict[str, str] = {}  # frozen model name -> "shard" | "replicate", once the task is sharded
+        self.offloaded: list[nn.Module] = []  # the models whose shards stay in CPU memory (cpu_offload)
 
     def setup_environment(self) -> None:
         # Every process is one data-parallel rank (no tensor parallelism).
@@ -111,20 +140,29 @@ class ShardedDistillation(ModelParallelStrategy):
         if is_sharded(task.student):
             return
         mesh, precision = self.device_mesh["data_parallel"], str(self.precision_plugin.precision)
-        for module in task.trainable_modules().values():  # the student, and loss terms with weights of their own
-            shard(module, mesh, precision)
+        sharded = list(task.trainable_modules().values())  # the student, and loss terms with weights of their own
         device_bytes = device_memory_bytes(self.root_device, self.num_processes)
         for name, model in task.frozen_models().items():
             self.placements[name] = resolve_placement(self.frozen, model, device_bytes)
             if self.placements[name] == "shard":
-                shard(model, mesh, precision)
+                sharded.append(model)
+        for module in sharded:
+            shard(module, mesh, precision, self.cpu_offload)
+        self.offloaded = sharded if self.cpu_offload else []
         if self.global_rank == 0:
             done = {"shard": "sharded", "replicate": "replicated"}
             laid_out = [
                 f"{name} {done[how]} ({weight_bytes(getattr(task, name)) / 2**20:.1f} MiB)"
                 for name, how in self.placements.items()
             ]
-            print(f"fsdp: {self.world_size} ranks; student sharded; {', '.join(laid_out) or 'no frozen model'}")
+            offload = " (shards in CPU memory)" if self.cpu_offload else ""
+            frozen = ", ".join(laid_out) or "no frozen model"
+            print(f"fsdp: {self.world_size} ranks; student sharded{offload}; {frozen}")
+
+    def model_to_device(self) -> None:
+        # under cpu_offload the shards stay where FSDP put them (CPU memory); the rest of the task goes to the device
+        with detached(self.model, self.offloaded):
+            super().model_to_device()
 
     # -- checkpoints: the student whole, in the single-process layout -------------------------------------------
     def trainable_state(self) -> dict[str, Any]:

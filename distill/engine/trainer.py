@@ -12,6 +12,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from distill.config.schema import FSDPSettings, LoggerSettings
+from distill.config.strategies import sharded_options
 from distill.engine.loggers import run_loggers
 from distill.engine.quiet import held_back_info
 from distill.engine.run_folder import BEST, LAST, RunFolder
@@ -39,12 +40,15 @@ def progress_bar(enabled: bool) -> list[Callback]:
 
 
 def with_strategy(trainer_args: dict[str, Any], fsdp: FSDPSettings | None = None) -> dict[str, Any]:
-    """The recipe's trainer arguments, with `strategy: fsdp` made distill's sharded strategy (engine.fsdp)."""
-    if trainer_args.get("strategy") != "fsdp":
+    """The recipe's trainer arguments, with every name of the FSDP family (`fsdp`, `fsdp_cpu_offload`) made distill's
+    sharded strategy (engine.fsdp) with that name's options: Lightning's own FSDP would wrap the frozen teacher with
+    the student and expect its weights in the checkpoints distill writes without them."""
+    options = sharded_options(trainer_args.get("strategy"))
+    if options is None:
         return dict(trainer_args)
     from distill.engine.fsdp import ShardedDistillation
 
-    return {**trainer_args, "strategy": ShardedDistillation(frozen=(fsdp or FSDPSettings()).frozen)}
+    return {**trainer_args, "strategy": ShardedDistillation(frozen=(fsdp or FSDPSettings()).frozen, **options)}
 
 
 def make_trainer(

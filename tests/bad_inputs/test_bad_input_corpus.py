@@ -72,6 +72,21 @@ def txt(folder: Path, name: str) -> str:
     return str(path)
 
 
+def junk(folder: Path, name: str) -> str:
+    """A text file under a name that promises another format."""
+    path = folder / name
+    path.write_text("question,answer\nnot,parquet\n")
+    return str(path)
+
+
+def broken_saved_dataset(folder: Path) -> str:
+    """A folder that looks written by save_to_disk (its dataset_info.json) and holds nothing readable."""
+    path = folder / "saved_bad"
+    path.mkdir(exist_ok=True)
+    (path / "dataset_info.json").write_text("{not json")
+    return str(path)
+
+
 def parquet(folder: Path, name: str, **columns: list) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -97,7 +112,12 @@ CASES = [
     ("unknown task", lambda f: ["--recipe", B, "task=foo"], "'task' must be a registered task, got 'foo'"),
     ("unknown optimizer", lambda f: ["--recipe", B, "optimizer.name=adam"], "did you mean 'adamw'"),
     ("unknown scheduler", lambda f: ["--recipe", B, "scheduler.name=linear"], "'scheduler.name' must be one of"),
-    ("unknown strategy", lambda f: ["--recipe", B, "trainer.strategy=warp"], "invalid strategy name"),
+    ("unknown strategy", lambda f: ["--recipe", B, "trainer.strategy=warp"], "'warp', which is no strategy (names:"),
+    (
+        "a misspelt strategy",
+        lambda f: ["--recipe", B, "trainer.strategy=ddp_spwan"],
+        "'trainer.strategy' is 'ddp_spwan', which is no strategy (did you mean 'ddp_spawn'?)",
+    ),
     ("negative epochs", lambda f: ["--recipe", B, "trainer.max_epochs=-5"], "`max_epochs` must be"),
     ("reserved trainer key", lambda f: ["--recipe", B, "trainer.callbacks=[]"], "cannot be set in a recipe"),
     ("override not key=value", lambda f: ["--recipe", B, "seed"], "override 'seed' is not of the form key=value"),
@@ -233,14 +253,21 @@ CASES = [
         "trust_remote_code runs Python code from the model's repository; pass --allow-remote-code",
     ),
     (
-        "strategy that needs a GPU",  # Lightning's FSDP1 (distill's own `fsdp` runs on CPU)
-        lambda f: ["--recipe", B, "trainer.strategy=fsdp_cpu_offload", "trainer.devices=2"],
-        "requires a GPU accelerator",
+        "a strategy that forks the process",  # the notebook launcher: a forked rank hangs under the command line
+        lambda f: ["--recipe", B, "trainer.strategy=ddp_fork", "trainer.devices=2"],
+        "'trainer.strategy' is 'ddp_fork', which forks the running process into ranks, and a forked rank hangs: use",
     ),
     (
         "deepspeed without a GPU",
         lambda f: ["--recipe", B, "trainer.strategy=deepspeed_stage_2"],
-        "on CUDA GPUs only" if importlib.util.find_spec("deepspeed") else "must have DeepSpeed installed",
+        "on CUDA GPUs only, and the accelerator is cpu; use ddp or fsdp"
+        if importlib.util.find_spec("deepspeed")
+        else "needs the deepspeed package (pip install 'distill[deepspeed]'); or use fsdp",
+    ),
+    (
+        "an XLA strategy without torch_xla",
+        lambda f: ["--recipe", B, "trainer.strategy=xla"],
+        "'trainer.strategy' is 'xla', which needs torch_xla and a TPU (not installed here): use auto, ddp or fsdp",
     ),
     ("unknown fsdp placement", lambda f: ["--recipe", B, "fsdp.frozen=half"], "'fsdp.frozen' must be one of"),
     (
@@ -304,6 +331,16 @@ CASES = [
         "a dataset without the columns read",
         lambda f: ["--recipe", "llm_kd_tiny", f"data.source={parquet(f, 'questions.parquet', question=['a', 'b'])}"],
         "no column messages or prompt+response or text; it has ['question'] (map names with data.columns",
+    ),
+    (
+        "a .parquet file that is not parquet",
+        lambda f: ["--recipe", "llm_kd_tiny", f"data.source={junk(f, 'notes.parquet')}"],
+        "notes.parquet is not a parquet file (Parquet magic bytes not found in footer.",
+    ),
+    (
+        "a save_to_disk folder that is not one",
+        lambda f: ["--recipe", "dpo_tiny", f"data.source={broken_saved_dataset(f)}"],
+        "saved_bad' is not a readable save_to_disk folder (",
     ),
     (
         "a column map beside a plain text file",

@@ -121,7 +121,7 @@ BAD_RECIPES = [
     ("trainer.callbacks", [], "'trainer.callbacks' cannot be set in a recipe"),
     ("teacher.checkpoint", "/nonexistent/teacher.pth", "file not found: /nonexistent/teacher.pth"),
     ("data.name", "cifar10", "unknown dataset 'cifar10'"),
-    ("trainer.strategy", "dddp", "trainer: You selected an invalid strategy name"),
+    ("trainer.strategy", "dddp", "'trainer.strategy' is 'dddp', which is no strategy (did you mean 'ddp'?)"),
     ("run.root", "/proc/no_such_dir", "run.root: cannot create run folder /proc/no_such_dir/tiny"),
 ]
 
