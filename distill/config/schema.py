@@ -117,6 +117,11 @@ class TeacherSettings:
 
 @dataclass
 class SpeedSettings:
+    fast_path: Literal["auto", "on", "off"] = setting(
+        "off",
+        "the training set kept on the accelerator with augmentation in whole batches there (data that supports it: "
+        "cifar100) and channels_last models; auto: on when the run trains on a CUDA GPU",
+    )
     channels_last: bool = setting(False, "student and teacher (and on-device batches) in channels_last memory format")
     compile_student: bool = setting(False, "torch.compile the student (in place: checkpoint keys unchanged)")
     compile_teacher: bool = setting(False, "torch.compile the frozen teacher")

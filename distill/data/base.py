@@ -141,6 +141,7 @@ class ClassificationDataModule(SeededLoaders, L.LightningDataModule):
     image_size: int
     class_names: list[str] | None = None  # subclasses with readable names set them (zero-shot prompts)
     on_device = False  # only the CIFAR-100 module keeps its set on the accelerator
+    can_hold_on_device = False  # whether `on_device` may be turned on (speed.fast_path)
     channels_last = False
 
     def __init__(

@@ -133,6 +133,8 @@ class CIFAR100DataModule(ClassificationDataModule):
         channels_last: on_device: give the batches in channels_last memory format.
     """
 
+    can_hold_on_device = True
+
     def __init__(
         self,
         *,

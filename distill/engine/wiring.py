@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from distill.config.load import LoadedRecipe
-from distill.config.schema import SpeedSettings
+from distill.config.schema import Recipe
 from distill.data import create_datamodule
 from distill.data.interface import ClassData, DataSource
 from distill.engine.compile import compile_in_place, uses_cuda_graphs
@@ -32,7 +32,10 @@ def prepare_data(loaded: LoadedRecipe) -> DataSource:
     """The recipe's datamodule, set up: missing or broken data surfaces here, before anything is written."""
     data = create_data(loaded.recipe.data)
     data.seed = loaded.recipe.seed
-    if loaded.recipe.speed.channels_last and isinstance(data, ClassData):
+    if fast_path(loaded.recipe) and getattr(data, "can_hold_on_device", False):
+        data.on_device = True  # the whole training set on the accelerator, augmented in batches there
+        data.num_workers = 0  # batches are lists of indices: nothing for worker processes to load
+    if channels_last(loaded.recipe) and isinstance(data, ClassData):
         data.channels_last = True  # on-device batches in the layout the models will have
     data.prepare_data()
     data.setup("fit")
@@ -77,7 +80,7 @@ def build_task(
     )
     L.seed_everything(recipe.seed, workers=True, verbose=False)  # the student's init does not depend on the rest
     module = spec.build(context)
-    apply_speed_settings(module, recipe.speed)
+    apply_speed_settings(module, recipe)
     return module
 
 
@@ -97,10 +100,24 @@ def spec_of(loaded: LoadedRecipe) -> TaskSpec:
     return task_spec(loaded.recipe.task)
 
 
-def apply_speed_settings(module: L.LightningModule, speed: SpeedSettings) -> None:
+def fast_path(recipe: Recipe) -> bool:
+    """Whether `speed.fast_path` is on for this run: `on`, or `auto` and the run trains on a CUDA GPU."""
+    setting = recipe.speed.fast_path
+    if setting != "auto":
+        return setting == "on"
+    accelerator = str(recipe.trainer.get("accelerator", "auto")).lower()
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def channels_last(recipe: Recipe) -> bool:
+    return recipe.speed.channels_last or fast_path(recipe)
+
+
+def apply_speed_settings(module: L.LightningModule, recipe: Recipe) -> None:
     """channels_last and torch.compile as the recipe's `speed` section asks (in place: state-dict keys unchanged)."""
+    speed = recipe.speed
     models = {name: getattr(module, name, None) for name in ("student", "teacher")}
-    if speed.channels_last:
+    if channels_last(recipe):
         for model in models.values():
             if model is not None:
                 model.to(memory_format=torch.channels_last)
