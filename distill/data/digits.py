@@ -109,7 +109,7 @@ class DigitsDataModule(ClassificationDataModule):
         # Statistics of the images actually trained on (a single scalar each: the images are grey). All images are
         # normalized once here rather than per sample: the per-sample transform was most of a CPU step's time.
         mean, std = train_images.mean().item(), train_images.std().item()
-        normalized = (torch.as_tensor(images).clone() - mean) / std
+        normalized = (torch.from_numpy(images.copy()) - mean) / std  # a copy: the array is read-only
         eval_transform = None
         # The shifted-in border is background: 0 before normalizing.
         train_transform = v2.RandomCrop(8, padding=1, fill=(0.0 - mean) / std) if self.augment else None
