@@ -16,6 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from distill.engine.run_folder import RunFolder
 from distill.errors import DistillError
 from distill.models.weights import atomic_save, read_checkpoint
+from distill.tasks.step_log import is_logging_step
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -91,7 +92,7 @@ class StopOnNonFiniteLoss(Callback):
         if self.first_bad is None:
             self.first_bad = torch.full((), -1, device=loss.device)
         self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
-        if trainer._logger_connector.should_update_logs:
+        if is_logging_step(trainer):  # the steps at which the task reads its logged values anyway
             self.check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
