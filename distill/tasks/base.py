@@ -18,7 +18,7 @@ from distill.tasks.context import OptimizerFactory, SchedulerFactory
 from distill.tasks.feature_terms import Captured, FeatureTerm, feature_readers
 from distill.tasks.frozen import drop_frozen_keys, freeze
 from distill.tasks.loss_terms import LossTerms, call_term, consumes
-from distill.tasks.step_log import StepMeans, is_logging_step
+from distill.tasks.step_log import StepMeans, is_logging_step, write_to_loggers
 
 EVAL_STAGES = ("val", "test")
 
@@ -79,8 +79,9 @@ class DistillationTask(L.LightningModule):
         self.sources = dict(sources or {})
         self.recipe = recipe
         self.data_record = data_record
-        self.step_means = StepMeans()  # the training step's logged scalars, summed on the device between logs
+        self.step_means = StepMeans()  # the training step's logged scalars, kept on the device between logs
         self.progress_values: dict[str, float] = {}  # the latest logged means the progress bar shows
+        self.marks_graph_steps = False  # set when the models run as CUDA graphs (distill.engine.wiring)
 
     def add_frozen(self, name: str, model: nn.Module | None) -> None:
         """Hold `model` as the frozen model `name` (None: the role is empty)."""
@@ -114,7 +115,7 @@ class DistillationTask(L.LightningModule):
             shard_task(self)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if getattr(self, "marks_graph_steps", False):  # compiled with CUDA graphs (distill.engine.compile)
+        if self.marks_graph_steps:  # compiled with CUDA graphs (distill.engine.compile)
             torch.compiler.cudagraph_mark_step_begin()
 
     def on_fit_start(self) -> None:
@@ -153,15 +154,20 @@ class DistillationTask(L.LightningModule):
 
     # -- training logs ----------------------------------------------------------------------------------------------
     def log_training(self, values: dict[str, torch.Tensor], shown: tuple[str, ...] = ("loss",)) -> None:
-        """Log the training step's scalars `values` as `train/<name>`: summed on the device every step, their means
-        since the last log handed to Lightning at its logging steps and the epoch's last batch (distill.tasks.step_log);
-        the names in `shown` also go to the progress bar."""
+        """Log the training step's scalars `values` as `train/<name>`: kept on the device every step, their means
+        since the last log written to the loggers at Lightning's logging steps and the epoch's last batch, where they
+        also become `trainer.callback_metrics` (distill.tasks.step_log); the names in `shown` also go to the progress
+        bar."""
         self.step_means.add(values)
-        if self._trainer is None or not is_logging_step(self.trainer):
+        trainer = self._trainer
+        if trainer is None or not is_logging_step(trainer):
             return
         means = self.step_means.take()
-        for name, value in means.items():
-            self.log(f"train/{name}", value)
+        logged = {f"train/{name}": value for name, value in means.items()}
+        write_to_loggers(trainer, logged)
+        if trainer.is_last_batch:  # what monitors read: a few calls an epoch
+            for name, value in logged.items():
+                self.log(name, value, logger=False)
         self.progress_values = {f"train/{name}": means[name] for name in shown if name in means}
 
     # -- optimization -----------------------------------------------------------------------------------------------
@@ -264,6 +270,8 @@ class WeightedTermsTask(DistillationTask):
     ) -> dict[str, torch.Tensor]:
         """Each term's unweighted value, called with the inputs of its declared kind: logit terms with the logits,
         feature terms with their layers' `features` (the student's and the teacher's, read during this step)."""
+        if not self.has_feature_terms:  # logit terms only, in their order
+            return {name: call_term(term, student_logits, teacher_logits, inputs) for name, term in self.terms.items()}
         values = {
             name: call_term(term, student_logits, teacher_logits, inputs) for name, term in self.logit_terms().items()
         }
@@ -296,8 +304,12 @@ class WeightedTermsTask(DistillationTask):
 
     def weighted_sum(self, parts: dict[str, torch.Tensor]) -> torch.Tensor | float:
         """`sum_i weight_i * part_i` over `parts` (CE weighs `ce_weight`)."""
-        weights = {"ce": self.ce_weight, **self.weights}
-        return sum(weights[name] * value for name, value in parts.items())
+        total = None
+        for name, value in parts.items():  # not sum(): its start, 0, would add one more operation to every step
+            weight = self.ce_weight if name == "ce" else self.weights[name]
+            weighted = value if weight == 1 else weight * value
+            total = weighted if total is None else total + weighted
+        return 0.0 if total is None else total
 
     def log_parts(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         self.log_training({"loss": loss, **parts})

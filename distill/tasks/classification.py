@@ -71,9 +71,9 @@ class ClassificationTask(WeightedTermsTask):
         # validation epoch, which also logs the teacher's accuracy once; reused for agreement afterwards.
         self._teacher_val_preds: dict[int, torch.Tensor] = {}
 
-    @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.teacher(x)
+        with torch.no_grad():  # not the decorator: it builds a new context object at every call
+            return self.teacher(x)
 
     def training_teacher_logits(self, x: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
         """The teacher's logits for a training batch: from the cache when it holds them all, else computed (and
@@ -86,6 +86,10 @@ class ClassificationTask(WeightedTermsTask):
         logits = self.teacher_logits(x)
         self.teacher_cache.write(self.current_epoch, indices, logits)
         return logits
+
+    def on_train_start(self) -> None:
+        # a model run as CUDA graphs overwrites its outputs at its next replay: its logits cannot be kept for later
+        self.train_hits.keep_logits = not self.marks_graph_steps
 
     def on_train_epoch_end(self) -> None:
         if self.teacher_cache is not None:
@@ -109,7 +113,8 @@ class ClassificationTask(WeightedTermsTask):
         (the step's layers of the student and the teacher) the feature terms."""
         parts = {}
         if self.ce_weight:
-            parts["ce"] = F.cross_entropy(student_logits.float(), target, label_smoothing=self.label_smoothing)
+            logits = student_logits if student_logits.dtype == torch.float32 else student_logits.float()
+            parts["ce"] = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         inputs = {"target": target, "epoch": epoch, "indices": indices}
         return {**parts, **self.term_values(student_logits, teacher_logits, inputs, features)}
 
@@ -122,22 +127,36 @@ class ClassificationTask(WeightedTermsTask):
         return data
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        x, y = batch[:2]  # (B, C, H, W), (B,); on-device data adds the sample indices
+        # The host's part of this step is what a small model's step on a GPU waits for: it is kept to plain reads
+        # of this module's own attributes (benchmarks/step_overhead.py counts its Python lines per step).
+        x, y = batch[0], batch[1]  # (B, C, H, W), (B,); on-device data adds the sample indices
         indices = batch[2] if len(batch) > 2 else None
-        # The teacher first: run while the student's activations are alive, it made the CPU step ~10% slower
-        # (benchmarks/training_step_overhead.py). Feature terms read both models' layers as they run.
-        with self.teacher_layers.read() as teacher_features:
-            teacher_logits = self.training_teacher_logits(x, indices) if len(self.terms) else None
-        with self.student_layers.read() as student_features:
-            student_logits = self.student(x)  # (B, K)
-        features = (student_features, teacher_features) if self.has_feature_terms else None
-        parts = self.loss_parts(student_logits, teacher_logits, y, self.current_epoch + 1, indices, features)
+        trainer = self._trainer
+        epoch = trainer.current_epoch + 1 if trainer is not None else 1
+        if self.has_feature_terms:
+            student_logits, teacher_logits, features = self.forward_reading_layers(x, indices)
+        else:
+            # The teacher first: run while the student's activations are alive, it made the CPU step ~10% slower
+            # (benchmarks/training_step_overhead.py).
+            teacher_logits = self.training_teacher_logits(x, indices) if self.weights else None
+            student_logits, features = self.student(x), None  # (B, K)
+        parts = self.loss_parts(student_logits, teacher_logits, y, epoch, indices, features)
         loss = self.total_loss(parts)
         self.log_parts(loss, parts)
         self.train_hits.add(student_logits, y)
-        if self._trainer is not None and self.trainer.is_last_batch:
+        if trainer is not None and trainer.is_last_batch:
             self.log("train/acc", self.train_hits.take(), on_step=False, on_epoch=True, sync_dist=True)
         return loss
+
+    def forward_reading_layers(
+        self, x: torch.Tensor, indices: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[Captured, Captured]]:
+        """Both models' logits on `x`, with the layers the feature terms read captured as they run."""
+        with self.teacher_layers.read() as teacher_features:
+            teacher_logits = self.training_teacher_logits(x, indices) if self.weights else None
+        with self.student_layers.read() as student_features:
+            student_logits = self.student(x)  # (B, K)
+        return student_logits, teacher_logits, (student_features, teacher_features)
 
     def evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:
         x, y = batch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -84,8 +84,13 @@ class LayerReader:
         self.names = list(dict.fromkeys(names))  # each layer once, however many terms read it
         self.taps: list[Tap] = [resolve_tap(model, name, what) for name in self.names] if model is not None else []
 
+    def read(self) -> AbstractContextManager[Captured]:
+        if not self.taps:  # nothing to read: no hooks to set, a cost every step
+            return nullcontext(NOTHING_READ)
+        return self._capture()
+
     @contextmanager
-    def read(self) -> Iterator[Captured]:
+    def _capture(self) -> Iterator[Captured]:
         with captured(self.taps) as found:
             yield Captured(self.names, found)
 
@@ -107,6 +112,9 @@ class Captured:
         """Per-sample shapes (without the batch dimension) of the selected features; per token (the last
         dimension) for hidden states, whose length varies."""
         return [tuple(feature.shape[-1:] if per_token else feature.shape[1:]) for feature in self.select(names)]
+
+
+NOTHING_READ = Captured([], [])
 
 
 def feature_readers(

@@ -123,4 +123,6 @@ def call_term(term: nn.Module, student: object, teacher: object, inputs: dict[st
     """`term(student, teacher, <its kind's inputs>, <its extra inputs>)` from the named `inputs` a task offers."""
     declared = term.consumes
     positional = [inputs[name] for name in KIND_INPUTS[declared.kind]]
+    if not declared.extra:  # most terms: no keyword inputs to gather (a cost every step)
+        return term(student, teacher, *positional)
     return term(student, teacher, *positional, **{name: inputs[name] for name in declared.extra})
