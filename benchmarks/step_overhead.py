@@ -2,11 +2,14 @@
 (Lightning's own floor), distill's task under that same bare Trainer, and `distill fit`'s whole pipeline, side by
 side in one process.
 
-The models are so small that compute hardly counts (the quickstart's 2k-parameter student under its 28k-parameter
-teacher, the 8x8 digits, batch 16, 0.1 CE + 0.9 KD at T 4, AdamW, augmentation off, no loader workers), so what is
-measured is what each layer adds per step on the host: on a GPU that is the time a launch-bound step cannot hide.
+The models are so small that compute hardly counts (by default an MLP student of 64-16-10 under a 64-64-10 MLP
+teacher; `--models convnet` takes the quickstart's 2k-parameter CNN student under its 28k-parameter teacher), on
+the 8x8 digits, batch 16, 0.1 CE + 0.9 KD at T 4, AdamW, augmentation off, no loader workers; so what is measured
+is what each layer adds per step on the host: on a GPU that is the time a launch-bound step cannot hide.
 A step's time is the gap between consecutive batch starts inside an epoch (the gaps across an epoch's end, which
-hold validation and checkpoints, are left out), median over all epochs and rounds; rounds alternate the settings.
+hold validation and checkpoints, are left out). Two figures per setting: the median step over all epochs and rounds,
+and the mean step of an epoch (median over epochs), which also carries what is paid only every few steps (a log
+every `log_every_n_steps`). Rounds alternate the settings.
 The clock is this thread's CPU time (torch runs on one thread here): other processes on the machine slow the wall
 clock of every setting by 10-20 % from run to run, and hardly this one. Each row is printed the moment it is
 measured.
@@ -33,6 +36,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from distill.config import from_dict, load_recipe
@@ -44,16 +48,30 @@ from distill.models import create_model
 from distill.tasks.classification import ClassificationTask
 from losses import KDLoss
 
-STUDENT = {"widths": [8, 16], "hidden": 32}  # quickstart_digits.yaml's student and teacher
-TEACHER = {"widths": [32, 64], "hidden": 128}
+# (teacher, student) as a recipe names them. mlp: so small that compute hardly counts and the host's part shows
+# with little noise (a step of about 0.5 ms here); convnet: quickstart_digits.yaml's own (about 3.3 ms, mostly
+# convolutions, the noise of which is larger than what is measured)
+MODEL_SETS = {
+    "mlp": ({"name": "mlp", "hidden": [64]}, {"name": "mlp", "hidden": [16]}),
+    "convnet": (
+        {"name": "convnet", "widths": [32, 64], "hidden": 128},
+        {"name": "convnet", "widths": [8, 16], "hidden": 32},
+    ),
+}
+MODELS = MODEL_SETS["mlp"]  # set from --models
 CLOCK = time.thread_time  # see the module's docstring
 WARMUP = 3  # steps of each epoch left out (first-call allocations, the loader's start)
 
 
+def build(spec: dict) -> torch.nn.Module:
+    name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    return create_model(name, num_classes=10, **({"in_chans": 1} if name == "convnet" else {}), **kwargs)
+
+
 def models() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    teacher = create_model("convnet", num_classes=10, in_chans=1, **TEACHER).eval().requires_grad_(False)
-    return teacher, create_model("convnet", num_classes=10, in_chans=1, **STUDENT)
+    teacher_spec, student_spec = MODELS
+    return build(teacher_spec).eval().requires_grad_(False), build(student_spec)
 
 
 def adamw(params) -> torch.optim.Optimizer:
@@ -67,13 +85,22 @@ def digits_loader(batch: int) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
 
 
-def epoch_gaps(starts: list[list[float]]) -> list[float]:
-    """Step times: gaps between consecutive batch starts within each epoch, its first WARMUP steps left out."""
-    return [b - a for epoch in starts for a, b in zip(epoch[WARMUP:-1], epoch[WARMUP + 1 :], strict=True)]
+def epoch_gaps(starts: list[list[float]]) -> list[list[float]]:
+    """Step times, one list per epoch: gaps between consecutive batch starts, each epoch's first WARMUP steps left
+    out."""
+    return [[b - a for a, b in zip(epoch[WARMUP:-1], epoch[WARMUP + 1 :], strict=True)] for epoch in starts]
+
+
+def summary(epochs: list[list[float]]) -> tuple[float, float]:
+    """`(median step, median over epochs of the mean step)` in microseconds. The median step leaves out what a step
+    pays only now and then (a log every `log_every_n_steps`); the mean step carries it, spread over the steps."""
+    steps = [gap for epoch in epochs for gap in epoch]
+    return statistics.median(steps) * 1e6, statistics.median(statistics.fmean(epoch) for epoch in epochs) * 1e6
 
 
 class BatchStarts(Callback):
-    """The start time of every training batch, one list per epoch."""
+    """The start time of every training batch, one list per epoch, closed by the end of the epoch's last batch
+    (before validation and checkpoints: not a step's work)."""
 
     def __init__(self) -> None:
         self.starts: list[list[float]] = []
@@ -84,11 +111,12 @@ class BatchStarts(Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         self.starts[-1].append(CLOCK())
 
-    def on_train_epoch_end(self, trainer, module) -> None:
-        self.starts[-1].append(CLOCK())
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.is_last_batch:
+            self.starts[-1].append(CLOCK())
 
 
-def plain_loop(loader: DataLoader, epochs: int) -> list[float]:
+def plain_loop(loader: DataLoader, epochs: int) -> list[list[float]]:
     teacher, student = models()
     student.train()
     optimizer = adamw(student.parameters())
@@ -109,6 +137,15 @@ def plain_loop(loader: DataLoader, epochs: int) -> list[float]:
     return epoch_gaps(starts)
 
 
+def bare_step(teacher: torch.nn.Module, student: torch.nn.Module, kd: KDLoss, batch) -> torch.Tensor:
+    """The plain loop's loss, as a training step returns it."""
+    images, labels = batch
+    with torch.no_grad():
+        teacher_logits = teacher(images)
+    logits = student(images)
+    return 0.1 * F.cross_entropy(logits, labels) + 0.9 * kd(logits, teacher_logits)
+
+
 class BareModule(L.LightningModule):
     """The plain loop's step as a LightningModule: no logging, no metrics."""
 
@@ -118,11 +155,7 @@ class BareModule(L.LightningModule):
         self.kd = KDLoss(temperature=4.0)
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        logits = self.student(images)
-        return 0.1 * F.cross_entropy(logits, labels) + 0.9 * self.kd(logits, teacher_logits)
+        return bare_step(self.teacher, self.student, self.kd, batch)
 
     def configure_optimizers(self):
         return adamw(self.student.parameters())
@@ -134,14 +167,43 @@ def distill_task() -> ClassificationTask:
     return ClassificationTask(student, teacher, num_classes=10, terms=terms, ce_weight=0.1, optimizer=adamw)
 
 
-def under_bare_trainer(make: Callable[[], L.LightningModule], loader: DataLoader, epochs: int) -> list[float]:
-    """Step times of `make()` trained on `loader` by a Trainer with logging, checkpoints and bars off."""
+class AlternatingEpochs(ClassificationTask):
+    """distill's task, whose odd epochs train by the bare module's step instead of its own: the two steps measured
+    side by side in one process and one Trainer, an epoch apart, so that the machine's drift between settings (often
+    larger than what is measured) falls on both alike. What the task adds around its step (its hooks) is in both."""
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch % 2:
+            return bare_step(self.teacher, self.student, self.terms["kd"], batch)
+        return super().training_step(batch, batch_idx)
+
+
+def alternating_task() -> AlternatingEpochs:
+    teacher, student = models()
+    terms = {"kd": (0.9, KDLoss(temperature=4.0))}
+    return AlternatingEpochs(student, teacher, num_classes=10, terms=terms, ce_weight=0.1, optimizer=adamw)
+
+
+def paired_differences(epochs: list[list[float]]) -> tuple[float, float]:
+    """`(median, mean)` over pairs of epochs (distill's, then the bare step's) of the difference of their median
+    steps and of their mean steps, in microseconds."""
+    pairs = list(zip(epochs[0::2], epochs[1::2], strict=False))
+    medians = [statistics.median(ours) - statistics.median(bare) for ours, bare in pairs]
+    means = [statistics.fmean(ours) - statistics.fmean(bare) for ours, bare in pairs]
+    return statistics.median(medians) * 1e6, statistics.median(means) * 1e6
+
+
+def under_bare_trainer(
+    make: Callable[[], L.LightningModule], loader: DataLoader, epochs: int, logs: Path
+) -> list[list[float]]:
+    """Step times of `make()` trained on `loader` by a Trainer with checkpoints and bars off and a CSV log in `logs`
+    (what the task writes at its logging steps is counted; the bare module writes nothing)."""
     starts = BatchStarts()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
-        logger=False,
+        logger=CSVLogger(logs, name="", version=""),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -151,7 +213,7 @@ def under_bare_trainer(make: Callable[[], L.LightningModule], loader: DataLoader
     return epoch_gaps(starts.starts)
 
 
-def whole_pipeline(root: Path, batch: int, epochs: int, round_: int) -> list[float]:
+def whole_pipeline(root: Path, batch: int, epochs: int, round_: int) -> list[list[float]]:
     """`distill fit --recipe quickstart_digits` in this process, on the same batch size, augmentation off, the
     teacher read from a file (its training is not what is timed)."""
     overrides = [
@@ -163,12 +225,19 @@ def whole_pipeline(root: Path, batch: int, epochs: int, round_: int) -> list[flo
         f"teacher.checkpoint={root / 'teacher.pt'}",
         "teacher.train=null",
         f"trainer.max_epochs={epochs}",
+        f"student={flow(MODELS[1])}",
+        f"teacher.model={flow(MODELS[0])}",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
     ]
     starts = BatchStarts()
     fit(load_recipe("quickstart_digits", overrides), callbacks=[starts])
     return epoch_gaps(starts.starts)
+
+
+def flow(spec: dict) -> str:
+    """`spec` as a command-line override's mapping: `{name: mlp, hidden: [16]}`."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
 
 
 def synchronize() -> None:
@@ -297,6 +366,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per setting and round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the settings")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--models", default="mlp", choices=sorted(MODEL_SETS), help="teacher and student (CPU)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the host's share, steady)")
     args = parser.parse_args()
     quiet_expected_messages()
@@ -304,28 +374,49 @@ def main() -> None:
         cifar_steps(args)
         return
     torch.set_num_threads(args.threads)
+    global MODELS
+    MODELS = MODEL_SETS[args.models]
     root = Path(tempfile.mkdtemp(prefix="step_overhead_"))
     teacher, _ = models()
     torch.save({"model": teacher.state_dict()}, root / "teacher.pt")
     loader = digits_loader(args.batch)
-    settings: dict[str, Callable[[int], list[float]]] = {
+    logs = root / "logs"
+    settings: dict[str, Callable[[int], list[list[float]]]] = {
         "plain loop": lambda r: plain_loop(loader, args.epochs),
-        "bare LightningModule": lambda r: under_bare_trainer(BareModule, loader, args.epochs),
-        "distill task": lambda r: under_bare_trainer(distill_task, loader, args.epochs),
+        "bare LightningModule": lambda r: under_bare_trainer(BareModule, loader, args.epochs, logs),
+        "distill task": lambda r: under_bare_trainer(distill_task, loader, args.epochs, logs),
         "distill fit": lambda r: whole_pipeline(root, args.batch, args.epochs, r),
     }
-    print(f"digits 8x8, batch {args.batch}, convnet 28k -> 2k parameters, CPU, {args.threads} thread(s)", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in settings}
+    sizes = [sum(p.numel() for p in model.parameters()) for model in models()]
+    print(
+        f"digits 8x8, batch {args.batch}, {args.models} {sizes[0]:,} -> {sizes[1]:,} parameters, CPU, "
+        f"{args.threads} thread(s)",
+        flush=True,
+    )
+    times: dict[str, list[list[float]]] = {name: [] for name in settings}
+    alternating: list[list[float]] = []
     for round_ in range(args.rounds):
         for name, run in settings.items():
-            gaps = run(round_)
-            times[name] += gaps
-            print(f"round {round_}  {name:22} {statistics.median(gaps) * 1e6:9.0f} us/step", flush=True)
-    medians = {name: statistics.median(values) * 1e6 for name, values in times.items()}
-    bare = medians["bare LightningModule"]
-    print(f"{'':22} {'us/step':>9} {'- bare':>9}  (median of {len(times['plain loop'])}+ steps each)")
-    for name, value in medians.items():
-        print(f"{name:22} {value:9.0f} {value - bare:9.0f}", flush=True)
+            epochs = run(round_)
+            times[name] += epochs
+            median, mean = summary(epochs)
+            print(f"round {round_}  {name:22} {median:9.0f} us/step median {mean:9.0f} mean", flush=True)
+        epochs = under_bare_trainer(alternating_task, loader, 2 * args.epochs, logs)
+        alternating += epochs
+        median, mean = paired_differences(epochs)
+        print(f"round {round_}  {'task - bare, paired':22} {median:9.0f} us/step median {mean:9.0f} mean", flush=True)
+    results = {name: summary(epochs) for name, epochs in times.items()}
+    bare_median, bare_mean = results["bare LightningModule"]
+    steps = sum(len(epoch) for epoch in times["plain loop"])
+    print(f"{'us per step':22} {'median':>9} {'- bare':>9} {'mean':>9} {'- bare':>9}  ({steps}+ steps each)")
+    for name, (median, mean) in results.items():
+        print(f"{name:22} {median:9.0f} {median - bare_median:9.0f} {mean:9.0f} {mean - bare_mean:9.0f}", flush=True)
+    median, mean = paired_differences(alternating)
+    print(
+        f"{'distill task, paired':22} {'':9} {median:9.0f} {'':9} {mean:9.0f}  (its epochs against the bare step's "
+        f"in one Trainer, {len(alternating) // 2} pairs)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
