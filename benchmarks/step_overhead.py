@@ -6,10 +6,13 @@ The models are so small that compute hardly counts (by default an MLP student of
 teacher; `--models convnet` takes the quickstart's 2k-parameter CNN student under its 28k-parameter teacher), on
 the 8x8 digits, batch 16, 0.1 CE + 0.9 KD at T 4, AdamW, augmentation off, no loader workers; so what is measured
 is what each layer adds per step on the host: on a GPU that is the time a launch-bound step cannot hide.
-A step's time is the gap between consecutive batch starts inside an epoch (the gaps across an epoch's end, which
-hold validation and checkpoints, are left out). Two figures per setting: the median step over all epochs and rounds,
-and the mean step of an epoch (median over epochs), which also carries what is paid only every few steps (a log
-every `log_every_n_steps`). Rounds alternate the settings.
+A step's time is the gap between consecutive batch starts inside an epoch; an epoch's last batch runs to its end
+(validation and checkpoints after it are left out). Three figures per setting (`summary`): the median step, the
+mean step (what is paid only every few steps, a log every `log_every_n_steps`, spread over the steps) and what the
+last batch takes beyond the median step (the epoch's values logged once; an epoch of N steps spreads it over N).
+Rounds alternate the settings. The rows differ from run to run by more than the goal they are read against (about
+10-20 us here), so distill's task is also measured paired: its own step in the even epochs of one Trainer, the bare
+step in the odd ones, the difference taken pair by pair.
 The clock is this thread's CPU time (torch runs on one thread here): other processes on the machine slow the wall
 clock of every setting by 10-20 % from run to run, and hardly this one. Each row is printed the moment it is
 measured.
@@ -91,11 +94,16 @@ def epoch_gaps(starts: list[list[float]]) -> list[list[float]]:
     return [[b - a for a, b in zip(epoch[WARMUP:-1], epoch[WARMUP + 1 :], strict=True)] for epoch in starts]
 
 
-def summary(epochs: list[list[float]]) -> tuple[float, float]:
-    """`(median step, median over epochs of the mean step)` in microseconds. The median step leaves out what a step
-    pays only now and then (a log every `log_every_n_steps`); the mean step carries it, spread over the steps."""
-    steps = [gap for epoch in epochs for gap in epoch]
-    return statistics.median(steps) * 1e6, statistics.median(statistics.fmean(epoch) for epoch in epochs) * 1e6
+def summary(epochs: list[list[float]]) -> tuple[float, float, float]:
+    """`(median step, mean step, epoch's end)` in microseconds: the median over all steps; the mean step of an epoch
+    but its last batch (median over epochs), which also carries what is paid only every few steps (a log every
+    `log_every_n_steps`); and what the last batch takes beyond the median step (the epoch's values logged once),
+    which an epoch of N steps spreads over N (782 in CIFAR-100 at batch 64)."""
+    steps = [gap for epoch in epochs for gap in epoch[:-1]]
+    means = [statistics.fmean(epoch[:-1]) for epoch in epochs]
+    ends = [epoch[-1] for epoch in epochs]
+    median = statistics.median(steps)
+    return median * 1e6, statistics.median(means) * 1e6, (statistics.median(ends) - median) * 1e6
 
 
 class BatchStarts(Callback):
@@ -184,13 +192,11 @@ def alternating_task() -> AlternatingEpochs:
     return AlternatingEpochs(student, teacher, num_classes=10, terms=terms, ce_weight=0.1, optimizer=adamw)
 
 
-def paired_differences(epochs: list[list[float]]) -> tuple[float, float]:
-    """`(median, mean)` over pairs of epochs (distill's, then the bare step's) of the difference of their median
-    steps and of their mean steps, in microseconds."""
-    pairs = list(zip(epochs[0::2], epochs[1::2], strict=False))
-    medians = [statistics.median(ours) - statistics.median(bare) for ours, bare in pairs]
-    means = [statistics.fmean(ours) - statistics.fmean(bare) for ours, bare in pairs]
-    return statistics.median(medians) * 1e6, statistics.median(means) * 1e6
+def paired_differences(epochs: list[list[float]]) -> tuple[float, float, float]:
+    """`summary`'s three figures as differences over pairs of epochs (distill's, then the bare step's): the median
+    over pairs of each pair's difference."""
+    pairs = [(summary([ours]), summary([bare])) for ours, bare in zip(epochs[0::2], epochs[1::2], strict=False)]
+    return tuple(statistics.median(ours[i] - bare[i] for ours, bare in pairs) for i in range(3))  # type: ignore[return-value]
 
 
 def under_bare_trainer(
@@ -399,24 +405,29 @@ def main() -> None:
         for name, run in settings.items():
             epochs = run(round_)
             times[name] += epochs
-            median, mean = summary(epochs)
-            print(f"round {round_}  {name:22} {median:9.0f} us/step median {mean:9.0f} mean", flush=True)
+            print(f"round {round_}  {name:22} " + figures(summary(epochs)), flush=True)
         epochs = under_bare_trainer(alternating_task, loader, 2 * args.epochs, logs)
         alternating += epochs
-        median, mean = paired_differences(epochs)
-        print(f"round {round_}  {'task - bare, paired':22} {median:9.0f} us/step median {mean:9.0f} mean", flush=True)
+        print(f"round {round_}  {'task - bare, paired':22} " + figures(paired_differences(epochs)), flush=True)
     results = {name: summary(epochs) for name, epochs in times.items()}
-    bare_median, bare_mean = results["bare LightningModule"]
+    bare = results["bare LightningModule"]
     steps = sum(len(epoch) for epoch in times["plain loop"])
-    print(f"{'us per step':22} {'median':>9} {'- bare':>9} {'mean':>9} {'- bare':>9}  ({steps}+ steps each)")
-    for name, (median, mean) in results.items():
-        print(f"{name:22} {median:9.0f} {median - bare_median:9.0f} {mean:9.0f} {mean - bare_mean:9.0f}", flush=True)
-    median, mean = paired_differences(alternating)
+    print(f"{'us per step':22} {'median':>9} {'- bare':>9} {'mean':>9} {'- bare':>9} {'epoch end':>10} {'- bare':>9}")
+    for name, result in results.items():
+        cells = [f"{value:9.0f} {value - bare[i]:9.0f}" for i, value in enumerate(result)]
+        print(f"{name:22} {cells[0]} {cells[1]} {cells[2]:>20}", flush=True)
+    median, mean, end = paired_differences(alternating)
+    print(f"{'distill task, paired':22} {'':9} {median:9.0f} {'':9} {mean:9.0f} {'':10} {end:9.0f}", flush=True)
     print(
-        f"{'distill task, paired':22} {'':9} {median:9.0f} {'':9} {mean:9.0f}  (its epochs against the bare step's "
-        f"in one Trainer, {len(alternating) // 2} pairs)",
+        f"({steps}+ steps a setting; 'paired': distill's epochs against the bare step's in one Trainer, "
+        f"{len(alternating) // 2} pairs)",
         flush=True,
     )
+
+
+def figures(result: tuple[float, float, float]) -> str:
+    median, mean, end = result
+    return f"{median:9.0f} us/step median {mean:9.0f} mean {end:9.0f} at the epoch's end"
 
 
 if __name__ == "__main__":

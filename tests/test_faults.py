@@ -182,3 +182,65 @@ def test_a_nan_in_chunked_align_distil_names_the_model_whose_head_went_bad():
     weights = module.second_teacher.get_output_embeddings().weight.numel()
     assert f"align_distil = nan, second_head: {weights} of {weights} values" in message
     assert "student_" not in message and "dpo_" not in message and "second_hidden" not in message
+
+
+class ReadsOfTheLoss(Callback):
+    """Counts, per training step, the reads of a tensor's value to the host (each one a wait on an accelerator)."""
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        reads = self.reads
+        reads.append(0)
+
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    reads[-1] += 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Count()
+        self.mode.__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.mode.__exit__(None, None, None)
+
+
+def deferred_fit(tmp_path, poisoned_step: int | None, log_every: int = 4, callbacks=()):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from distill.engine.faults import StopOnNonFiniteLoss
+    from tests.tasks.test_step_log import loader, make_task
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        log_every_n_steps=log_every,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[StopOnNonFiniteLoss(every_step=False), *callbacks]
+        + ([PoisonAt(poisoned_step)] if poisoned_step is not None else []),
+    )
+    trainer.fit(make_task(), train_dataloaders=loader())  # 10 steps
+    return trainer
+
+
+def test_on_an_accelerator_a_nan_is_found_at_the_next_logging_step_naming_its_own_step(tmp_path):
+    seen = ReadsOfTheLoss()
+    with pytest.raises(DistillError) as caught:
+        deferred_fit(tmp_path, poisoned_step=5, callbacks=[seen])
+    assert "training step 5 (epoch 0): the loss is not finite (found at the next check" in str(caught.value)
+    assert len(seen.reads) == 8  # stopped in step 7, the logging step after step 5 (log_every_n_steps 4)
+
+
+def test_on_an_accelerator_the_loss_is_read_only_at_logging_steps(tmp_path):
+    seen = ReadsOfTheLoss()
+    deferred_fit(tmp_path, poisoned_step=None, callbacks=[seen])
+    # steps 3 and 7 (every 4th) and 9 (the last): the task's means and the verdicts are read there, once each
+    assert [step for step, reads in enumerate(seen.reads) if reads] == [3, 7, 9]

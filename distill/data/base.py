@@ -48,6 +48,7 @@ class TensorImageDataset(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels
+        self.label_ints: list[int] = labels.tolist()  # read per sample with no tensor operation (two per sample)
         self.transform = transform
 
     @property
@@ -62,7 +63,7 @@ class TensorImageDataset(Dataset):
         image = self.images[index]
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(self.labels[index])
+        return image, self.label_ints[index]
 
 
 class WithIndices(Dataset):

@@ -21,13 +21,14 @@ class IndexedImages(Dataset):
         if images.dtype != torch.uint8 or len(images) != len(labels):
             raise ValueError(f"need uint8 images and one label each, got {images.dtype}, {len(images)}/{len(labels)}")
         self.images, self.labels = images, labels
+        self.label_ints: list[int] = labels.tolist()  # read per sample with no tensor operation (two per sample)
         self._on: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[int, int]:
-        return index, int(self.labels[index])
+        return index, self.label_ints[index]
 
     def on(self, device: torch.device) -> torch.Tensor:
         key = str(device)

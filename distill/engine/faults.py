@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from distill.engine.run_folder import RunFolder
+from distill.engine.run_folder import PREVIOUS, RunFolder
 from distill.errors import DistillError
 from distill.models.weights import atomic_save, read_checkpoint
 from distill.tasks.step_log import is_logging_step
@@ -21,10 +21,33 @@ from distill.tasks.step_log import is_logging_step
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, but through a temporary file renamed into place: a run killed while saving
-    leaves the previous checkpoint whole, never a half-written one."""
+    leaves the previous checkpoint whole, never a half-written one.
+
+    With `keep_previous` (a run's `last.ckpt`), the file at that path is kept as its `previous.ckpt` (a hard link:
+    the new file replaces it by rename, so the old one lives on) before each save: if the new one is ever
+    unreadable, a resume falls back to it. (Done here rather than by a callback: a callback costs host time at every
+    hook of every step.)
+    """
+
+    def __init__(self, keep_previous: Path | None = None) -> None:
+        super().__init__()
+        self.keep_previous = keep_previous
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if self.keep_previous is not None:
+            keep_previous(self.keep_previous)
         atomic_save(checkpoint, Path(path))
+
+
+def keep_previous(last: Path) -> None:
+    """Hard-link `last` (if it exists) as `previous.ckpt` beside it, replacing the one there."""
+    if not last.is_file():
+        return
+    previous = last.with_name(PREVIOUS)
+    temporary = previous.with_name(f".{previous.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    os.link(last, temporary)
+    os.replace(temporary, previous)
 
 
 def readable_checkpoint(candidates: list[Path]) -> tuple[Path, list[str]]:
@@ -42,21 +65,6 @@ def readable_checkpoint(candidates: list[Path]) -> tuple[Path, list[str]]:
     raise DistillError(f"--resume: no readable checkpoint in {candidates[0].parent} ({reasons})")
 
 
-class KeepPrevious(Callback):
-    """Before each checkpoint save, keep the current last.ckpt as previous.ckpt, a hard link (checkpoints are
-    replaced by rename, so the old file lives on): if the new one is ever unreadable, a resume falls back to it."""
-
-    def __init__(self, run: RunFolder) -> None:
-        self.run = run
-
-    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
-        if trainer.is_global_zero and self.run.last.is_file():
-            temporary = self.run.previous.with_name(f".{self.run.previous.name}.tmp")
-            temporary.unlink(missing_ok=True)
-            os.link(self.run.last, temporary)
-            os.replace(temporary, self.run.previous)
-
-
 def not_finite(name: str, value: torch.Tensor) -> str:
     """`name = nan` for a scalar that is not finite, `name: K of N values` for a tensor with K such values, else ""."""
     if value.numel() == 1:
@@ -65,34 +73,42 @@ def not_finite(name: str, value: torch.Tensor) -> str:
     return f"{name}: {count} of {value.numel()} values" if count else ""
 
 
+MAX_UNCHECKED = 1024  # steps whose verdicts an accelerator keeps before it reads them, if no logging step came
+
+
 class StopOnNonFiniteLoss(Callback):
     """A NaN or infinite loss stops the run with a message naming the step and the loss terms that are not finite
     (from the task's `last_parts`, when it keeps them: scalar terms, or tensors that fed the loss, such as each
     model's logits, to show where the first non-finite value arose). The checkpoints already written stay as they
     are.
 
-    On the CPU each step's loss is checked before its backward pass, so the weights are never updated with it. On an
-    accelerator reading the loss every step would make the host wait for the device each step: the steps' verdicts
-    are kept on the device and read at Lightning's logging steps and before each checkpoint (validation's start,
-    the epoch's end), so the message names the first bad step since the last check.
+    On the CPU each step's loss is read before its backward pass (`every_step`), so the weights are never updated
+    with it. On an accelerator reading the loss every step would make the host wait for the device each step: each
+    step's verdict (one `isfinite`, kept on the device) is read with the others at Lightning's logging steps and
+    before each checkpoint (validation's start, the epoch's end), so the message names the first bad step since the
+    last check.
+
+    Args:
+        every_step: read each loss before its backward pass (None: on the CPU only).
     """
 
-    def __init__(self) -> None:
-        self.first_bad: torch.Tensor | None = None  # on the device: the first step with a non-finite loss, or -1
+    def __init__(self, every_step: bool | None = None) -> None:
+        self.every_step = every_step
+        self.verdicts: list[torch.Tensor] = []  # on the device: isfinite(loss) of each step since the last check
+        self.steps: list[int] = []  # their global steps
 
     def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: torch.Tensor) -> None:
-        parts = getattr(module, "last_parts", None) or {}
+        parts = module.__dict__.get("last_parts") or {}
         module.__dict__["last_parts"] = {}  # a task may keep large tensors there (logits): not beyond this step
-        finite = torch.isfinite(loss.detach()).all()
-        if loss.device.type == "cpu":
-            if not bool(finite):
-                self.stop(trainer, trainer.global_step, float(loss.detach()), parts)
+        every_step = self.every_step if self.every_step is not None else loss.device.type == "cpu"
+        if every_step:
+            value = loss.item()  # one read; on the CPU it waits for nothing
+            if not math.isfinite(value):
+                self.stop(trainer, trainer.global_step, value, parts)
             return
-        step = torch.full((), trainer.global_step, device=loss.device)
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, device=loss.device)
-        self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
-        if is_logging_step(trainer):  # the steps at which the task reads its logged values anyway
+        self.verdicts.append(torch.isfinite(loss))  # one operation, no copy to the host
+        self.steps.append(trainer.global_step)
+        if len(self.verdicts) >= MAX_UNCHECKED or is_logging_step(trainer):  # where the task reads its logs anyway
             self.check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -103,8 +119,13 @@ class StopOnNonFiniteLoss(Callback):
 
     def check(self, trainer: L.Trainer) -> None:
         """Stop if a step since the last check had a non-finite loss (one read of a device value)."""
-        if self.first_bad is not None and (step := int(self.first_bad)) >= 0:
-            self.stop(trainer, step, float("nan"), {}, deferred=True)
+        if not self.verdicts:
+            return
+        finite, steps = torch.stack(self.verdicts), self.steps
+        self.verdicts, self.steps = [], []
+        if not bool(finite.all()):
+            first_bad = steps[int((~finite).nonzero()[0, 0])]
+            self.stop(trainer, first_bad, float("nan"), {}, deferred=True)
 
     def stop(
         self, trainer: L.Trainer, step: int, loss: float, parts: dict[str, torch.Tensor], deferred: bool = False
