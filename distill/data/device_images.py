@@ -23,12 +23,22 @@ class IndexedImages(Dataset):
         self.images, self.labels = images, labels
         self.label_ints: list[int] = labels.tolist()  # read per sample with no tensor operation (two per sample)
         self._on: dict[str, torch.Tensor] = {}
+        self._epoch_params: tuple[tuple, torch.Tensor] | None = None  # ((augment, seed, epoch, device), params)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[int, int]:
         return index, self.label_ints[index]
+
+    def epoch_params(self, augment: CropFlip, seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+        """`augment.params(seed, epoch, indices)`, read from the parameters of every sample of this set, which are
+        made once per epoch: a batch's are then one lookup rather than some thirty integer operations."""
+        key = (augment, seed, epoch, indices.device)
+        if self._epoch_params is None or self._epoch_params[0] != key:
+            every = torch.arange(len(self), device=indices.device)
+            self._epoch_params = key, augment.params(seed, epoch, every)
+        return self._epoch_params[1][indices]
 
     def on(self, device: torch.device) -> torch.Tensor:
         key = str(device)
@@ -53,5 +63,5 @@ def device_batch(
 ) -> torch.Tensor:
     """The normalized images of `indices` (on the indices' device): augmented views of `epoch` when `train`."""
     batch = images.on(indices.device)[indices]
-    x = augment.view(batch, seed, epoch, indices) if train else augment.normalize(batch)
+    x = augment.apply(batch, images.epoch_params(augment, seed, epoch, indices)) if train else augment.normalize(batch)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -7,26 +7,51 @@ cached once and reused by later runs (distill/teacher_cache.py)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
 MASK32 = 0xFFFFFFFF
+MULTIPLIER = 0x45D9F3B
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors; products stay below 2^63."""
     x = x & MASK32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & MASK32
+    x = ((x >> 16) ^ x) * MULTIPLIER & MASK32
+    x = ((x >> 16) ^ x) * MULTIPLIER & MASK32
+    return (x >> 16) ^ x
+
+
+def mix32_int(x: int) -> int:
+    """`mix32` of one Python integer: the same value, computed on the host."""
+    x &= MASK32
+    x = ((x >> 16) ^ x) * MULTIPLIER & MASK32
+    x = ((x >> 16) ^ x) * MULTIPLIER & MASK32
     return (x >> 16) ^ x
 
 
 def sample_hash(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
-    """`[B]` int64 in [0, 2^32): one hash per (seed, epoch, index)."""
-    key = mix32(torch.tensor([seed * 2 + 1, epoch * 2 + 1], dtype=torch.int64, device=indices.device))
-    return mix32(mix32(indices.long() ^ key[0]) ^ key[1])
+    """`[B]` int64 in [0, 2^32): one hash per (seed, epoch, index). The two keys are hashed on the host: a tensor
+    made from host numbers on an accelerator is a copy that waits for the device's queue."""
+    seed_key, epoch_key = mix32_int(seed * 2 + 1), mix32_int(epoch * 2 + 1)
+    return mix32(mix32(indices.long() ^ seed_key) ^ epoch_key)
+
+
+@functools.lru_cache(maxsize=64)
+def device_values(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """`values` as a tensor on `device`, made once: a tensor made from host numbers at every step would be a copy
+    that waits for the device's queue."""
+    return torch.tensor(values, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def device_range(n: int, device: torch.device, reverse: bool = False) -> torch.Tensor:
+    """`arange(n)` on `device` (descending with `reverse`), made once."""
+    span = torch.arange(n, device=device)
+    return span.flip(0) if reverse else span
 
 
 @dataclass(frozen=True)
@@ -55,20 +80,21 @@ class CropFlip:
         return torch.stack([top, left, flip], dim=1)
 
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        p, s = self.padding, self.size
+        p, s, device = self.padding, self.size, images.device
         padded = F.pad(images, (p, p, p, p))  # zero fill, as torchvision's RandomCrop(padding=p)
-        span = torch.arange(s, device=images.device)
+        span = device_range(s, device)
         rows = (params[:, 0:1] + span)[:, :, None]  # (B, s, 1)
-        cols = (params[:, 1:2] + span)[:, None, :]  # (B, 1, s)
-        batch = torch.arange(len(images), device=images.device)[:, None, None]
-        crops = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, s, s)
-        crops = torch.where(params[:, 2].bool()[:, None, None, None], crops.flip(-1), crops)
+        # a flipped crop reads its columns right to left: the flip is part of the one gather, not a pass of its own
+        columns = torch.where(params[:, 2:3].bool(), device_range(s, device, reverse=True), span)  # (B, s)
+        cols = (params[:, 1:2] + columns)[:, None, :]  # (B, 1, s)
+        batch = device_range(len(images), device)[:, None, None]
+        crops = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # (B, C, s, s), channels_last
         return self.normalize(crops)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> float32 in [0, 1] -> `(x - mean) / std` per channel."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        mean = device_values(self.mean, images.device).view(1, -1, 1, 1)
+        std = device_values(self.std, images.device).view(1, -1, 1, 1)
         return (images.float() / 255 - mean) / std
 
     def view(self, images: torch.Tensor, seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:

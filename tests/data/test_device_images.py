@@ -41,3 +41,20 @@ def test_channels_last_batches_and_few_shot_indices_of_the_whole_set(tmp_path):
     x, _, same = on.on_after_batch_transfer((indices, labels), 0)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert set(same.tolist()) <= set(on.train_set.indices)  # indices of the full training set, not of the subset
+
+
+def test_a_training_batch_is_made_in_a_few_operations_without_waiting_for_the_device(tmp_path):
+    from tests.op_count import OpCount
+
+    on, _ = modules(tmp_path, n_train=300, channels_last=True, batch_size=64)
+    loader = iter(on.train_dataloader())
+    on.trainer = SimpleNamespace(training=True, current_epoch=2)
+    on.on_after_batch_transfer(next(loader), 0)  # the epoch's first batch makes its parameters for every sample
+    batch = next(loader)  # made on the host (and moved in one copy each for indices and labels)
+    with OpCount() as count:
+        x, _, _ = on.on_after_batch_transfer(batch, 0)
+    assert x.shape == (64, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    # no tensor made from host numbers (on a GPU: a copy that waits for the queue), no value read back
+    assert count.host_values == 0 and count.reads == 0, count.ops
+    # gather, parameters' lookup, crop and flip in one gather, pad, normalize: a dozen kernels, was 40-odd
+    assert count.kernels <= 12, count.ops
