@@ -53,6 +53,25 @@ def test_top_k_keeps_the_top_probabilities_and_spreads_the_rest(tmp_path):
     torch.testing.assert_close(others.sum(1), 1 - true_p.gather(1, top).sum(1))
 
 
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_a_complete_epoch_is_read_whole_once_and_each_batch_is_one_gather_with_the_same_logits(tmp_path, top_k):
+    from tests.op_count import OpCount
+
+    values = logits(12, 9, seed=2)
+    TeacherCache(tmp_path / "cache", META, size=12, num_classes=9, top_k=top_k).write(0, torch.arange(12), values)
+    per_batch = TeacherCache(tmp_path / "cache", META, size=12, num_classes=9, top_k=top_k, resident=False)
+    resident = TeacherCache(tmp_path / "cache", META, size=12, num_classes=9, top_k=top_k, resident=True)
+    batch = torch.tensor([7, 0, 11, 3])
+    torch.testing.assert_close(resident.read(0, batch), per_batch.read(0, batch), rtol=0, atol=0)
+    with OpCount() as count:
+        again = resident.read(0, torch.tensor([2, 7]))
+    assert count.kernels == 1 and count.reads == 0, count.ops  # the gather: no copy of the indices to the host
+    torch.testing.assert_close(again, per_batch.read(0, torch.tensor([2, 7])), rtol=0, atol=0)
+    assert resident.resident_epoch(1, batch.device) is None  # an epoch not cached: read per batch (None here)
+    # by default only indices on an accelerator make an epoch resident
+    assert TeacherCache(tmp_path / "cache", META, 12, 9, top_k).resident_epoch(0, batch.device) is None
+
+
 def test_a_cache_of_another_setup_is_refused_with_the_differences_named(tmp_path):
     TeacherCache(tmp_path / "cache", META, size=4, num_classes=5, top_k=None)
     with pytest.raises(DistillError, match=r"holds the outputs of another setup \(differs in: data\)"):
@@ -155,3 +174,61 @@ def test_a_cache_needs_replayable_views(tmp_path):
     raw["data"]["on_device"] = False
     with pytest.raises(DistillError, match="teacher.cache needs data whose views are replayable"):
         fit(from_dict(raw, "test"))
+
+
+class HostWork(Callback):
+    """Per training step: the reads of device values to the host and the tensors made from host numbers (on a GPU,
+    each a wait for the device's queue)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        from tests.op_count import OpCount
+
+        self.count = OpCount().__enter__()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.count.__exit__(None, None, None)
+        self.steps.append((self.count.reads, self.count.host_values))
+
+    def on_exception(self, trainer, module, exception) -> None:
+        self.count.__exit__(None, None, None)
+
+
+def test_the_fast_paths_cached_step_waits_for_the_device_only_at_logging_steps(tmp_path, monkeypatch):
+    """The GPU fast path as a CPU can show it: on-device data, the teacher's outputs from a cache held on the
+    device, the non-finite check kept on the device: between logging steps a step reads nothing back and makes
+    no tensor from host numbers."""
+    import functools
+
+    from distill.engine import faults
+    from distill.teachers import output_cache
+
+    write_fake_cifar100(tmp_path / "data", n_train=96, n_test=32, seed=0)
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pt"
+    model = create_model("convnet", num_classes=100, in_chans=3, widths=[8, 16], hidden=0)
+    torch.save({"model": model.state_dict()}, teacher_file)
+    cache = str(tmp_path / "cache")
+    fit(from_dict(cifar_recipe(tmp_path, teacher_file, "filling", cache=cache), "test"))
+    # what an accelerator decides by itself: the checks and the cache kept on the device
+    monkeypatch.setattr(faults, "StopOnNonFiniteLoss", functools.partial(faults.StopOnNonFiniteLoss, every_step=False))
+    monkeypatch.setattr(
+        output_cache.TeacherCache,
+        "__init__",
+        functools.partialmethod(output_cache.TeacherCache.__init__, resident=True),
+    )
+    recipe = cifar_recipe(tmp_path, teacher_file, "cached", cache=cache)
+    recipe["data"]["batch_size"] = 8  # 12 steps an epoch
+    recipe["trainer"]["log_every_n_steps"] = 5
+    seen = HostWork()
+    fit(from_dict(recipe, "test"), callbacks=[seen])
+    # an epoch's first step reads its cached logits onto the device once; every 5th step and each epoch's last are
+    # logging steps
+    once_or_logging = {0, 12} | {4, 9, 14, 19} | {11, 23}
+    assert len(seen.steps) == 24
+    for step, (reads, host_values) in enumerate(seen.steps):
+        if step not in once_or_logging:
+            assert (reads, host_values) == (0, 0), step
+    assert any(reads for reads, _ in seen.steps)  # the logs and the checks are read, at the logging steps

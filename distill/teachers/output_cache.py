@@ -29,6 +29,7 @@ from distill.errors import DistillError
 
 META_FILE = "meta.json"
 LOCK_FILE = ".lock"
+RESIDENT_ELEMENTS = 1 << 26  # an epoch's logits held on the accelerator (256 MiB in fp32); larger sets read per batch
 
 
 def file_sha256(path: str | Path) -> str:
@@ -121,10 +122,20 @@ class TeacherCache(CacheFolder):
         size: number of samples (indices are in [0, size)).
         num_classes: C.
         top_k: logits kept per sample (None or C: all of them).
+        resident: read a complete epoch whole onto the device of the batches' indices, once, and each batch's
+            logits from there (one gather; None: when the indices are on an accelerator and the epoch's logits are
+            at most RESIDENT_ELEMENTS). Otherwise each batch is read from the files on the host: its indices copied
+            to the host and its logits to the device, two waits for the device's queue a step.
     """
 
     def __init__(
-        self, folder: str | Path, meta: dict[str, Any], size: int, num_classes: int, top_k: int | None
+        self,
+        folder: str | Path,
+        meta: dict[str, Any],
+        size: int,
+        num_classes: int,
+        top_k: int | None,
+        resident: bool | None = None,
     ) -> None:
         self.size, self.num_classes = size, num_classes
         self.top_k = num_classes if top_k is None else top_k
@@ -132,6 +143,8 @@ class TeacherCache(CacheFolder):
             raise DistillError(f"teacher.cache_top_k must be in [1, {num_classes}] (the class count), got {top_k}")
         super().__init__(folder, {**meta, "size": size, "num_classes": num_classes, "top_k": self.top_k})
         self._epochs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.resident = resident
+        self._resident: tuple[tuple[int, str], torch.Tensor] | None = None  # ((epoch, device), [size, C] logits)
 
     @property
     def exact(self) -> bool:
@@ -149,15 +162,38 @@ class TeacherCache(CacheFolder):
         return self._epochs[epoch]
 
     def read(self, epoch: int, indices: torch.Tensor) -> torch.Tensor | None:
-        """`[B, C]` float32 logits of the samples `indices` in `epoch`, or None unless all of them are cached."""
+        """`[B, C]` float32 logits of the samples `indices` in `epoch` (on the indices' device when the epoch is
+        resident, else on the CPU), or None unless all of them are cached."""
+        resident = self.resident_epoch(epoch, indices.device)
+        if resident is not None:
+            return resident[indices]
         values, classes, filled = self._files(epoch)
         rows = indices.detach().cpu().numpy()
         if not filled[rows].all():
             return None
         stored = torch.from_numpy(np.asarray(values[rows]))  # fancy indexing already copied the rows
-        top = torch.from_numpy(classes[rows].astype(np.int64))
+        return self.rebuild(stored, torch.from_numpy(classes[rows].astype(np.int64)))
+
+    def resident_epoch(self, epoch: int, device: torch.device) -> torch.Tensor | None:
+        """All `[size, C]` logits of `epoch` on `device`, read once, if it is to be resident (see the class) and
+        every sample of it is cached; else None."""
+        wanted = self.resident if self.resident is not None else device.type != "cpu"
+        if not wanted or self.size * self.num_classes > RESIDENT_ELEMENTS:
+            return None
+        key = (epoch, str(device))
+        if self._resident is not None and self._resident[0] == key:
+            return self._resident[1]
+        values, classes, filled = self._files(epoch)
+        if not filled.all():
+            return None
+        logits = self.rebuild(torch.from_numpy(np.asarray(values)), torch.from_numpy(classes.astype(np.int64)))
+        self._resident = key, logits.to(device)  # the previous epoch's is let go
+        return self._resident[1]
+
+    def rebuild(self, stored: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+        """`[B, C]` logits from the stored rows (`[B, k]` values, plus the log-sum-exp when k < C) and their classes."""
         if self.exact:
-            return torch.empty(len(rows), self.num_classes).scatter_(1, top, stored)
+            return torch.empty(len(stored), self.num_classes).scatter_(1, top, stored)
         kept, lse = stored[:, :-1], stored[:, -1:]
         rest_mass = (1 - (kept - lse).exp().sum(dim=1, keepdim=True)).clamp(min=1e-12)
         rest = lse + rest_mass.log() - math.log(self.num_classes - self.top_k)
