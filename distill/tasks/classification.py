@@ -9,6 +9,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from distill.data.interface import ClassData
@@ -65,6 +66,7 @@ class ClassificationTask(WeightedTermsTask):
                 for stage in ("val", "test")
                 for what in ("acc", "agreement", "teacher_acc")
             }
+            | {f"{stage}_loss": MeanMetric() for stage in ("val", "test")}
         )
         self.train_hits = TrainingAccuracy()
         # Teacher predictions on the (unshuffled) validation set, by batch index: computed in the first
@@ -161,22 +163,26 @@ class ClassificationTask(WeightedTermsTask):
     def evaluate_batch(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, stage: str) -> None:
         x, y = batch
         student_logits = self.student(x)
-        self.log(f"{stage}/loss", F.cross_entropy(student_logits.float(), y), sync_dist=True)
-        self.metrics[f"{stage}_acc"](student_logits, y)
-        self.log(f"{stage}/acc", self.metrics[f"{stage}_acc"], prog_bar=True)
+        self.update_metric(stage, "loss", F.cross_entropy(student_logits.float(), y), weight=len(y))
+        self.update_metric(stage, "acc", student_logits, y, prog_bar=True)
         if self.teacher is None:
             return
         teacher_preds = self._teacher_preds(x, y, batch_idx, stage)
-        self.metrics[f"{stage}_agreement"](student_logits, teacher_preds)
-        self.log(f"{stage}/agreement", self.metrics[f"{stage}_agreement"])
+        self.update_metric(stage, "agreement", student_logits, teacher_preds)
+
+    def update_metric(self, stage: str, name: str, *values: Any, prog_bar: bool = False, **kwargs: Any) -> None:
+        """Update `self.metrics[<stage>_<name>]` with this batch's `values` and log it as `<stage>/<name>` (its
+        value over the epoch, weighted by samples, across ranks)."""
+        metric = self.metrics[f"{stage}_{name}"]
+        metric.update(*values, **kwargs)
+        self.log_metric(f"{stage}/{name}", metric, prog_bar=prog_bar)
 
     def _teacher_preds(self, x: torch.Tensor, y: torch.Tensor, batch_idx: int, stage: str) -> torch.Tensor:
         cached = stage == "val" and not self.trainer.sanity_checking
         if cached and batch_idx in self._teacher_val_preds:
             return self._teacher_val_preds[batch_idx]
         teacher_logits = self.teacher_logits(x)
-        self.metrics[f"{stage}_teacher_acc"](teacher_logits, y)
-        self.log(f"{stage}/teacher_acc", self.metrics[f"{stage}_teacher_acc"])
+        self.update_metric(stage, "teacher_acc", teacher_logits, y)
         preds = teacher_logits.argmax(dim=-1)
         if cached:
             self._teacher_val_preds[batch_idx] = preds

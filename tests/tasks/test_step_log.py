@@ -161,3 +161,27 @@ def test_a_step_with_other_terms_starts_the_means_over():
     means.add({"loss": torch.tensor(1.0)})
     means.add({"loss": torch.tensor(3.0), "late": torch.tensor(5.0)})
     assert means.take() == {"loss": 3.0, "late": 5.0}
+
+
+def test_evaluation_logs_each_metric_once_an_epoch_with_its_value_over_every_sample(tmp_path):
+    import torch.nn.functional as F
+
+    task = make_task()
+    calls = []
+    original = task.log
+    task.log = lambda name, *args, **kwargs: calls.append(name) or original(name, *args, **kwargs)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    data = loader(samples=42, batch=8)  # the last batch has 2 samples: a mean of batch means would be off
+    (metrics,) = trainer.validate(task, dataloaders=data, verbose=False)
+    x, y = data.dataset.tensors
+    with torch.no_grad():
+        student, teacher = task.student(x), task.teacher(x)
+    assert metrics["val/loss"] == pytest.approx(float(F.cross_entropy(student, y)), rel=1e-6)
+    assert metrics["val/acc"] == pytest.approx(float((student.argmax(1) == y).float().mean()))
+    assert metrics["val/agreement"] == pytest.approx(float((student.argmax(1) == teacher.argmax(1)).float().mean()))
+    assert metrics["val/teacher_acc"] == pytest.approx(float((teacher.argmax(1) == y).float().mean()))
+    assert sorted(calls) == ["val/acc", "val/agreement", "val/loss", "val/teacher_acc"]  # once each, not per batch
+    calls.clear()
+    (again,) = trainer.validate(task, dataloaders=data, verbose=False)  # another epoch, from a fresh start
+    assert sorted(calls) == ["val/acc", "val/agreement", "val/loss"]  # the teacher's accuracy is measured once
+    assert again["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-6)
