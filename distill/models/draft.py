@@ -89,23 +89,27 @@ class KVCache:
 
 
 def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`cos` and `sin` `[T, head_dim]` of the rotary embedding (Llama's half-split layout) at `positions` `[T]`."""
+    """`cos` and `sin` `[..., T, head_dim]` of the rotary embedding (Llama's half-split layout) at `positions`
+    `[T]` or `[B, T]`."""
     half = head_dim // 2
     inverse = 1.0 / theta ** (torch.arange(half, device=positions.device, dtype=torch.float32) / half)
-    angles = positions.float()[:, None] * inverse[None, :]  # (T, d/2)
+    angles = positions.float()[..., None] * inverse  # (..., T, d/2)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`x` `[B, heads, T, d]` rotated by the angles of `rotary_angles`."""
+    """`x` `[B, heads, T, d]` rotated by the angles of `rotary_angles` (`[T, d]`, or `[B, T, d]` per row)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): the same angles for every head
     half = x.shape[-1] // 2
     turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + turned.float() * sin).to(x.dtype)
 
 
 class DraftLayer(nn.Module):
-    """One pre-norm decoder layer: `x + attn(norm(x))`, then `+ mlp(norm(.))`; causal over the cache and `x`."""
+    """One pre-norm decoder layer: `x + attn(norm(x))`, then `+ mlp(norm(.))`; causal over the cache and `x` unless
+    given other positions and a mask (a draft tree: each node sees the cached prefix and its own ancestors)."""
 
     def __init__(self, shape: DraftShape) -> None:
         super().__init__()
@@ -121,11 +125,18 @@ class DraftLayer(nn.Module):
         self.up_proj = nn.Linear(h, shape.intermediate_size, bias=False)
         self.down_proj = nn.Linear(shape.intermediate_size, h, bias=False)
 
-    def attention(self, x: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def attention(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         s = self.shape
         past = len(cache) if cache is not None else 0
-        positions = torch.arange(past, past + t, device=x.device)
+        if positions is None:
+            positions = torch.arange(past, past + t, device=x.device)
 
         def heads(proj: nn.Linear, n: int) -> torch.Tensor:
             return proj(x).view(b, t, n, s.head_dim).transpose(1, 2)  # (B, n, T, d)
@@ -139,14 +150,24 @@ class DraftLayer(nn.Module):
         group = s.num_heads // s.num_kv_heads
         if group > 1:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        # query i sits at position past + i and sees keys 0..past + i (a causal mask aligned bottom-right);
-        # a single query sees every key: no mask (the common decoding step, kept cheap)
-        allowed = torch.arange(past + t, device=x.device)[None, :] <= positions[:, None] if t > 1 else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, heads, T, d)
+        if mask is None and t > 1:
+            # query i sits at position past + i and sees keys 0..past + i (a causal mask aligned bottom-right);
+            # a single query sees every key: no mask (the common decoding step, kept cheap)
+            mask = (
+                torch.arange(past + t, device=x.device)[None, :]
+                <= torch.arange(past, past + t, device=x.device)[:, None]
+            )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, d)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, s.num_heads * s.head_dim))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attention(self.input_norm(x), cache)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attention(self.input_norm(x), cache, positions, mask)
         h = self.post_attention_norm(x)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
@@ -213,14 +234,21 @@ class EagleDraft(nn.Module):
         return features, next_embeddings, kept
 
     def forward(
-        self, features: torch.Tensor, next_embeddings: torch.Tensor, cache: KVCache | None = None
+        self,
+        features: torch.Tensor,
+        next_embeddings: torch.Tensor,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`features` `[B, T, H]` (f_t) and `next_embeddings` `[B, T, H]` (of x_{t+1}) -> predicted f_{t+1} `[B, T, H]`.
 
         With a `cache`, the T positions continue after those already cached (speculative decoding); without one,
-        they are a whole sequence from position 0 (training)."""
+        they are a whole sequence from position 0 (training). `positions` (`[T]` or `[B, T]`, the rotary positions)
+        and `mask` (bool, `[B or 1, 1, T, cached + T]`, True where a query may attend) replace the causal order: a
+        draft tree's nodes share positions by depth and see only their ancestors; padded rows hide their pads."""
         fused = self.fuse(torch.cat([next_embeddings.to(features.dtype), features], dim=-1))
-        return self.layer(fused, cache)
+        return self.layer(fused, cache, positions, mask)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in vars(self.shape).items())
