@@ -38,7 +38,7 @@
 #   draft_fit    45 [45]  `distill fit --recipe specvlm_draft_tiny` on the GPU, shortened (target 1 epoch x 400
 #                         batches, draft 1 epoch x 200 batches)
 #   draft_bench  35 [52 for depths 1-4, 8 prompts] benchmarks/speculative_decoding.py on that run, --device cuda,
-#                         6 prompts, depths 1-3
+#                         6 prompts, chains of 1 and 3, trees 4x4x16 and 5x8x32 (depth x top-k x kept nodes)
 #
 # Here, end to end on the CPU at tiny sizes (a quarter of an hour on 2 busy cores; pip is skipped where everything
 # imports already):
@@ -345,11 +345,11 @@ if [[ $DRY == 1 ]]; then  # the sizes tests/cli/test_evaluate_tasks.py trains it
         trainer.limit_val_batches=2 teacher.train.trainer.limit_train_batches=4
         teacher.train.trainer.limit_val_batches=2 speculative.prompts=2 speculative.prompt_tokens=16
         speculative.max_new_tokens=8)
-    bench=(--prompts 2 --depths 1 2)
+    bench=(--prompts 2 --shapes 1 2 3x2)
 else
     draft+=(trainer.limit_train_batches=200 trainer.limit_val_batches=10 teacher.train.trainer.limit_train_batches=400
         teacher.train.trainer.limit_val_batches=10 speculative.prompts=4)
-    bench=(--prompts 6 --depths 1 2 3)
+    bench=(--prompts 6 --shapes 1 3 4x4x16 5x8x32)
 fi
 # shellcheck disable=SC2086
 part draft_fit speculative.log 45 '/accepted length|agreement/{k=k" "$0} END{print k}' "$SCRATCH" \
@@ -357,7 +357,7 @@ part draft_fit speculative.log 45 '/accepted length|agreement/{k=k" "$0} END{pri
 runs=("$SCRATCH"/runs/specvlm_draft_tiny/version_*)
 run=${runs[0]}
 if [[ -d $run/checkpoints ]]; then
-    part draft_bench speculative.log 35 '$1 == "trained" {k=k"; depth "$2": "$3", "$4} END{print "trained:" substr(k, 2)}' \
+    part draft_bench speculative.log 35 '$1 == "trained" {k=k"; "$2": "$3", "$4} END{print "trained:" substr(k, 2)}' \
         "$SCRATCH" "$PY" "$ROOT/benchmarks/speculative_decoding.py" "$run" --device "$DEVICE" "${bench[@]}"
 else
     row draft_bench "skipped: no finished draft run" 0 0 "" ""

@@ -1,9 +1,10 @@
 """Speculative decoding with a trained draft vs plain greedy decoding, side by side, on held-out prompts.
 
 Run after `distill fit --recipe specvlm_draft_tiny` (from the same folder, so the run and its stored target are found):
-`python benchmarks/speculative_decoding.py runs/specvlm_draft_tiny/version_0`. Prints, for each draft depth, the
-accepted length (tokens per verification round, accepted drafts + 1), the wall-clock time of greedy and speculative
-decoding of the same prompts in this run and their ratio (the speedup), and whether every output equals greedy's.
+`python benchmarks/speculative_decoding.py runs/specvlm_draft_tiny/version_0`. Prints, for each draft shape (a chain
+of D tokens, `D`; an EAGLE-2 tree of D levels and top-k K, `DxK`, keeping its N best nodes, `DxKxN`), the accepted
+length (tokens per verification round, accepted drafts + 1), the wall-clock time of greedy and speculative decoding
+of the same prompts in this run and their ratio (the speedup), and whether every output equals greedy's.
 Each prompt is decoded greedily, then speculatively, alternately, after one warm-up of each, so load changes on the
 machine affect both. Also prints the same for the untrained draft (the run's `init`: fresh weights).
 `--device cuda` decodes on the GPU (target, drafts and prompts moved there; each decoding step reads its token back
@@ -22,11 +23,23 @@ from distill.analysis.draft_run import load_draft_run
 from distill.generate.speculative import evaluate_speculative
 
 
+def tree_shape(text: str) -> dict[str, int | None]:
+    """`D`, `DxK` or `DxKxN` -> `{depth, top_k, total_tokens}`."""
+    parts = [int(part) for part in text.split("x")]
+    depth, top_k, total = (parts + [1, None])[:3] if len(parts) == 1 else (parts + [None])[:3]
+    return {"depth": depth, "top_k": top_k, "total_tokens": total}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a draft_distill run folder (holds recipe.yaml and checkpoints/)")
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["1", "2", "3", "4", "5", "3x2", "4x4x16", "5x8x32"],
+        help="D: a chain of D tokens; DxK: a tree of D levels, top-k K; DxKxN: keeping its N best nodes",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings)")
     parser.add_argument("--device", default="cpu", help="where to decode: cpu, cuda, cuda:1, ...")
     args = parser.parse_args()
@@ -41,12 +54,13 @@ def main() -> None:
         f"{len(prompts)} held-out prompts of {settings.prompt_tokens} tokens, {settings.max_new_tokens} new tokens, "
         f"{device}"
     )
-    print(f"{'draft':>9} {'depth':>5} {'accepted length':>15} {'speedup':>8} {'lossless':>8}")
+    print(f"{'draft':>9} {'shape':>8} {'accepted length':>15} {'speedup':>8} {'lossless':>8}")
     for name, draft in (("untrained", untrained), ("trained", trained)):
-        for depth in args.depths:
-            report = evaluate_speculative(target, draft, prompts, settings.max_new_tokens, depth, eos)
+        for shape in args.shapes:
+            tree = tree_shape(shape)
+            report = evaluate_speculative(target, draft, prompts, settings.max_new_tokens, eos_id=eos, **tree)
             print(
-                f"{name:>9} {depth:>5} {report.accepted_length:>15.3f} {report.speedup:>7.2f}x "
+                f"{name:>9} {shape:>8} {report.accepted_length:>15.3f} {report.speedup:>7.2f}x "
                 f"{100 * report.lossless:>7.1f}%",
                 flush=True,
             )

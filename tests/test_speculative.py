@@ -73,17 +73,19 @@ def test_a_draft_that_always_agrees_is_fully_accepted():
 
 def test_partly_right_drafts_emit_the_accepted_prefix_plus_the_targets_token(monkeypatch):
     """A draft that proposes the target's next two tokens, then two wrong ones, gains 3 tokens per round."""
+    from distill.generate.draft_tree import DraftTree
+
     target, prompt = tiny_target(), prompts(1)[0]
     truth = greedy_decode(target, prompt, 40)
     calls = []
 
-    def two_right(draft, cache, target_, features, next_embeddings, depth):
+    def two_right(draft, cache, target_, root_feature, shape):
         done = sum(calls) + 1  # tokens emitted so far (the first comes from the prompt)
         calls.append(3)
-        right = truth[done : done + 2]
-        return [*right, *[(t + 1) % V for t in truth[done + 2 : done + depth]]]
+        chain = [*truth[done : done + 2], *[(t + 1) % V for t in truth[done + 2 : done + shape.depth]]]
+        return DraftTree(chain, list(range(-1, len(chain) - 1)), list(range(1, len(chain) + 1)))
 
-    monkeypatch.setattr(speculative, "draft_chain", two_right)
+    monkeypatch.setattr(speculative, "grow", two_right)
     decoded = speculative_decode(target, random_draft(target), prompt, 40, depth=4)
     assert decoded.tokens == truth and decoded.rounds == 13 and decoded.round_tokens == 39  # 13 x 3
     assert decoded.accepted == [2] * 13  # two drafts accepted per round, then the target's own token

@@ -111,7 +111,13 @@ def export_eagle(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
     (folder / CONFIG).write_text(json.dumps(eagle_config(draft, target, dtype), indent=2, default=str))
 
     settings = run.loaded.settings
-    decoding = {"depth": settings.depth, "max_new_tokens": settings.max_new_tokens, "eos_id": run.tokenizer.eos_id}
+    decoding = {
+        "depth": settings.depth,
+        "top_k": settings.top_k,
+        "total_tokens": settings.total_tokens,
+        "max_new_tokens": settings.max_new_tokens,
+        "eos_id": run.tokenizer.eos_id,
+    }
     prompts = probe_prompts(run.tokenizer, max(settings.prompts, 1), settings.prompt_tokens)
     before = evaluate_speculative(target, draft, prompts, **decoding)
     after = evaluate_speculative(target, load_eagle(folder), prompts, **decoding)

@@ -14,6 +14,7 @@ from torch import nn
 from distill.config.schema import setting
 from distill.data.interface import TokenData
 from distill.errors import DistillError
+from distill.generate.draft_tree import TreeShape
 from distill.generate.speculative import evaluate_speculative, prompts_from_rows
 from distill.models.causal_lm import output_rows
 from distill.models.draft import EagleDraft
@@ -35,10 +36,16 @@ class SpeculativeSettings(HeadSettings):
     draft's and the target's logits are computed."""
 
     SECTION: ClassVar[str] = "speculative"
-    depth: int = setting(4, "draft tokens proposed per speculative-decoding round (a chain)")
+    depth: int = setting(4, "levels of the draft tree grown per speculative-decoding round (a chain: its length)")
+    top_k: int = setting(1, "children per grown node, and nodes grown per level (EAGLE-2's tree; 1: a chain)")
+    total_tokens: int | None = setting(None, "draft tokens the target verifies per round: the tree's best (null: all)")
     prompts: int = setting(8, "held-out prompts decoded after each validation (0: none)")
     prompt_tokens: int = setting(32, "tokens of each prompt: the start of a validation row")
     max_new_tokens: int = setting(64, "tokens generated per prompt")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        TreeShape(self.depth, self.top_k, self.total_tokens)  # a tree that cannot grow is refused with the recipe
 
 
 class DraftDistillTask(DistillationTask):
@@ -55,7 +62,9 @@ class DraftDistillTask(DistillationTask):
         student: the draft.
         teacher: the frozen target, a transformers causal LM or LLaVA-style VLM.
         objective: the draft distillation loss.
-        depth: draft tokens per speculative round.
+        depth: levels of the draft tree per speculative round (a chain's length).
+        top_k: children per grown node and nodes grown per level (1: a chain).
+        total_tokens: tree nodes verified per round, the best by the draft's confidence (None: all drawn).
         prompts: held-out prompts decoded at each validation (0: no speculative decoding).
         prompt_tokens: tokens of each prompt.
         max_new_tokens: tokens generated per prompt.
@@ -70,6 +79,8 @@ class DraftDistillTask(DistillationTask):
         teacher: nn.Module,
         objective: DraftDistillLoss,
         depth: int = 4,
+        top_k: int = 1,
+        total_tokens: int | None = None,
         prompts: int = 8,
         prompt_tokens: int = 32,
         max_new_tokens: int = 64,
@@ -85,7 +96,14 @@ class DraftDistillTask(DistillationTask):
         use_chunks(logits, "speculative", [chunk_blocker(teacher)])  # refuses `chunked` now where it cannot run
         self.chunk_size = chunk_size or rows_per_chunk(output_rows(teacher))
         self.objective = objective
-        self.decoding = {"depth": depth, "max_new_tokens": max_new_tokens, "eos_id": eos_id}
+        TreeShape(depth, top_k, total_tokens)  # refused now, not after training, if it cannot grow
+        self.decoding = {
+            "depth": depth,
+            "top_k": top_k,
+            "total_tokens": total_tokens,
+            "max_new_tokens": max_new_tokens,
+            "eos_id": eos_id,
+        }
         self.prompt_count, self.prompt_tokens = prompts, prompt_tokens
         names = ("loss", "ce", "feature", "agreement")
         self.means = mean_metrics(names)
