@@ -19,15 +19,8 @@ from pathlib import Path
 
 import torch
 
-from distill.analysis.draft_run import load_draft_run
+from distill.analysis.draft_run import load_draft_run, parse_shape
 from distill.generate.speculative import evaluate_speculative
-
-
-def tree_shape(text: str) -> dict[str, int | None]:
-    """`D`, `DxK` or `DxKxN` -> `{depth, top_k, total_tokens}`."""
-    parts = [int(part) for part in text.split("x")]
-    depth, top_k, total = (parts + [1, None])[:3] if len(parts) == 1 else (parts + [None])[:3]
-    return {"depth": depth, "top_k": top_k, "total_tokens": total}
 
 
 def main() -> None:
@@ -57,7 +50,7 @@ def main() -> None:
     print(f"{'draft':>9} {'shape':>8} {'accepted length':>15} {'speedup':>8} {'lossless':>8}")
     for name, draft in (("untrained", untrained), ("trained", trained)):
         for shape in args.shapes:
-            tree = tree_shape(shape)
+            tree = parse_shape(shape)
             report = evaluate_speculative(target, draft, prompts, settings.max_new_tokens, eos_id=eos, **tree)
             print(
                 f"{name:>9} {shape:>8} {report.accepted_length:>15.3f} {report.speedup:>7.2f}x "

@@ -26,3 +26,15 @@ def test_every_divergence_is_zero_at_the_teacher_and_grows_away_from_it():
         if name == "PLD":  # a ranking likelihood: its minimum is not at the teacher
             continue
         assert abs(values[0].item()) < 1e-6 and values[2] > values[1] > 0, name
+
+
+def test_draft_shapes_are_read_as_chains_and_trees():
+    import pytest
+
+    from distill.analysis.draft_run import parse_shape
+
+    assert parse_shape("4") == {"depth": 4, "top_k": 1, "total_tokens": None}
+    assert parse_shape("3x2") == {"depth": 3, "top_k": 2, "total_tokens": None}
+    assert parse_shape("5x8x32") == {"depth": 5, "top_k": 8, "total_tokens": 32}
+    with pytest.raises(ValueError, match="D, DxK or DxKxN"):
+        parse_shape("1x2x3x4")

@@ -57,8 +57,17 @@ def logged(run_dir) -> dict[str, list[float]]:
 
 
 def test_the_draft_learns_online_and_decoding_stays_lossless(tmp_path):
-    result = fit(from_dict(draft_recipe(tmp_path), "test"))
+    from distill.analysis.draft_run import AcceptedLengths
+
+    lengths = AcceptedLengths(["4", "3x4x12"])  # a chain and a tree, measured along the run
+    result = fit(from_dict(draft_recipe(tmp_path), "test"), callbacks=[lengths])
     metrics = logged(result.run_dir)
+    curves = lengths.curves()
+    assert curves["4"][0] == curves["3x4x12"][0] == [0, 1, 2]  # before training, then after each epoch
+    logged_lengths = [metrics["start/accepted_length"][0], *metrics["val/accepted_length"]]
+    assert curves["4"][1] == pytest.approx(logged_lengths, rel=1e-6)  # the task's own measure (logged in fp32)
+    assert curves["3x4x12"][1][-1] > curves["3x4x12"][1][0] + 0.3  # the tree gains from training too
+    assert all(row["lossless"] == 1.0 for row in lengths.rows)
     start, after = metrics["start/accepted_length"][0], metrics["val/accepted_length"][-1]
     # an untrained draft is rarely accepted (1.0-1.3 tokens per round, by machine: the tiny target's training
     # differs in the last bits between CPUs); the trained one is accepted far more often
