@@ -133,6 +133,7 @@ def test_a_draft_exports_in_the_eagle_layout_and_decodes_as_in_the_run(tmp_path,
 
     monkeypatch.chdir(tmp_path)
     eagle = ["student.input_norm=false", "student.fuse_bias=false", "trainer.limit_train_batches=20"]
+    eagle += ["speculative.top_k=3", "speculative.total_tokens=10"]  # verified with the run's tree, as it is served
     assert main(["fit", "--recipe", "specvlm_draft_tiny", *DRAFT, *eagle]) == 0
     best = tmp_path / "runs" / "specvlm_draft_tiny" / "version_0" / "checkpoints" / "best.ckpt"
     capsys.readouterr()
@@ -158,6 +159,7 @@ def test_a_draft_exports_in_the_eagle_layout_and_decodes_as_in_the_run(tmp_path,
     restored = restore(RunCheckpoint.read(best))
     task = restored.module
     prompts = task.held_out_prompts(restored.data)
+    assert task.decoding["top_k"] == 3 and task.decoding["total_tokens"] == 10
     run = evaluate_speculative(task.teacher, task.student.eval(), prompts, **task.decoding)
     reloaded = evaluate_speculative(task.teacher, load_eagle(tmp_path / "draft"), prompts, **task.decoding)
     assert reloaded.lossless == run.lossless == 1.0 and reloaded.accepted_length == run.accepted_length > 1.0
