@@ -29,7 +29,8 @@ What it runs, in order, each row printed the moment it is measured:
    growing its tree; the target's pass over root and tree) and one greedy step.
 A shape that would end after `--seconds` (counted from the end of the imports) is listed as skipped.
 
-On the GPU (about 2.5 minutes on an H200 with the defaults; `bash benchmarks/gpu_check.sh` runs it as part gpu_spec):
+On the GPU (the defaults are sized for about 2.5 minutes on an H200; not yet run on a GPU; `bash
+benchmarks/gpu_check.sh` runs it as its part gpu_spec, with the training times scaled to the time it is given):
     python benchmarks/gpu_speculative.py
 Here, end to end on the CPU at tiny sizes (under a minute):
     python benchmarks/gpu_speculative.py --device cpu --hidden 64 --layers 2 --heads 4 --intermediate 176 \\
