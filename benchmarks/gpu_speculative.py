@@ -364,7 +364,7 @@ def decode_shapes(target: nn.Module, draft: EagleDraft, prompts: list[Prompt], a
 
 
 def build_target(args: argparse.Namespace, vocab: int, device: torch.device) -> nn.Module:
-    with device:  # parameters made and initialized in place: 0.7B on the host first would take longer than training
+    with device:  # parameters made and initialized on the device: no 0.7B built on the host, then copied
         return create_model(
             "llama",
             vocab_size=vocab,
