@@ -152,6 +152,17 @@ def test_greedy_output_is_the_targets_for_every_tree_shape(depth, top_k, total):
     assert accepted > 0  # paths were accepted: the caches were compacted, not only cropped
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tree_decoding_on_cuda_is_the_targets_greedy_output():
+    # every mask the tree builds (the draft's expansion, the target's verification) must sit on the model's device
+    target, draft = tiny_target().cuda(), random_draft(tiny_target()).cuda()
+    for prompt in prompts():
+        prompt = {k: v.cuda() for k, v in prompt.items()}
+        decoded = speculative_decode(target, draft, prompt, 24, 4, top_k=3, total_tokens=8)
+        assert decoded.tokens == greedy_decode(target, prompt, 24)
+
+
 def test_greedy_output_is_the_vlm_targets_for_tree_shapes():
     from distill.data import create_datamodule
 

@@ -125,7 +125,9 @@ def grow_tree(
         x_features = torch.stack([features[parents[node]] for node in expanded])[None]  # (1, k, H)
         x_embeddings = embed(torch.tensor([[tokens[node] for node in expanded]], device=device))
         positions = torch.full((len(expanded),), prefix + depth - 2, device=device)
-        predicted = draft(x_features, x_embeddings, cache, positions, expansion_mask(expanded, cached, parents, prefix))
+        # built on the host: the draft's attention needs it on the queries' device (a GPU's)
+        mask = expansion_mask(expanded, cached, parents, prefix).to(device)
+        predicted = draft(x_features, x_embeddings, cache, positions, mask)
         cached += expanded
         for row, node in enumerate(expanded):
             features[node] = predicted[0, row]

@@ -73,10 +73,13 @@ class Target:
         """Keep the cached positions before `start` and, after them, those at `start + i` for i in `kept` (in
         order): the accepted path of a verified tree moved up behind the prefix, in place."""
         if kept != list(range(len(kept))):
+            positions, index = [start + i for i in kept], None
             for layer in cache_layers(self.cache):
                 for name in ("keys", "values"):
                     tensor = getattr(layer, name)
-                    index = torch.tensor([start + i for i in kept], device=tensor.device)
+                    # one copy to the device a round, not two a layer: a copy from the host waits for the GPU's queue
+                    if index is None or index.device != tensor.device:
+                        index = torch.tensor(positions, device=tensor.device)
                     tensor[..., start : start + len(kept), :] = tensor.index_select(-2, index)
         self.crop(start + len(kept))
 
