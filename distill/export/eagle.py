@@ -105,6 +105,13 @@ def export_eagle(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
             "export: the EAGLE layout has no norm before the draft's layer, and this draft has one; train it with "
             "student.input_norm=false"
         )
+    if draft.compressor is not None:  # before the VLM check: the more specific reason
+        settings = draft.compressor.settings
+        raise DistillError(
+            f"export: this draft reads images through a visual compressor ({settings.mode}: "
+            f"{', '.join(settings.primitives)}), which serving engines' EAGLE readers do not have; the EAGLE layout "
+            "holds the fusion and the layer only"
+        )
     if draft.image_token_id is not None:
         raise DistillError("export: the EAGLE layout here is for text targets; this draft serves a VLM")
     save_file(eagle_state(draft, dtype), str(folder / WEIGHTS))
