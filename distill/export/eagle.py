@@ -100,17 +100,17 @@ def export_eagle(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
 
     draft: EagleDraft = run.model
     target = run.target
-    if draft.shape.input_norm:
-        raise DistillError(
-            "export: the EAGLE layout has no norm before the draft's layer, and this draft has one; train it with "
-            "student.input_norm=false"
-        )
-    if draft.compressor is not None:  # before the VLM check: the more specific reason
+    if draft.compressor is not None:  # first: no setting of the draft makes it fit
         settings = draft.compressor.settings
         raise DistillError(
             f"export: this draft reads images through a visual compressor ({settings.mode}: "
             f"{', '.join(settings.primitives)}), which serving engines' EAGLE readers do not have; the EAGLE layout "
             "holds the fusion and the layer only"
+        )
+    if draft.shape.input_norm:
+        raise DistillError(
+            "export: the EAGLE layout has no norm before the draft's layer, and this draft has one; train it with "
+            "student.input_norm=false"
         )
     if draft.image_token_id is not None:
         raise DistillError("export: the EAGLE layout here is for text targets; this draft serves a VLM")

@@ -45,7 +45,7 @@ class QuestionGate(nn.Module):
             soft = torch.softmax(logits / self.temperature, dim=-1)
         index = soft.argmax(dim=-1)  # in evaluation, the argmax of the logits themselves
         chosen = soft.gather(1, index[:, None]).squeeze(1)
-        return index, 1 + chosen - chosen.detach()
+        return index, 1 + (chosen - chosen.detach())  # (1 + s) - s would round
 
     def soft(self, logits: torch.Tensor) -> torch.Tensor:
         """Every primitive's weight `[B, E]`, summing to 1 per row: the softmax at the temperature, without noise in

@@ -54,7 +54,7 @@ class Prune(Primitive):
     last position is always kept: it holds the embedding of the token after the image, and its prediction is that
     of the first text token (the first draft of decoding reads it).
 
-    Gradient to the score: each kept token is multiplied by `1 + s - s.detach()`, s = sigmoid(score), which is exactly
+    Gradient to the score: each kept token is multiplied by `1 + (s - s.detach())`, s = sigmoid(score), which is exactly
     1 in value (the draft reads the tokens as they are, in training as in decoding) while the score receives the
     gradient of scaling its token. Scaling by sigmoid(score) itself would also train the score, but it would shrink
     the tokens the draft reads by an amount that drifts with the score."""
@@ -74,7 +74,7 @@ class Prune(Primitive):
         kept = torch.cat([others, end], dim=1).sort(dim=1).values  # (R, keep), in order
         chosen = blocks.gather(1, kept[..., None].expand(-1, -1, width))
         weight = torch.sigmoid(scores.gather(1, kept))
-        return chosen * (1 + weight - weight.detach())[..., None], kept
+        return chosen * (1 + (weight - weight.detach()))[..., None], kept
 
 
 def grid(n: int, factor: int) -> tuple[int, int] | None:
