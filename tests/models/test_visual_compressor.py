@@ -141,6 +141,8 @@ def force(model: EagleDraft, choice: list[int]) -> None:
 
 def test_rows_of_unequal_length_each_read_as_they_would_alone():
     model = draft(mode="gate", primitives=["pool", "text_only", "resampler"]).eval()
+    for p in model.layer.parameters():
+        p.data.normal_(std=0.3)  # a new draft's attention adds nothing yet (its output projection is zero)
     features, embeddings, ids = gate_inputs(rows=3)
     force(model, [0, 1, 2])  # pool (4 tokens), text only (none), resampler (4 queries)
     rows = model.compress_rows(features, embeddings, ids)
