@@ -103,6 +103,9 @@ def test_the_gate_chooses_at_random_in_training_and_by_its_argmax_in_evaluation(
     model.eval()
     chosen = [model.compress_rows(features, embeddings, ids).choice for _ in range(3)]
     assert all(torch.equal(c, logits.argmax(-1)) for c in chosen)  # deterministic: the logits' argmax
+    for training in (True, False):  # the chosen tokens are read as they are: a weight of exactly 1
+        _, weight = model.compressor.gate.train(training).choose(logits)
+        assert torch.equal(weight, torch.ones_like(weight))
 
 
 @pytest.mark.parametrize("mode", ["gate", "weighted"])
