@@ -197,3 +197,27 @@ def test_a_recipe_of_each_variant_trains_and_decodes_losslessly(tmp_path, compre
     metrics = logged(result.run_dir)
     assert metrics["val/lossless"] == [1.0] and result.metrics["test/lossless"] == 1.0
     assert torch.isfinite(torch.tensor(metrics["train/loss"])).all()
+
+
+def test_the_recipe_checks_the_compressor_section_and_prints_it_whole(tmp_path):
+    from distill.config import to_yaml
+    from distill.errors import DistillError, RecipeError
+
+    loaded = from_dict(vlm_recipe(tmp_path, {"mode": "gate", "primitives": ["pool", "conv"]}), "r.yaml")
+    printed = to_yaml(loaded.resolved)
+    assert loaded.resolved["student"]["compressor"] == {
+        "mode": "gate",
+        "primitives": ["pool", "conv"],
+        "factor": 4,
+        "keep": 4,
+        "queries": 4,
+        "gate_temperature": 1.0,
+        "gate_hidden": 64,
+    }
+    assert "gate_hidden: 64" in printed  # every default shown
+    with pytest.raises(RecipeError, match=r"r\.yaml: unknown key 'student\.compressor\.mod' \(did you mean 'mode'\?\)"):
+        from_dict(vlm_recipe(tmp_path, {"mod": "gate"}), "r.yaml")
+    with pytest.raises(RecipeError, match=r"'student\.compressor\.primitives\.1' must be one of .*did you mean 'pool'"):
+        from_dict(vlm_recipe(tmp_path, {"mode": "gate", "primitives": ["conv", "poool"]}), "r.yaml")
+    with pytest.raises(DistillError, match=r"^student\.compressor\.factor must be >= 1, got 0$"):
+        from_dict(vlm_recipe(tmp_path, {"factor": 0}), "r.yaml")  # when the recipe is read: before any training
