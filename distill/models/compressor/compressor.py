@@ -1,4 +1,4 @@
-"""SpecVLM's elastic visual compressor (docs/methods.md, section 12): the draft reads each image through one or
+"""SpecVLM's elastic visual compressor (docs/methods.md, section 8): the draft reads each image through one or
 several compression primitives; which ones, and with what weight, is the recipe's `mode`. The target never reads
 the compressed tokens, so decoding stays lossless whatever the draft reads."""
 

@@ -1,7 +1,7 @@
 """The compression primitives of the draft's visual compressor. Each maps image blocks `[R, N, D]` (R blocks of N
 image positions; D = 2H: the target's feature and the next token's embedding at each position, side by side) to
 draft tokens `[R, M, D]`, and names for each token the block position it stands for (`[R, M]`, in 0..N-1,
-nondecreasing): the compressor aligns the token's prediction from it (`compressor.compressor.align_block`)."""
+nondecreasing): the compressor aligns the token's prediction from it (`distill.models.compressor.rows.align_block`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The `student.compressor:` section of a draft: which primitives compress the image positions the draft reads, and
-how they are combined (docs/methods.md, section 12)."""
+how they are combined (docs/methods.md, section 8)."""
 
 from __future__ import annotations
 
