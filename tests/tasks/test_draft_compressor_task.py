@@ -182,8 +182,7 @@ def test_a_gate_recipe_trains_decodes_losslessly_and_is_refused_by_the_eagle_exp
     assert "serving engines' EAGLE readers do not have" in line and not (tmp_path / "draft").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # a second or two each on a quiet machine: in the default suite
     "compressor",
     [
         *({"mode": "fixed", "primitives": [name]} for name in ALL),
@@ -193,10 +192,15 @@ def test_a_gate_recipe_trains_decodes_losslessly_and_is_refused_by_the_eagle_exp
     ids=[*ALL, "weighted", "concat"],
 )
 def test_a_recipe_of_each_variant_trains_and_decodes_losslessly(tmp_path, compressor):
+    from distill.analysis.draft_run import load_draft_run
+
     result = fit(from_dict(vlm_recipe(tmp_path, compressor), "test"))
     metrics = logged(result.run_dir)
     assert metrics["val/lossless"] == [1.0] and result.metrics["test/lossless"] == 1.0
     assert torch.isfinite(torch.tensor(metrics["train/loss"])).all()
+    trained = load_draft_run(result.run_dir).trained  # rebuilt from the run's recipe and checkpoint
+    settings = trained.compressor.settings
+    assert (settings.mode, settings.primitives) == (compressor["mode"], compressor["primitives"])
 
 
 def test_the_recipe_checks_the_compressor_section_and_prints_it_whole(tmp_path):
