@@ -100,6 +100,13 @@ def export_eagle(run: RunStudent, folder: Path, dtype: torch.dtype) -> Exported:
 
     draft: EagleDraft = run.model
     target = run.target
+    if draft.compressor is not None:  # first: no setting of the draft makes it fit
+        settings = draft.compressor.settings
+        raise DistillError(
+            f"export: this draft reads images through a visual compressor ({settings.mode}: "
+            f"{', '.join(settings.primitives)}), which serving engines' EAGLE readers do not have; the EAGLE layout "
+            "holds the fusion and the layer only"
+        )
     if draft.shape.input_norm:
         raise DistillError(
             "export: the EAGLE layout has no norm before the draft's layer, and this draft has one; train it with "

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import DistillError
+from distill.models.compressor import CompressorSettings, DraftInputs, VisualCompressor
 from distill.models.registry import MODELS
-from distill.models.visual_pool import pool_visual
 
 
 @dataclass(frozen=True)
@@ -178,13 +178,21 @@ class EagleDraft(nn.Module):
     Args:
         shape: the layer's sizes (`DraftShape.of(target)` matches the target's).
         visual_pool: for a VLM target, average consecutive image positions in groups of this many before the draft
-            reads them (`compress`); 1: no pooling.
+            reads them (`compress`); 1: no pooling. Shorthand for `compressor` in mode fixed with `pool`.
         image_token_id: the target's image token (None: a text-only target).
+        compressor: for a VLM target, how the draft reads the image positions (`CompressorSettings`, or a mapping
+            of its fields); None: as `visual_pool` says.
     """
 
     _no_split_modules = ["DraftLayer"]  # the block FSDP shards and gathers as one (transformers' convention)
 
-    def __init__(self, shape: DraftShape, visual_pool: int = 1, image_token_id: int | None = None) -> None:
+    def __init__(
+        self,
+        shape: DraftShape,
+        visual_pool: int = 1,
+        image_token_id: int | None = None,
+        compressor: CompressorSettings | dict | None = None,
+    ) -> None:
         super().__init__()
         if visual_pool < 1:
             raise DistillError(f"visual_pool must be >= 1, got {visual_pool}")
@@ -193,10 +201,16 @@ class EagleDraft(nn.Module):
         self.fuse = nn.Linear(2 * shape.hidden_size, shape.hidden_size, bias=shape.fuse_bias)
         self.layer = DraftLayer(shape)
         self.reset_parameters()
+        # made after the layer's initialization: a draft's fusion and layer start the same with or without one
+        settings = compressor_settings(visual_pool, compressor, image_token_id)
+        self.compressor = (
+            VisualCompressor(settings, shape.hidden_size, shape.num_heads) if settings is not None else None
+        )
 
     def reset_parameters(self) -> None:
+        """The fusion's and the layer's weights (a compressor initializes its own)."""
         std = 1.0 / math.sqrt(self.shape.hidden_size)
-        for module in self.modules():
+        for module in [self.fuse, *self.layer.modules()]:
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=std)
                 if module.bias is not None:
@@ -212,26 +226,49 @@ class EagleDraft(nn.Module):
         visual_pool: int = 1,
         input_norm: bool = True,
         fuse_bias: bool = True,
+        compressor: CompressorSettings | dict | None = None,
     ) -> EagleDraft:
         config = target.config
         image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
         shape = replace(DraftShape.of(target, intermediate_size), input_norm=input_norm, fuse_bias=fuse_bias)
-        return EagleDraft(shape, visual_pool, image_token)
+        return EagleDraft(shape, visual_pool, image_token, compressor)
+
+    @property
+    def keeps_every_label(self) -> bool:
+        """Whether every labelled position of a row keeps one draft prediction, so that the tokens the loss averages
+        over are the rows' labels (false where an image may be read through `text_only` alone)."""
+        return self.compressor is None or self.compressor.keeps_every_label
+
+    def compress_rows(
+        self,
+        features: torch.Tensor,
+        next_embeddings: torch.Tensor,
+        input_ids: torch.Tensor,
+        question: torch.Tensor | None = None,
+    ) -> DraftInputs:
+        """The draft's inputs `[B, T, H]` with each row's image positions (`input_ids` `[B, T]` is the image token
+        there) compressed, rows of unequal length padded: `DraftInputs` (what to read, the mask and positions for
+        `forward`, and the target position each draft position predicts). `question` `[B, T]` bool: the text
+        positions the gate reads (the prompt's; default every text position)."""
+        if self.compressor is None:
+            return DraftInputs.uncompressed(features, next_embeddings)
+        image = input_ids == self.image_token_id
+        question = ~image if question is None else question
+        return self.compressor(features, next_embeddings, image, question)
 
     def compress(
         self, features: torch.Tensor, next_embeddings: torch.Tensor, input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The draft's inputs with image positions pooled (`input_ids` `[B, T]` are the tokens at those positions,
-        the same layout in every row); and the original position of each kept one (None: nothing pooled)."""
-        if self.visual_pool == 1 or self.image_token_id is None:
+        """The draft's inputs with image positions compressed (`input_ids` `[B, T]` are the tokens at those
+        positions), unpadded: for one prompt (decoding) or rows that compress alike; and `[T']` the position
+        before the one each draft position predicts (its original position, for text and pooled positions), None
+        when nothing is compressed. Rows that compress differently are read with `compress_rows`."""
+        rows = self.compress_rows(features, next_embeddings, input_ids)
+        if rows.features is features:
             return features, next_embeddings, None
-        image = input_ids == self.image_token_id
-        if not image.any():
-            return features, next_embeddings, None
-        if not (image == image[:1]).all():
-            raise DistillError("visual_pool needs the image tokens at the same positions in every row of a batch")
-        (features, next_embeddings), kept = pool_visual((features, next_embeddings), image[0], self.visual_pool)
-        return features, next_embeddings, kept
+        if rows.mask is not None or not (rows.aligned == rows.aligned[:1]).all():
+            raise DistillError("compress: the rows of this batch compress differently; read them with compress_rows")
+        return rows.features, rows.next_embeddings, rows.aligned[0] - 1
 
     def forward(
         self,
@@ -254,6 +291,22 @@ class EagleDraft(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in vars(self.shape).items())
 
 
+def compressor_settings(
+    visual_pool: int, compressor: CompressorSettings | dict | None, image_token_id: int | None
+) -> CompressorSettings | None:
+    """The compressor a draft is built with: `compressor`, or `visual_pool`'s pooling; None for a text target (it
+    has no image positions: `visual_pool` is then ignored, an explicit compressor refused)."""
+    if isinstance(compressor, dict):
+        compressor = CompressorSettings(**compressor)
+    if compressor is not None and visual_pool > 1:
+        raise DistillError("student.visual_pool and student.compressor both compress the image: set one of them")
+    if compressor is not None and image_token_id is None:
+        raise DistillError("student.compressor: the target reads no images (it has no image token)")
+    if compressor is None and visual_pool > 1 and image_token_id is not None:
+        compressor = CompressorSettings(mode="fixed", primitives=["pool"], factor=visual_pool)
+    return compressor if image_token_id is not None else None
+
+
 @MODELS.register("eagle_draft")
 def eagle_draft(
     target: nn.Module | None = None,
@@ -261,6 +314,7 @@ def eagle_draft(
     visual_pool: int = 1,
     input_norm: bool = True,
     fuse_bias: bool = True,
+    compressor: CompressorSettings | None = None,
 ) -> EagleDraft:
     """An EAGLE-style one-layer draft for `target` (set by distill from the teacher), sized as its layers.
 
@@ -271,7 +325,9 @@ def eagle_draft(
         input_norm: an RMSNorm before the layer's attention. EAGLE's checkpoint layout (what serving engines
             load, `distill export`) has none: set false for a draft you will serve.
         fuse_bias: a bias on the fusion layer (EAGLE-1's own drafts have one; vLLM's loader reads none).
+        compressor: VLM targets: SpecVLM's elastic visual compressor (`mode`, `primitives`, `factor`, `keep`,
+            `queries`, `gate_temperature`, `gate_hidden`); null: as `visual_pool` says.
     """
     if target is None:
         raise DistillError("eagle_draft is built for a target model: use it as the student of a draft_distill recipe")
-    return EagleDraft.for_target(target, intermediate_size, visual_pool, input_norm, fuse_bias)
+    return EagleDraft.for_target(target, intermediate_size, visual_pool, input_norm, fuse_bias, compressor)

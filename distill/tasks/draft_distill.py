@@ -122,28 +122,30 @@ class DraftDistillTask(DistillationTask):
         with torch.no_grad():
             out = target(input_ids=ids, attention_mask=attention, output_hidden_states=True, **vision_inputs(batch))
         features, embeddings = out.hidden_states[-1], out.hidden_states[0]
-        # draft position t reads f_t and the embedding of x_{t+1}; image positions maybe pooled by the compressor
-        inputs, next_embeddings, kept = self.student.compress(features[:, :-1], embeddings[:, 1:], ids[:, :-1])
-        aligned = (kept if kept is not None else torch.arange(ids.shape[1] - 1, device=ids.device)) + 1
-        predicted = self.student(inputs, next_embeddings)  # (B, T', H): f^_{t+1}
+        # draft position t reads f_t and the embedding of x_{t+1}; image positions maybe compressed, rows padded
+        prompt = (batch["labels"][:, :-1] == -100) & attention[:, :-1].bool()  # what the gate reads as the question
+        rows = self.student.compress_rows(features[:, :-1], embeddings[:, 1:], ids[:, :-1], question=prompt)
+        predicted = self.student(rows.features, rows.next_embeddings, positions=rows.positions, mask=rows.mask)
         head = self.teacher.get_output_embeddings()  # the frozen head, shared
-        mask = batch["labels"][:, aligned] != -100  # f_{t+1} is the state at a labelled token (not image, pad)
-        target_features = features[:, aligned]
+        # f_{t+1} is the state at a labelled token (not image, pad); compressed image tokens and pads have no loss
+        mask = (at(batch["labels"], rows.aligned) != -100) & rows.valid
+        target_features = at(features, rows.aligned)  # (B, T', H)
         if chunked:
             ce, feature, agreed = self.objective.parts_from_head(
                 predicted, target_features, head, mask, self.chunk_size
             )
         else:
-            draft_logits, target_logits = head(predicted), out.logits[:, aligned]
+            draft_logits, target_logits = head(predicted), at(out.logits, rows.aligned)
             ce, feature = self.objective.parts(draft_logits, target_logits, predicted, target_features, mask)
             agreed = (draft_logits.argmax(-1) == target_logits.argmax(-1))[mask].sum()
         loss = self.objective.combine(ce, feature)
         return {"loss": loss, "ce": ce, "feature": feature, "agreement": agreed.float() / mask.sum().clamp(min=1)}
 
     def on_train_epoch_start(self) -> None:
-        # pooled image positions change which tokens the loss reads: the plan counts the data's labels
-        pooled = getattr(self.student, "visual_pool", 1) > 1
-        self.step_weights.start_epoch(self.trainer, self.current_epoch, self.device, enabled=not pooled)
+        # the plan counts the data's labels: right unless the compressor may drop an image's last prediction
+        # (text_only), which then leaves the label after the image without one
+        counted = getattr(self.student, "keeps_every_label", True)
+        self.step_weights.start_epoch(self.trainer, self.current_epoch, self.device, enabled=counted)
 
     def on_train_epoch_end(self) -> None:
         self.step_weights.end_epoch()
@@ -194,6 +196,11 @@ class DraftDistillTask(DistillationTask):
             return []
         prompts = prompts_from_rows(data.val_set, self.prompt_count, self.prompt_tokens)
         return [{k: v.to(self.device) for k, v in prompt.items()} for prompt in prompts]
+
+
+def at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`x` `[B, T, ...]` at each row's `positions` `[B, T']`: `[B, T', ...]` (no index as large as the result)."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], positions]
 
 
 def check_data(data: Any, settings: Any) -> None:

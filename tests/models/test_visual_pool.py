@@ -41,8 +41,12 @@ def test_compress_pools_only_with_a_factor_and_image_tokens():
     assert pf.shape == pe.shape == (2, 3, 8) and kept.tolist() == [0, 4, 5]
     assert torch.allclose(pf[:, 1], f[:, 1:5].mean(1))
     ragged = ids.clone()
-    ragged[1, 1] = 3
-    with pytest.raises(DistillError, match="same positions"):
+    ragged[1, 1] = 3  # row 1's image is one token shorter: the rows compress to different lengths
+    with pytest.raises(DistillError, match="compress differently; read them with compress_rows"):
         draft(2).compress(f, e, ragged)
+    rows = draft(2).compress_rows(f, e, ragged)  # each row its own way, the shorter one padded
+    assert rows.valid.sum(1).tolist() == [4, 5] and rows.mask is not None  # 1 + 2 + 1 and 1 + 1 + 2 + 1
+    assert rows.aligned[1].tolist() == [1, 2, 4, 5, 6]  # a group inside the image, the last one before the text
+    assert torch.equal(rows.features[1, 2], f[1, 2:4].mean(0)) and torch.equal(rows.features[1, 3], f[1, 4])
     with pytest.raises(DistillError, match="visual_pool"):
         EagleDraft(DraftShape(8, 2, 2, 4, 16), visual_pool=0)
